@@ -1,0 +1,50 @@
+"""Per-call context shared by the server layer (which sets it) and the engine (which reads it).
+
+The server binds it in the handler's task, so every await inside a call sees its own values.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CallContext:
+    request_id: str
+    method: str
+    # Monotonic time (time.monotonic) at which the caller stops waiting; None = no deadline.
+    deadline: float | None = None
+    volume_id: str = ""
+    # Values of every `secrets` map in the request: scrubbed from logs and error messages.
+    secret_values: frozenset[str] = field(default_factory=frozenset)
+
+    def time_left(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return self.deadline - time.monotonic()
+
+
+_current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
+    "aiocsi_call", default=None
+)
+
+
+def current_call() -> CallContext | None:
+    return _current.get()
+
+
+def set_call(call: CallContext) -> None:
+    _current.set(call)
+
+
+def scrub(text: str, secrets: frozenset[str] | None = None) -> str:
+    """Replace every secret value of the current call that occurs in `text`."""
+    if secrets is None:
+        call = _current.get()
+        secrets = call.secret_values if call else frozenset()
+    for value in secrets:
+        if value:
+            text = text.replace(value, "***")
+    return text

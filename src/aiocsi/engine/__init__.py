@@ -1,0 +1,1 @@
+"""The volume engine: operations, per-volume control, pool, snapshots, reconcile."""

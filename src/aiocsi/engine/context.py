@@ -1,0 +1,41 @@
+"""What every part of the engine shares: config, store, pool layout, operations, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiocsi.config import Config
+from aiocsi.engine.operations import Operations
+from aiocsi.engine.pool import Pool
+from aiocsi.errors import ResourceExhausted
+from aiocsi.state.store import Store
+
+ALIGNMENT = 1024 * 1024  # image sizes are whole MiB: every filesystem and loop device likes that
+
+
+def align_up(size: int) -> int:
+    return -(-size // ALIGNMENT) * ALIGNMENT
+
+
+@dataclass
+class EngineContext:
+    config: Config
+    store: Store
+    pool: Pool
+    operations: Operations
+    mkfs_slots: asyncio.Semaphore
+
+
+@asynccontextmanager
+async def no_space_is_exhaustion(what: str) -> AsyncIterator[None]:
+    """Turn ENOSPC/EDQUOT from the pool filesystem into RESOURCE_EXHAUSTED."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceExhausted(f"{what}: the pool filesystem is full") from exc
+        raise

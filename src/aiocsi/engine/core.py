@@ -1,0 +1,52 @@
+"""The engine's front door: opens state, reconciles, and hands out the services."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+
+from aiocsi.config import Config
+from aiocsi.engine.context import EngineContext
+from aiocsi.engine.health import HealthChecker
+from aiocsi.engine.node import NodeService
+from aiocsi.engine.operations import Operations
+from aiocsi.engine.pool import Pool
+from aiocsi.engine.reconcile import reconcile
+from aiocsi.engine.snapshots import SnapshotService
+from aiocsi.engine.volumes import VolumeService
+from aiocsi.host.lock import PoolLock
+from aiocsi.state.store import DB_NAME, Store
+
+LOCK_NAME = "aiocsi.lock"
+
+
+class Engine:
+    def __init__(self, config: Config) -> None:
+        pool = Pool(config.pool)
+        self.ctx = EngineContext(
+            config=config,
+            store=Store(config.pool / DB_NAME),
+            pool=pool,
+            operations=Operations(config.max_operations),
+            mkfs_slots=asyncio.Semaphore(config.max_mkfs),
+        )
+        self.health = HealthChecker(config)
+        self.volumes = VolumeService(self.ctx)
+        self.snapshots = SnapshotService(self.ctx)
+        self.node = NodeService(self.ctx, self.volumes)
+        self._lock = PoolLock(config.pool / LOCK_NAME)
+
+    async def start(self) -> None:
+        """Prepare and lock the pool, open state, reconcile. Raises PoolLocked."""
+        await anyio.to_thread.run_sync(self.ctx.pool.prepare)
+        self._lock.acquire()
+        await self.ctx.store.open()
+        await reconcile(self.ctx)
+
+    async def drain(self) -> None:
+        await self.ctx.operations.drain()
+
+    async def close(self) -> None:
+        await self.ctx.store.close()
+        self._lock.release()

@@ -1,0 +1,62 @@
+"""Readiness checks behind Identity.Probe: the pool is usable and the host tools exist."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from aiocsi.config import Config
+
+# Tools without which the node side cannot stage any volume.
+NODE_TOOLS = ("losetup", "blkid", "mount", "umount", "mkfs.ext4", "resize2fs")
+# Tools that only some filesystems need; their absence disables that filesystem.
+FS_TOOLS = {
+    "ext4": ("mkfs.ext4", "resize2fs"),
+    "xfs": ("mkfs.xfs", "xfs_growfs"),
+    "btrfs": ("mkfs.btrfs", "btrfs"),
+}
+
+
+def missing_tools(tools: Iterable[str]) -> list[str]:
+    return [tool for tool in tools if shutil.which(tool) is None]
+
+
+def pool_problem(pool: Path) -> str | None:
+    if not pool.is_dir():
+        return f"pool directory {pool} does not exist"
+    if not os.access(pool, os.W_OK | os.X_OK):
+        return f"pool directory {pool} is not writable"
+    return None
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    problems: tuple[str, ...]
+
+    @property
+    def ready(self) -> bool:
+        return not self.problems
+
+
+class HealthChecker:
+    def __init__(self, config: Config) -> None:
+        self._config = config
+
+    def _check(self) -> HealthReport:
+        problems: list[str] = []
+        if (pool := pool_problem(self._config.pool)) is not None:
+            problems.append(pool)
+        if self._config.mode.serves_node:
+            problems.extend(f"host tool {t!r} not found in PATH" for t in missing_tools(NODE_TOOLS))
+        return HealthReport(tuple(problems))
+
+    async def check(self) -> HealthReport:
+        return await anyio.to_thread.run_sync(self._check)
+
+    def supported_fs_types(self) -> tuple[str, ...]:
+        return tuple(fs for fs, tools in FS_TOOLS.items() if not missing_tools(tools))

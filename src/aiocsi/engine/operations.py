@@ -1,0 +1,89 @@
+"""Per-key operation control (DESIGN.md §3).
+
+Each mutating call runs as an operation keyed by what it touches. An identical retry while
+the first runs joins it; a different operation on the same key is refused at once. The
+work runs in a task owned by this registry, so a caller's deadline or a dropped connection
+never interrupts a half-done mkfs or mount: the caller stops waiting, the task finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from aiocsi.context import current_call
+from aiocsi.errors import DeadlineExceeded, OperationPending
+from aiocsi.logging import get_logger
+
+T = TypeVar("T")
+log = get_logger("aiocsi.engine")
+
+
+@dataclass
+class _Running:
+    signature: Hashable
+    description: str
+    task: asyncio.Task[Any]
+
+
+class Operations:
+    def __init__(self, max_running: int) -> None:
+        self._running: dict[str, _Running] = {}
+        # asyncio.Semaphore wakes waiters in FIFO order: excess operations queue fairly.
+        self._slots = asyncio.Semaphore(max_running)
+
+    @property
+    def active(self) -> int:
+        return len(self._running)
+
+    async def run(
+        self,
+        key: str,
+        signature: Hashable,
+        description: str,
+        work: Callable[[], Awaitable[T]],
+    ) -> T:
+        """Run `work` as the operation for `key`, or join the identical one already running."""
+        running = self._running.get(key)
+        if running is None:
+            task = asyncio.get_running_loop().create_task(self._guarded(work))
+            running = _Running(signature, description, task)
+            self._running[key] = running
+            task.add_done_callback(lambda _: self._forget(key, running))
+        elif running.signature != signature:
+            raise OperationPending(
+                f"{running.description} is in progress on {key}; retry when it completes"
+            )
+        return cast("T", await self._wait(running.task))
+
+    async def _guarded(self, work: Callable[[], Awaitable[T]]) -> T:
+        async with self._slots:
+            return await work()
+
+    def _forget(self, key: str, running: _Running) -> None:
+        if self._running.get(key) is running:
+            del self._running[key]
+        if not running.task.cancelled() and (exc := running.task.exception()) is not None:
+            # Keep "Task exception was never retrieved" quiet when every waiter left early.
+            log.debug("operation_failed", key=key, error=str(exc))
+
+    @staticmethod
+    async def _wait(task: asyncio.Task[T]) -> T:
+        call = current_call()
+        left = call.time_left() if call is not None else None
+        # shield: the caller giving up (deadline, cancel) must not cancel the shared task.
+        try:
+            if left is None:
+                return await asyncio.shield(task)
+            return await asyncio.wait_for(asyncio.shield(task), timeout=max(left, 0))
+        except TimeoutError:
+            raise DeadlineExceeded(
+                "the operation is still running and will finish; retry to get its result"
+            ) from None
+
+    async def drain(self) -> None:
+        """Wait until every running operation has finished."""
+        while self._running:
+            await asyncio.wait([r.task for r in self._running.values()])

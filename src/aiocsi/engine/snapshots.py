@@ -1,0 +1,84 @@
+"""Snapshots: point-in-time copies of a volume's image (reflink when the pool allows)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from aiocsi.engine.context import EngineContext, no_space_is_exhaustion
+from aiocsi.engine.pool import is_snapshot_id, new_snapshot_id
+from aiocsi.errors import AlreadyExists, NotFound
+from aiocsi.host import files
+from aiocsi.logging import get_logger
+from aiocsi.models import Snapshot, VolumeState
+
+log = get_logger("aiocsi.engine")
+
+
+class SnapshotService:
+    def __init__(self, ctx: EngineContext) -> None:
+        self._ctx = ctx
+        self._store = ctx.store
+        self._pool = ctx.pool
+
+    async def get(self, snapshot_id: str) -> Snapshot:
+        snap = await self._store.get_snapshot(snapshot_id) if is_snapshot_id(snapshot_id) else None
+        if snap is None or not snap.ready:
+            raise NotFound(f"snapshot {snapshot_id} does not exist")
+        return snap
+
+    async def create(self, name: str, source_volume_id: str) -> Snapshot:
+        return await self._ctx.operations.run(
+            f"snapshot-name:{name}", ("create", source_volume_id), "CreateSnapshot",
+            lambda: self._create(name, source_volume_id),
+        )
+
+    async def _create(self, name: str, source_volume_id: str) -> Snapshot:
+        existing = await self._store.get_snapshot_by_name(name)
+        if existing is not None and existing.ready:
+            if existing.source_volume_id != source_volume_id:
+                raise AlreadyExists(
+                    f"snapshot {name!r} already exists for volume {existing.source_volume_id}"
+                )
+            return existing
+        if existing is not None:  # half made before a crash: start over
+            await self._remove(existing.id)
+        source = await self._store.get_volume(source_volume_id)
+        if source is None or source.state is not VolumeState.READY:
+            raise NotFound(f"source volume {source_volume_id} does not exist")
+        snap = await self._store.insert_snapshot(
+            Snapshot(
+                id=new_snapshot_id(), name=name, source_volume_id=source_volume_id,
+                size_bytes=source.capacity_bytes, ready=False, created_at=time.time(),
+            )
+        )
+        try:
+            async with no_space_is_exhaustion(f"creating snapshot {name!r}"):
+                method = await files.copy_image(
+                    self._pool.volume_image(source_volume_id), self._pool.snapshot_image(snap.id)
+                )
+            await self._store.set_snapshot_ready(snap.id)
+        except BaseException:
+            await self._remove(snap.id)
+            raise
+        log.info("snapshot_created", snapshot_id=snap.id, volume_id=source_volume_id, method=method)
+        return dataclasses.replace(snap, ready=True)
+
+    async def delete(self, snapshot_id: str) -> None:
+        if not is_snapshot_id(snapshot_id):
+            return
+        await self._ctx.operations.run(
+            f"snapshot:{snapshot_id}", ("delete",), "DeleteSnapshot",
+            lambda: self._remove(snapshot_id),
+        )
+
+    async def _remove(self, snapshot_id: str) -> None:
+        await files.remove_file(self._pool.snapshot_image(snapshot_id))
+        await self._store.delete_snapshot(snapshot_id)
+
+    async def list(
+        self, after_seq: int, limit: int, *, source_volume_id: str = "", snapshot_id: str = ""
+    ) -> list[Snapshot]:
+        return await self._store.list_snapshots(
+            after_seq, limit, source_volume_id=source_volume_id, snapshot_id=snapshot_id
+        )

@@ -1,0 +1,211 @@
+"""Image files in the pool: created exclusively, grown, copied sparsely, removed durably.
+
+The `*_sync` functions and the small stat helpers block; async callers run them through
+`anyio.to_thread.run_sync`, as the async wrappers here do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from typing import TYPE_CHECKING, Literal
+
+import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+CopyMethod = Literal["reflink", "sparse-copy"]
+
+# <linux/fs.h>: _IOW(0x94, 9, int), clone a whole file's extents (btrfs, xfs with reflink).
+FICLONE = 0x40049409
+# Errors meaning "this filesystem or pair of files cannot do that", not a broken copy.
+_CLONE_UNSUPPORTED = frozenset(
+    {errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS}
+)
+_COPY_RANGE_UNSUPPORTED = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
+# Bounded so that each syscall returns soon and a read/write fallback stays within memory.
+_COPY_CHUNK = 8 * 1024 * 1024
+_READ_CHUNK = 1024 * 1024
+_SECTOR = 512
+# Images hold tenants' data: root only.
+_IMAGE_MODE = 0o600
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _new_file(path: Path) -> Iterator[int]:
+    """Create `path` exclusively and yield its descriptor; durable if the block succeeds.
+
+    If the block fails, the half-made file is removed: a retry must not find it and take it
+    for a finished one. A file that already existed is never ours to remove.
+    """
+    fd = os.open(path, _CREATE_FLAGS, _IMAGE_MODE)
+    try:
+        try:
+            yield fd
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _require_size(size: int) -> None:
+    if size < 0:
+        raise ValueError(f"size must not be negative: {size}")
+
+
+def create_sparse_sync(path: Path, size: int, *, preallocate: bool = False) -> None:
+    """Create a new image of `size` bytes; `preallocate` reserves its blocks up front."""
+    _require_size(size)
+    with _new_file(path) as fd:
+        os.ftruncate(fd, size)
+        if preallocate and size:
+            os.posix_fallocate(fd, 0, size)
+
+
+async def create_sparse(path: Path, size: int, *, preallocate: bool = False) -> None:
+    await anyio.to_thread.run_sync(lambda: create_sparse_sync(path, size, preallocate=preallocate))
+
+
+def grow_file_sync(path: Path, size: int, *, preallocate: bool = False) -> None:
+    """Extend `path` to `size` bytes; a file that is already as large is left alone."""
+    _require_size(size)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        current = os.fstat(fd).st_size
+        if size <= current:
+            return
+        if preallocate:
+            os.posix_fallocate(fd, current, size - current)
+        else:
+            os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def grow_file(path: Path, size: int, *, preallocate: bool = False) -> None:
+    await anyio.to_thread.run_sync(lambda: grow_file_sync(path, size, preallocate=preallocate))
+
+
+def _try_reflink(src_fd: int, dst_fd: int) -> bool:
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+    except OSError as exc:
+        if exc.errno in _CLONE_UNSUPPORTED:
+            return False
+        raise
+    return True
+
+
+def _data_ranges(fd: int, length: int) -> Iterator[tuple[int, int]]:
+    """The (start, end) byte ranges of `fd` that hold data; holes are skipped."""
+    offset = 0
+    while offset < length:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole up to the end of the file
+                return
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), length)
+        if start >= end:
+            return
+        yield start, end
+        offset = end
+
+
+def _read_write(src_fd: int, dst_fd: int, count: int, offset: int) -> int:
+    data = os.pread(src_fd, min(count, _READ_CHUNK), offset)
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(dst_fd, view, offset + len(data) - len(view))
+        view = view[written:]
+    return len(data)
+
+
+def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
+    offset = start
+    while offset < end:
+        count = min(end - offset, _COPY_CHUNK)
+        try:
+            copied = os.copy_file_range(src_fd, dst_fd, count, offset, offset)
+        except OSError as exc:
+            if exc.errno not in _COPY_RANGE_UNSUPPORTED:
+                raise
+            copied = _read_write(src_fd, dst_fd, count, offset)
+        if copied == 0:
+            raise OSError(errno.EIO, f"source ended at {offset} while copying up to {end}")
+        offset += copied
+
+
+def _sparse_copy(src_fd: int, dst_fd: int, length: int) -> None:
+    # Sizing the copy first keeps every range that is never written a hole.
+    os.ftruncate(dst_fd, length)
+    for start, end in _data_ranges(src_fd, length):
+        _copy_range(src_fd, dst_fd, start, end)
+
+
+def copy_image_sync(src: Path, dst: Path, *, size: int | None = None) -> CopyMethod:
+    """Copy `src` to a new file `dst` (at least `size` bytes) and say how it was copied."""
+    src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        length = os.fstat(src_fd).st_size
+        if size is not None and size < length:
+            raise ValueError(f"cannot copy {length} bytes of {src} into {size} bytes")
+        with _new_file(dst) as dst_fd:
+            method: CopyMethod = "reflink"
+            if not _try_reflink(src_fd, dst_fd):
+                _sparse_copy(src_fd, dst_fd, length)
+                method = "sparse-copy"
+            if size is not None and size > length:
+                os.ftruncate(dst_fd, size)
+    finally:
+        os.close(src_fd)
+    return method
+
+
+async def copy_image(src: Path, dst: Path, *, size: int | None = None) -> str:
+    return await anyio.to_thread.run_sync(lambda: copy_image_sync(src, dst, size=size))
+
+
+def remove_file_sync(path: Path) -> None:
+    """Remove `path` durably; a missing file (or directory) counts as removed."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    # Still synced when the file was already gone: a crashed earlier try may not have been.
+    with contextlib.suppress(FileNotFoundError):
+        _fsync_dir(path.parent)
+
+
+async def remove_file(path: Path) -> None:
+    await anyio.to_thread.run_sync(remove_file_sync, path)
+
+
+def allocated_bytes(path: Path) -> int:
+    return path.stat().st_blocks * _SECTOR
+
+
+def file_size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def filesystem_space(path: Path) -> tuple[int, int]:
+    """Total and available bytes of the filesystem holding `path` (available: for non-root)."""
+    st = os.statvfs(path)
+    return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize

@@ -1,0 +1,82 @@
+"""Run host commands as argv lists and translate their failures into `CommandFailed`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from aiocsi.errors import CommandFailed
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Sequence
+
+_log = structlog.get_logger("aiocsi.host")
+
+# Shells' conventions, so a log reader recognises them at a glance.
+NOT_FOUND_CODE = 127
+NOT_EXECUTABLE_CODE = 126
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _command_env() -> dict[str, str]:
+    # Callers match on tool messages (losetup, umount), so those must not be translated.
+    return {**os.environ, "LC_ALL": "C"}
+
+
+async def _spawn(argv: tuple[str, ...]) -> Completed:
+    try:
+        done = await anyio.run_process(
+            list(argv),
+            check=False,
+            # A tool that decides to ask a question (mke2fs does on a tty) must get EOF, not hang.
+            stdin=subprocess.DEVNULL,
+            env=_command_env(),
+        )
+    except FileNotFoundError:
+        return Completed(argv, NOT_FOUND_CODE, "", f"command not found: {argv[0]}")
+    except PermissionError:
+        return Completed(argv, NOT_EXECUTABLE_CODE, "", f"permission denied: {argv[0]}")
+    return Completed(
+        argv,
+        done.returncode,
+        done.stdout.decode(errors="replace"),
+        done.stderr.decode(errors="replace"),
+    )
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    ok_codes: Collection[int] = (0,),
+) -> Completed:
+    """Run `argv` (never through a shell) and return its exit code and decoded output.
+
+    With `check`, an exit code outside `ok_codes` raises `CommandFailed`; a missing
+    executable counts as exit code 127.
+    """
+    command = tuple(argv)
+    started = time.perf_counter()
+    done = await _spawn(command)
+    _log.debug(
+        "host_command",
+        argv=list(command),
+        returncode=done.returncode,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    if check and done.returncode not in ok_codes:
+        raise CommandFailed(command, done.returncode, done.stderr)
+    return done

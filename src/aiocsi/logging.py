@@ -1,0 +1,91 @@
+"""The structlog pipeline: JSON lines on stdout, stdlib records routed into it, secrets redacted."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from aiocsi.context import current_call, scrub
+
+REDACTED = "***"
+SECRET_KEYS = frozenset({"secrets"})
+
+
+def _redact(value: object, secrets: frozenset[str]) -> object:
+    if isinstance(value, Mapping):
+        return {
+            k: (REDACTED if k in SECRET_KEYS else _redact(v, secrets)) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_redact(v, secrets) for v in value]
+    if isinstance(value, str) and secrets:
+        return scrub(value, secrets)
+    return value
+
+
+def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Blank every field named `secrets`, at any depth, and every secret value of the call.
+
+    Runs after exception formatting, so tracebacks are scrubbed too.
+    """
+    call = current_call()
+    secrets = call.secret_values if call else frozenset()
+    for key in list(event_dict):
+        event_dict[key] = (
+            REDACTED if key in SECRET_KEYS else _redact(event_dict[key], secrets)
+        )
+    return event_dict
+
+
+class _StdlibBridge(logging.Handler):
+    """Sends stdlib records (grpclib, asyncio, ...) through the structlog pipeline."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            logger = structlog.get_logger(record.name)
+            kwargs: MutableMapping[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                kwargs["exc_info"] = record.exc_info
+            logger.log(record.levelno, record.getMessage(), **kwargs)
+        except Exception:  # noqa: BLE001 - a logging failure must never kill the caller
+            self.handleError(record)
+
+
+def configure(log_format: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
+    """Configure structlog and the stdlib root logger once, at start."""
+    level_no = logging.getLevelNamesMapping()[level.upper()]
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Processor
+    if log_format == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        tail: list[Processor] = [redact_secrets, renderer]
+    else:
+        renderer = structlog.processors.JSONRenderer()
+        tail = [structlog.processors.format_exc_info, redact_secrets, renderer]
+    structlog.configure(
+        processors=[*shared, *tail],
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
+        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _StdlibBridge):
+            root.removeHandler(handler)
+    root.addHandler(_StdlibBridge())
+    root.setLevel(level_no)
+    logging.captureWarnings(capture=True)
+
+
+def get_logger(name: str = "aiocsi") -> structlog.typing.FilteringBoundLogger:
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
+    return logger

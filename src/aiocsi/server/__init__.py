@@ -1,0 +1,1 @@
+"""The gRPC edge: socket, server lifecycle and the per-call interceptor."""

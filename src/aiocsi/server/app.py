@@ -1,0 +1,123 @@
+"""Server lifecycle: build the services, bind the socket, serve, drain on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+
+import anyio
+from grpclib.server import Server
+
+from aiocsi import __version__
+from aiocsi.config import Config
+from aiocsi.engine.core import Engine
+from aiocsi.host.lock import PoolLocked
+from aiocsi.logging import configure, get_logger
+from aiocsi.server.interceptor import CallTracker, install
+from aiocsi.server.socket import BoundSocket, SocketError, bind_unix_socket
+from aiocsi.services import build_services
+
+EXIT_OK = 0
+EXIT_STARTUP = 2
+
+log = get_logger("aiocsi.server")
+
+
+class DriverServer:
+    """The running driver: services on a socket, with a drain that honours a grace period."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.tracker = CallTracker()
+        self.engine = Engine(config)
+        self._server = Server(build_services(config, self.engine))
+        install(self._server, self.tracker)
+        self._bound: BoundSocket | None = None
+
+    async def start(self) -> None:
+        """Take the socket, then the pool, then serve. Raises SocketError or PoolLocked."""
+        # The socket first: a live server on it must never see its pool reconciled under it.
+        self._bound = await anyio.to_thread.run_sync(
+            bind_unix_socket, self.config.socket_path, self.config.socket_mode
+        )
+        await self.engine.start()
+        await self._server.start(sock=self._bound.sock)
+        log.info(
+            "serving", endpoint=str(self.config.socket_path), mode=self.config.mode.value,
+            node_id=self.config.node_id, driver=self.config.driver_name, version=__version__,
+        )
+
+    async def drain(self, cut_short: asyncio.Event | None = None) -> None:
+        """Refuse new calls, then wait for calls in flight until idle, grace or `cut_short`."""
+        self.tracker.draining = True
+        grace = self.config.shutdown_grace
+        log.info("draining", in_flight=self.tracker.active, grace_s=grace)
+        waiters = {asyncio.ensure_future(self._settled())}
+        if cut_short is not None:
+            waiters.add(asyncio.ensure_future(cut_short.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if self.tracker.active or self.engine.ctx.operations.active:
+            reason = "signal" if cut_short is not None and cut_short.is_set() else "grace_expired"
+            log.warning("drain_cut_short", reason=reason, in_flight=self.tracker.active)
+
+    async def _settled(self) -> None:
+        await self.tracker.wait_idle()
+        await self.engine.drain()
+
+    async def close(self) -> None:
+        if self._bound is not None:
+            self._bound.remove()
+        self._server.close()
+        with contextlib.suppress(RuntimeError):  # never started
+            await self._server.wait_closed()
+        await self.engine.close()
+        log.info("stopped")
+
+
+class _Signals:
+    """First SIGTERM/SIGINT starts the drain; a second one cuts it short."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.stop = asyncio.Event()
+        self.again = asyncio.Event()
+
+    def __call__(self, signum: int) -> None:
+        self.count += 1
+        log.info("signal_received", signal=signal.Signals(signum).name, count=self.count)
+        (self.stop if self.count == 1 else self.again).set()
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self, signum)
+
+
+async def serve(config: Config) -> int:
+    signals = _Signals()
+    signals.install()
+    driver = DriverServer(config)
+    try:
+        await driver.start()
+    except (SocketError, PoolLocked) as exc:
+        log.error("startup_failed", reason=str(exc))
+        print(f"aiocsi serve: error: {exc}", file=sys.stderr)  # noqa: T201 - one-line reason
+        await driver.close()
+        return EXIT_STARTUP
+    try:
+        await signals.stop.wait()
+        await driver.drain(signals.again)
+    finally:
+        await driver.close()
+    return EXIT_OK
+
+
+def run(config: Config) -> int:
+    configure(config.log_format.value, config.log_level)
+    return asyncio.run(serve(config))

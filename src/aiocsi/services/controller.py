@@ -1,0 +1,210 @@
+"""Controller service: protobuf in, engine call, protobuf out."""
+
+from __future__ import annotations
+
+from aiocsi._proto.csi import v1 as csi
+from aiocsi.config import Config
+from aiocsi.engine.core import Engine
+from aiocsi.engine.volumes import minimum_size
+from aiocsi.errors import InvalidArgument, Unimplemented
+from aiocsi.services import convert
+from aiocsi.services.validation import common
+from aiocsi.services.validation import controller as check
+
+Rpc = csi.ControllerServiceCapabilityRpcType
+
+
+def controller_capabilities(config: Config) -> list[Rpc]:
+    rpcs = [
+        Rpc.CREATE_DELETE_VOLUME, Rpc.LIST_VOLUMES, Rpc.GET_CAPACITY,
+        Rpc.CREATE_DELETE_SNAPSHOT, Rpc.LIST_SNAPSHOTS, Rpc.CLONE_VOLUME, Rpc.EXPAND_VOLUME,
+        Rpc.LIST_VOLUMES_PUBLISHED_NODES, Rpc.VOLUME_CONDITION, Rpc.GET_VOLUME,
+        Rpc.SINGLE_NODE_MULTI_WRITER, Rpc.MODIFY_VOLUME, Rpc.GET_SNAPSHOT,
+    ]
+    if config.enable_attach:
+        rpcs += [Rpc.PUBLISH_UNPUBLISH_VOLUME, Rpc.PUBLISH_READONLY]
+    return rpcs
+
+
+class ControllerService(csi.ControllerBase):
+    def __init__(self, config: Config, engine: Engine) -> None:
+        self._config = config
+        self._volumes = engine.volumes
+        self._snapshots = engine.snapshots
+
+    async def controller_get_capabilities(
+        self, message: csi.ControllerGetCapabilitiesRequest
+    ) -> csi.ControllerGetCapabilitiesResponse:
+        del message
+        return csi.ControllerGetCapabilitiesResponse(
+            capabilities=[
+                csi.ControllerServiceCapability(rpc=csi.ControllerServiceCapabilityRpc(type=rpc))
+                for rpc in controller_capabilities(self._config)
+            ]
+        )
+
+    async def create_volume(self, message: csi.CreateVolumeRequest) -> csi.CreateVolumeResponse:
+        request, params = check.create_volume(message)
+        volume = await self._volumes.create(request, params)
+        return csi.CreateVolumeResponse(volume=convert.volume(volume))
+
+    async def delete_volume(self, message: csi.DeleteVolumeRequest) -> csi.DeleteVolumeResponse:
+        common.string_map(message.secrets, "secrets")
+        await self._volumes.delete(check.volume_id(message.volume_id))
+        return csi.DeleteVolumeResponse()
+
+    async def validate_volume_capabilities(
+        self, message: csi.ValidateVolumeCapabilitiesRequest
+    ) -> csi.ValidateVolumeCapabilitiesResponse:
+        volume = await self._volumes.get(check.volume_id(message.volume_id))
+        if not message.volume_capabilities:
+            raise InvalidArgument("volume_capabilities is required")
+        try:
+            common.capabilities(message.volume_capabilities, "volume_capabilities")
+            check.volume_parameters(message.parameters)
+            check.mutable_parameters(message.mutable_parameters)
+        except InvalidArgument as exc:
+            return csi.ValidateVolumeCapabilitiesResponse(message=str(exc))
+        del volume
+        return csi.ValidateVolumeCapabilitiesResponse(
+            confirmed=csi.ValidateVolumeCapabilitiesResponseConfirmed(
+                volume_context=message.volume_context,
+                volume_capabilities=message.volume_capabilities,
+                parameters=message.parameters,
+                mutable_parameters=message.mutable_parameters,
+            )
+        )
+
+    async def controller_get_volume(
+        self, message: csi.ControllerGetVolumeRequest
+    ) -> csi.ControllerGetVolumeResponse:
+        volume = await self._volumes.get(check.volume_id(message.volume_id))
+        return csi.ControllerGetVolumeResponse(
+            volume=convert.volume(volume),
+            status=csi.ControllerGetVolumeResponseVolumeStatus(
+                published_node_ids=await self._volumes.published_nodes(volume.id),
+                volume_condition=convert.condition(await self._volumes.condition(volume)),
+            ),
+        )
+
+    async def list_volumes(self, message: csi.ListVolumesRequest) -> csi.ListVolumesResponse:
+        after, limit = common.page(message.max_entries, message.starting_token)
+        volumes = await self._volumes.list(after, limit + 1 if limit > 0 else limit)
+        more = limit > 0 and len(volumes) > limit
+        volumes = volumes[:limit] if limit > 0 else volumes
+        entries = [
+            csi.ListVolumesResponseEntry(
+                volume=convert.volume(v),
+                status=csi.ListVolumesResponseVolumeStatus(
+                    published_node_ids=await self._volumes.published_nodes(v.id),
+                    volume_condition=convert.condition(await self._volumes.condition(v)),
+                ),
+            )
+            for v in volumes
+        ]
+        return csi.ListVolumesResponse(
+            entries=entries, next_token=str(volumes[-1].seq) if more else ""
+        )
+
+    async def get_capacity(self, message: csi.GetCapacityRequest) -> csi.GetCapacityResponse:
+        caps = (
+            common.capabilities(message.volume_capabilities, "volume_capabilities")
+            if message.volume_capabilities
+            else ()
+        )
+        check.volume_parameters(message.parameters)
+        segments = message.accessible_topology.segments if message.accessible_topology else None
+        available = await self._volumes.capacity(segments)
+        return csi.GetCapacityResponse(
+            available_capacity=available,
+            maximum_volume_size=available,
+            minimum_volume_size=minimum_size(caps),
+        )
+
+    async def controller_expand_volume(
+        self, message: csi.ControllerExpandVolumeRequest
+    ) -> csi.ControllerExpandVolumeResponse:
+        volume_id = check.volume_id(message.volume_id)
+        if message.capacity_range is None:
+            raise InvalidArgument("capacity_range is required")
+        capacity = common.capacity(message.capacity_range)
+        capability = (
+            common.capability(message.volume_capability, "volume_capability")
+            if message.volume_capability is not None
+            else None
+        )
+        size, _ = await self._volumes.expand(volume_id, capacity)
+        is_block = capability is not None and capability.access_type.value == "block"
+        node_required = await self._volumes.is_attached(volume_id) if is_block else True
+        return csi.ControllerExpandVolumeResponse(
+            capacity_bytes=size, node_expansion_required=node_required
+        )
+
+    async def controller_modify_volume(
+        self, message: csi.ControllerModifyVolumeRequest
+    ) -> csi.ControllerModifyVolumeResponse:
+        volume_id = check.volume_id(message.volume_id)
+        mutable = check.mutable_parameters(message.mutable_parameters)
+        await self._volumes.modify(volume_id, mutable)
+        return csi.ControllerModifyVolumeResponse()
+
+    async def controller_publish_volume(
+        self, message: csi.ControllerPublishVolumeRequest
+    ) -> csi.ControllerPublishVolumeResponse:
+        if not self._config.enable_attach:
+            raise Unimplemented("ControllerPublishVolume needs --enable-attach")
+        volume_id = check.volume_id(message.volume_id)
+        node_id = check.node_id(message.node_id)
+        capability = common.capability(message.volume_capability, "volume_capability")
+        await self._volumes.controller_publish(volume_id, node_id, capability, message.readonly)
+        return csi.ControllerPublishVolumeResponse()
+
+    async def controller_unpublish_volume(
+        self, message: csi.ControllerUnpublishVolumeRequest
+    ) -> csi.ControllerUnpublishVolumeResponse:
+        if not self._config.enable_attach:
+            raise Unimplemented("ControllerUnpublishVolume needs --enable-attach")
+        await self._volumes.controller_unpublish(
+            check.volume_id(message.volume_id), common.string(message.node_id, "node_id", required=False)
+        )
+        return csi.ControllerUnpublishVolumeResponse()
+
+    async def create_snapshot(
+        self, message: csi.CreateSnapshotRequest
+    ) -> csi.CreateSnapshotResponse:
+        name = common.string(message.name, "name")
+        source = common.string(message.source_volume_id, "source_volume_id")
+        check.snapshot_parameters(message.parameters)
+        common.string_map(message.secrets, "secrets")
+        snap = await self._snapshots.create(name, source)
+        return csi.CreateSnapshotResponse(snapshot=convert.snapshot(snap))
+
+    async def delete_snapshot(
+        self, message: csi.DeleteSnapshotRequest
+    ) -> csi.DeleteSnapshotResponse:
+        await self._snapshots.delete(common.string(message.snapshot_id, "snapshot_id"))
+        return csi.DeleteSnapshotResponse()
+
+    async def get_snapshot(self, message: csi.GetSnapshotRequest) -> csi.GetSnapshotResponse:
+        snap = await self._snapshots.get(common.string(message.snapshot_id, "snapshot_id"))
+        return csi.GetSnapshotResponse(snapshot=convert.snapshot(snap))
+
+    async def list_snapshots(
+        self, message: csi.ListSnapshotsRequest
+    ) -> csi.ListSnapshotsResponse:
+        after, limit = common.page(message.max_entries, message.starting_token)
+        source = common.string(message.source_volume_id, "source_volume_id", required=False)
+        snapshot_id = common.string(message.snapshot_id, "snapshot_id", required=False)
+        snaps = await self._snapshots.list(
+            after, limit + 1 if limit > 0 else limit,
+            source_volume_id=source, snapshot_id=snapshot_id,
+        )
+        more = limit > 0 and len(snaps) > limit
+        snaps = snaps[:limit] if limit > 0 else snaps
+        return csi.ListSnapshotsResponse(
+            entries=[csi.ListSnapshotsResponseEntry(snapshot=convert.snapshot(s)) for s in snaps],
+            next_token=str(snaps[-1].seq) if more else "",
+        )
+
+
+

@@ -1,0 +1,47 @@
+"""Domain records -> protobuf messages (the one place that builds response shapes)."""
+
+from __future__ import annotations
+
+import datetime
+
+from aiocsi._proto.csi import v1 as csi
+from aiocsi.config import TOPOLOGY_KEY
+from aiocsi.models import Snapshot, SourceKind, Volume, VolumeCondition
+
+
+def topology(node_id: str) -> csi.Topology:
+    return csi.Topology(segments={TOPOLOGY_KEY: node_id})
+
+
+def volume(v: Volume) -> csi.Volume:
+    source = None
+    if v.source is not None:
+        source = (
+            csi.VolumeContentSource(
+                snapshot=csi.VolumeContentSourceSnapshotSource(snapshot_id=v.source.id)
+            )
+            if v.source.kind is SourceKind.SNAPSHOT
+            else csi.VolumeContentSource(
+                volume=csi.VolumeContentSourceVolumeSource(volume_id=v.source.id)
+            )
+        )
+    return csi.Volume(
+        capacity_bytes=v.capacity_bytes,
+        volume_id=v.id,
+        content_source=source,
+        accessible_topology=[topology(v.node_id)],
+    )
+
+
+def condition(c: VolumeCondition) -> csi.VolumeCondition:
+    return csi.VolumeCondition(abnormal=c.abnormal, message=c.message)
+
+
+def snapshot(s: Snapshot) -> csi.Snapshot:
+    return csi.Snapshot(
+        size_bytes=s.size_bytes,
+        snapshot_id=s.id,
+        source_volume_id=s.source_volume_id,
+        creation_time=datetime.datetime.fromtimestamp(s.created_at, tz=datetime.UTC),
+        ready_to_use=s.ready,
+    )

@@ -1,0 +1,1 @@
+"""Request validation, one module per service; applied before any side effect."""

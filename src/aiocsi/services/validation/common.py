@@ -1,0 +1,111 @@
+"""Checks every service shares: sizes (CSI: strings <= 128 bytes, maps <= 4 KiB), ids,
+capabilities and capacity ranges. Everything raises InvalidArgument naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from aiocsi._proto.csi import v1 as csi
+from aiocsi.engine.requests import CapacityRange
+from aiocsi.errors import InvalidArgument, InvalidToken
+from aiocsi.models import AccessMode, AccessType, Capability
+
+MAX_STRING_BYTES = 128
+MAX_MAP_BYTES = 4096
+MAX_PATH_BYTES = 4096
+SUPPORTED_FS_TYPES = ("ext4", "xfs", "btrfs")
+_MODES = {
+    csi.VolumeCapabilityAccessModeMode.SINGLE_NODE_WRITER: AccessMode.SINGLE_NODE_WRITER,
+    csi.VolumeCapabilityAccessModeMode.SINGLE_NODE_READER_ONLY: AccessMode.SINGLE_NODE_READER_ONLY,
+    csi.VolumeCapabilityAccessModeMode.SINGLE_NODE_SINGLE_WRITER: AccessMode.SINGLE_NODE_SINGLE_WRITER,
+    csi.VolumeCapabilityAccessModeMode.SINGLE_NODE_MULTI_WRITER: AccessMode.SINGLE_NODE_MULTI_WRITER,
+}
+_MULTI_NODE = {
+    csi.VolumeCapabilityAccessModeMode.MULTI_NODE_READER_ONLY,
+    csi.VolumeCapabilityAccessModeMode.MULTI_NODE_SINGLE_WRITER,
+    csi.VolumeCapabilityAccessModeMode.MULTI_NODE_MULTI_WRITER,
+}
+
+
+def string(value: str, field: str, *, required: bool = True, limit: int = MAX_STRING_BYTES) -> str:
+    if not value:
+        if required:
+            raise InvalidArgument(f"{field} is required")
+        return value
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise InvalidArgument(f"{field} is {size} bytes; at most {limit} are allowed")
+    if "\x00" in value:
+        raise InvalidArgument(f"{field} must not contain NUL characters")
+    return value
+
+
+def string_map(value: Mapping[str, str], field: str) -> dict[str, str]:
+    size = sum(len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass"))
+               for k, v in value.items())
+    if size > MAX_MAP_BYTES:
+        raise InvalidArgument(f"{field} is {size} bytes; at most {MAX_MAP_BYTES} are allowed")
+    return dict(value)
+
+
+def capacity(message: csi.CapacityRange | None) -> CapacityRange:
+    if message is None:
+        return CapacityRange()
+    required, limit = message.required_bytes, message.limit_bytes
+    if required < 0 or limit < 0:
+        raise InvalidArgument("capacity_range values must not be negative")
+    if limit and required > limit:
+        raise InvalidArgument(
+            f"capacity_range.required_bytes ({required}) exceeds limit_bytes ({limit})"
+        )
+    return CapacityRange(required, limit)
+
+
+def capability(message: csi.VolumeCapability | None, field: str) -> Capability:
+    """Convert one VolumeCapability; anything this driver cannot honour is INVALID_ARGUMENT."""
+    if message is None:
+        raise InvalidArgument(f"{field} is required")
+    mode_message = message.access_mode
+    if mode_message is None or mode_message.mode == csi.VolumeCapabilityAccessModeMode.UNKNOWN:
+        raise InvalidArgument(f"{field}.access_mode is required")
+    if mode_message.mode in _MULTI_NODE:
+        raise InvalidArgument(
+            f"{field}.access_mode {mode_message.mode.name} is not supported: "
+            "volumes are node-local (use a SINGLE_NODE_* mode)"
+        )
+    mode = _MODES.get(mode_message.mode)
+    if mode is None:
+        raise InvalidArgument(f"{field}.access_mode {mode_message.mode} is unknown")
+    if message.mount is not None and message.block is not None:
+        raise InvalidArgument(f"{field} sets both block and mount; choose one")
+    if message.block is not None:
+        return Capability(AccessType.BLOCK, mode)
+    if message.mount is None:
+        raise InvalidArgument(f"{field} needs an access type (block or mount)")
+    fs_type = message.mount.fs_type
+    if fs_type and fs_type not in SUPPORTED_FS_TYPES:
+        raise InvalidArgument(
+            f"{field}.mount.fs_type {fs_type!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_FS_TYPES)})"
+        )
+    flags = tuple(string(f, f"{field}.mount.mount_flags") for f in message.mount.mount_flags)
+    return Capability(AccessType.MOUNT, mode, fs_type, flags)
+
+
+def capabilities(messages: Sequence[csi.VolumeCapability], field: str) -> tuple[Capability, ...]:
+    if not messages:
+        raise InvalidArgument(f"{field} is required")
+    return tuple(capability(m, f"{field}[{i}]") for i, m in enumerate(messages))
+
+
+def page(max_entries: int, starting_token: str) -> tuple[int, int]:
+    """Return (after_seq, limit) for a List call; a bad token is the spec's ABORTED."""
+    if max_entries < 0:
+        raise InvalidArgument("max_entries must not be negative")
+    after = 0
+    if starting_token:
+        if not starting_token.isdigit() or len(starting_token) > 18:  # noqa: PLR2004 - int64 digits
+            raise InvalidToken(f"starting_token {starting_token!r} is not one this driver issued")
+        after = int(starting_token)
+    return after, (max_entries or -1)

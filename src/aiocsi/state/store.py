@@ -1,0 +1,270 @@
+"""SQLite store for volumes, snapshots and publications.
+
+One connection, WAL and synchronous=FULL; every call runs in a worker thread behind a
+limiter of one, so the event loop never waits on disk and SQLite sees one writer.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from aiocsi.models import (
+    AccessMode,
+    AccessType,
+    Capability,
+    ContentSource,
+    Publication,
+    PublicationKind,
+    Snapshot,
+    SourceKind,
+    Volume,
+    VolumeState,
+)
+from aiocsi.state.schema import MIGRATIONS, SCHEMA_VERSION
+
+T = TypeVar("T")
+DB_NAME = "aiocsi.db"
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer aiocsi; refusing to downgrade it."""
+
+
+def _volume(row: sqlite3.Row) -> Volume:
+    source = (
+        ContentSource(SourceKind(row["source_kind"]), row["source_id"])
+        if row["source_kind"]
+        else None
+    )
+    return Volume(
+        id=row["id"], name=row["name"], capacity_bytes=row["capacity_bytes"],
+        state=VolumeState(row["state"]), node_id=row["node_id"],
+        parameters=json.loads(row["parameters"]),
+        mutable_parameters=json.loads(row["mutable_parameters"]),
+        source=source, ephemeral=bool(row["ephemeral"]), created_at=row["created_at"],
+        seq=row["seq"],
+    )
+
+
+def _snapshot(row: sqlite3.Row) -> Snapshot:
+    return Snapshot(
+        id=row["id"], name=row["name"], source_volume_id=row["source_volume_id"],
+        size_bytes=row["size_bytes"], ready=bool(row["ready"]), created_at=row["created_at"],
+        seq=row["seq"],
+    )
+
+
+def _capability_json(capability: Capability | None) -> str | None:
+    return None if capability is None else json.dumps(asdict(capability))
+
+
+def _capability(text: str | None) -> Capability | None:
+    if text is None:
+        return None
+    raw = json.loads(text)
+    return Capability(
+        access_type=AccessType(raw["access_type"]), access_mode=AccessMode(raw["access_mode"]),
+        fs_type=raw["fs_type"], mount_flags=tuple(raw["mount_flags"]),
+    )
+
+
+def _publication(row: sqlite3.Row) -> Publication:
+    return Publication(
+        volume_id=row["volume_id"], kind=PublicationKind(row["kind"]), path=row["path"],
+        node_id=row["node_id"], read_only=bool(row["read_only"]),
+        capability=_capability(row["capability"]),
+    )
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _open_sync(self) -> None:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        version: int = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            db.close()
+            raise SchemaTooNew(
+                f"{self.path} has schema version {version}; this aiocsi knows {SCHEMA_VERSION}"
+            )
+        for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={target};\nCOMMIT;")
+        self._db = db
+
+    async def open(self) -> None:
+        await anyio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await anyio.to_thread.run_sync(db.close, limiter=self._limiter)
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._db
+        if db is None:
+            raise RuntimeError("store is not open")
+        return await anyio.to_thread.run_sync(fn, db, limiter=self._limiter)
+
+    async def _write(self, sql: str, args: Iterable[Any] = ()) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            return db.execute(sql, tuple(args)).rowcount
+
+        return await self._call(write)
+
+    async def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        return await self._call(lambda db: db.execute(sql, tuple(args)).fetchall())
+
+    async def _row(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Row | None:
+        rows = await self._rows(sql, args)
+        return rows[0] if rows else None
+
+    # -- volumes --------------------------------------------------------------------------
+
+    async def insert_volume(self, v: Volume) -> Volume:
+        def insert(db: sqlite3.Connection) -> Volume:
+            cur = db.execute(
+                "INSERT INTO volumes (id, name, state, capacity_bytes, node_id, parameters,"
+                " mutable_parameters, source_kind, source_id, ephemeral, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    v.id, v.name, v.state.value, v.capacity_bytes, v.node_id,
+                    json.dumps(v.parameters, sort_keys=True),
+                    json.dumps(v.mutable_parameters, sort_keys=True),
+                    v.source.kind.value if v.source else None,
+                    v.source.id if v.source else None,
+                    int(v.ephemeral), v.created_at,
+                ),
+            )
+            row = db.execute("SELECT * FROM volumes WHERE seq = ?", (cur.lastrowid,)).fetchone()
+            return _volume(row)
+
+        return await self._call(insert)
+
+    async def get_volume(self, volume_id: str) -> Volume | None:
+        row = await self._row("SELECT * FROM volumes WHERE id = ?", (volume_id,))
+        return _volume(row) if row else None
+
+    async def get_volume_by_name(self, name: str) -> Volume | None:
+        row = await self._row("SELECT * FROM volumes WHERE name = ?", (name,))
+        return _volume(row) if row else None
+
+    async def set_volume_state(self, volume_id: str, state: VolumeState) -> None:
+        await self._write("UPDATE volumes SET state = ? WHERE id = ?", (state.value, volume_id))
+
+    async def set_volume_capacity(self, volume_id: str, capacity: int) -> None:
+        await self._write(
+            "UPDATE volumes SET capacity_bytes = ? WHERE id = ?", (capacity, volume_id)
+        )
+
+    async def set_mutable_parameters(self, volume_id: str, params: dict[str, str]) -> None:
+        await self._write(
+            "UPDATE volumes SET mutable_parameters = ? WHERE id = ?",
+            (json.dumps(params, sort_keys=True), volume_id),
+        )
+
+    async def delete_volume(self, volume_id: str) -> None:
+        await self._write("DELETE FROM volumes WHERE id = ?", (volume_id,))
+
+    async def list_volumes(self, after_seq: int = 0, limit: int = -1) -> list[Volume]:
+        rows = await self._rows(
+            "SELECT * FROM volumes WHERE seq > ? AND state = 'ready' ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        return [_volume(r) for r in rows]
+
+    async def all_volumes(self) -> list[Volume]:
+        return [_volume(r) for r in await self._rows("SELECT * FROM volumes ORDER BY seq")]
+
+    async def provisioned_bytes(self) -> int:
+        row = await self._row("SELECT COALESCE(SUM(capacity_bytes), 0) FROM volumes")
+        return int(row[0]) if row else 0
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    async def insert_snapshot(self, s: Snapshot) -> Snapshot:
+        def insert(db: sqlite3.Connection) -> Snapshot:
+            cur = db.execute(
+                "INSERT INTO snapshots (id, name, source_volume_id, size_bytes, ready, created_at)"
+                " VALUES (?,?,?,?,?,?)",
+                (s.id, s.name, s.source_volume_id, s.size_bytes, int(s.ready), s.created_at),
+            )
+            row = db.execute("SELECT * FROM snapshots WHERE seq = ?", (cur.lastrowid,)).fetchone()
+            return _snapshot(row)
+
+        return await self._call(insert)
+
+    async def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
+        row = await self._row("SELECT * FROM snapshots WHERE id = ?", (snapshot_id,))
+        return _snapshot(row) if row else None
+
+    async def get_snapshot_by_name(self, name: str) -> Snapshot | None:
+        row = await self._row("SELECT * FROM snapshots WHERE name = ?", (name,))
+        return _snapshot(row) if row else None
+
+    async def set_snapshot_ready(self, snapshot_id: str) -> None:
+        await self._write("UPDATE snapshots SET ready = 1 WHERE id = ?", (snapshot_id,))
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        await self._write("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+
+    async def list_snapshots(
+        self, after_seq: int = 0, limit: int = -1, *, source_volume_id: str = "",
+        snapshot_id: str = "",
+    ) -> list[Snapshot]:
+        sql = "SELECT * FROM snapshots WHERE seq > ? AND ready = 1"
+        args: list[Any] = [after_seq]
+        if source_volume_id:
+            sql += " AND source_volume_id = ?"
+            args.append(source_volume_id)
+        if snapshot_id:
+            sql += " AND id = ?"
+            args.append(snapshot_id)
+        rows = await self._rows(sql + " ORDER BY seq LIMIT ?", [*args, limit])
+        return [_snapshot(r) for r in rows]
+
+    async def all_snapshots(self) -> list[Snapshot]:
+        return [_snapshot(r) for r in await self._rows("SELECT * FROM snapshots ORDER BY seq")]
+
+    # -- publications ---------------------------------------------------------------------
+
+    async def add_publication(self, p: Publication) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO publications"
+            " (volume_id, kind, path, node_id, read_only, capability) VALUES (?,?,?,?,?,?)",
+            (p.volume_id, p.kind.value, p.path, p.node_id, int(p.read_only),
+             _capability_json(p.capability)),
+        )
+
+    async def remove_publication(self, volume_id: str, kind: PublicationKind, path: str) -> None:
+        await self._write(
+            "DELETE FROM publications WHERE volume_id = ? AND kind = ? AND path = ?",
+            (volume_id, kind.value, path),
+        )
+
+    async def publications(
+        self, volume_id: str | None = None, kind: PublicationKind | None = None
+    ) -> list[Publication]:
+        sql, args = "SELECT * FROM publications WHERE 1=1", []
+        if volume_id is not None:
+            sql += " AND volume_id = ?"
+            args.append(volume_id)
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind.value)
+        return [_publication(r) for r in await self._rows(sql + " ORDER BY rowid", args)]

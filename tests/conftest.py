@@ -1,0 +1,83 @@
+"""Session-wide guards: system-test gating and the leak guard for loop devices and mounts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Every test directory lives under this short root, so socket paths stay < 108 bytes and
+# the leak guard knows exactly which loop devices and mounts are ours.
+TEST_ROOT_PREFIX = "/tmp/aiocsi-t-"
+REQUIRE_SYSTEM = os.environ.get("AIOCSI_REQUIRE_SYSTEM") == "1"
+
+
+def system_unavailable_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "system tests need root"
+    if not Path("/dev/loop-control").exists():
+        return "system tests need loop devices (/dev/loop-control)"
+    return None
+
+
+def _loop_backing_files() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for entry in Path("/sys/block").glob("loop*"):
+        backing = entry / "loop" / "backing_file"
+        try:
+            found[entry.name] = backing.read_text().strip()
+        except OSError:
+            continue
+    return found
+
+
+def _mount_points() -> list[str]:
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        points.append(line.split(" ")[4].encode().decode("unicode_escape"))
+    return points
+
+
+def _leftovers(root: str) -> list[str]:
+    loops = [f"loop {dev} -> {f}" for dev, f in _loop_backing_files().items() if f.startswith(root)]
+    mounts = [f"mount {m}" for m in _mount_points() if m.startswith(root)]
+    return loops + mounts
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_root() -> Iterator[Path]:
+    """The session's directory; the leak guard fails the run if anything under it survives."""
+    root = Path(tempfile.mkdtemp(prefix=TEST_ROOT_PREFIX))
+    try:
+        yield root
+    finally:
+        leaks = _leftovers(str(root))
+        if not leaks:
+            shutil.rmtree(root, ignore_errors=True)
+        assert not leaks, f"tests leaked resources under {root}: {leaks}"
+
+
+@pytest.fixture
+def workdir(test_root: Path, request: pytest.FixtureRequest) -> Path:
+    """A short per-test directory under the session root."""
+    path = Path(tempfile.mkdtemp(dir=test_root, prefix=request.node.name[:12] + "-"))
+    return path
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:  # noqa: ARG001 - pytest hook signature
+    reason = system_unavailable_reason()
+    if reason is not None and REQUIRE_SYSTEM:
+        pytest.exit(f"AIOCSI_REQUIRE_SYSTEM=1 but {reason}", returncode=1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    reason = system_unavailable_reason()
+    if reason is None:
+        return
+    for item in items:
+        if item.get_closest_marker("system") is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
