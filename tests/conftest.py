@@ -76,8 +76,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:  # noqa: ARG001 - pyte
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     reason = system_unavailable_reason()
-    if reason is None:
-        return
     for item in items:
-        if item.get_closest_marker("system") is not None:
+        if "system" in item.path.parts:
+            item.add_marker(pytest.mark.system)
+        if reason is not None and item.get_closest_marker("system") is not None:
             item.add_marker(pytest.mark.skip(reason=reason))

@@ -7,20 +7,16 @@ from hypothesis import strategies as st
 
 from aiocsi.host.mount import MountEntry, parse_mountinfo, read_mounts
 
-SAMPLE = "\n".join(
-    [
-        "22 27 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw",
-        "27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard,errors=remount-ro",
-        # A kubelet-style volume path with a space, two optional fields.
-        "105 27 7:3 / /var/lib/kubelet/pods/p1/volumes/my\\040vol rw,noatime shared:50 master:2"
-        " - ext4 /dev/loop3 rw",
-        # A read-only bind of a subdirectory: root is the bound directory, not "/".
-        "106 27 254:0 /srv/pool/data /mnt/ro-bind ro,relatime - ext4 /dev/vda rw,discard",
-        # Every character the kernel escapes, in the mount point and the source; no optionals.
-        "107 27 0:45 / /mnt/tab\\011nl\\012bs\\134end rw - tmpfs my\\040src rw,size=1024k",
-        "108 27 0:46 / /mnt/caf\u00e9 rw,relatime propagate_from:1 unbindable - tmpfs none ro",
-    ]
-)
+# Captured-style lines: optional fields (none, one, two), a kubelet volume path with a space,
+# a read-only bind of a subdirectory (its root is not "/"), every character the kernel
+# escapes (space, tab, newline, backslash), and a raw non-ASCII name.
+SAMPLE = r"""22 27 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
+27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard,errors=remount-ro
+105 27 7:3 / /var/lib/kubelet/pods/p1/my\040vol rw,noatime shared:50 master:2 - ext4 /dev/loop3 rw
+106 27 254:0 /srv/pool/data /mnt/ro-bind ro,relatime - ext4 /dev/vda rw,discard
+107 27 0:45 / /mnt/tab\011nl\012bs\134end rw - tmpfs my\040src rw,size=1024k
+108 27 0:46 / /mnt/café rw,relatime propagate_from:1 unbindable - tmpfs none ro
+"""
 
 
 def _by_point(entries: list[MountEntry]) -> dict[str, MountEntry]:
@@ -28,18 +24,18 @@ def _by_point(entries: list[MountEntry]) -> dict[str, MountEntry]:
 
 
 def test_parses_every_line_in_order() -> None:
-    entries = parse_mountinfo(SAMPLE + "\n")
+    entries = parse_mountinfo(SAMPLE)
     assert [entry.mount_id for entry in entries] == [22, 27, 105, 106, 107, 108]
 
 
 def test_fields_around_optional_fields() -> None:
-    entry = _by_point(parse_mountinfo(SAMPLE))["/var/lib/kubelet/pods/p1/volumes/my vol"]
+    entry = _by_point(parse_mountinfo(SAMPLE))["/var/lib/kubelet/pods/p1/my vol"]
     assert entry == MountEntry(
         mount_id=105,
         parent_id=27,
         major_minor="7:3",
         root="/",
-        mount_point="/var/lib/kubelet/pods/p1/volumes/my vol",
+        mount_point="/var/lib/kubelet/pods/p1/my vol",
         options=frozenset({"rw", "noatime"}),
         fs_type="ext4",
         source="/dev/loop3",
@@ -64,7 +60,7 @@ def test_octal_escapes_in_mount_point_and_source() -> None:
 def test_read_only_is_the_per_mount_flag() -> None:
     # Superblock "ro" with a per-mount "rw": the mount itself is not the read-only one.
     entries = _by_point(parse_mountinfo(SAMPLE))
-    assert not entries["/mnt/caf\u00e9"].read_only
+    assert not entries["/mnt/café"].read_only
     assert not entries["/"].read_only
 
 
@@ -79,7 +75,7 @@ def _kernel_escape(text: str) -> str:
 
 
 @given(
-    point=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1),
+    point=st.text(st.characters(exclude_categories=["Cs"]), min_size=1),
     optional=st.lists(st.sampled_from(["shared:1", "master:7", "unbindable"]), max_size=3),
 )
 def test_any_escaped_mount_point_round_trips(point: str, optional: list[str]) -> None:

@@ -180,7 +180,7 @@ def copy_image_sync(src: Path, dst: Path, *, size: int | None = None) -> CopyMet
     return method
 
 
-async def copy_image(src: Path, dst: Path, *, size: int | None = None) -> str:
+async def copy_image(src: Path, dst: Path, *, size: int | None = None) -> CopyMethod:
     return await anyio.to_thread.run_sync(lambda: copy_image_sync(src, dst, size=size))
 
 

@@ -17,15 +17,18 @@ if TYPE_CHECKING:
 
 _MIB = 1024 * 1024
 
-# Smallest volume each mkfs accepts, measured on e2fsprogs 1.47.0, xfsprogs 6.1.0 and
-# btrfs-progs 6.2, rounded up so that a newer mkfs with slightly larger metadata still fits.
-# ext4 formats from 128 KiB but only gets a journal from 2 MiB; 4 MiB leaves room for data.
-# xfsprogs >= 5.19 refuses anything under 300 MiB. btrfs-progs 6.2 needs 109 MiB.
+# Smallest volume size per filesystem, measured on e2fsprogs 1.47.0, xfsprogs 6.1.0,
+# btrfs-progs 6.2 and Linux 6.18, rounded up so that a newer mkfs with slightly larger
+# metadata still fits. ext4 formats from 128 KiB but only gets a journal from 2 MiB;
+# 4 MiB leaves room for data next to it.
+# xfsprogs >= 5.19 refuses anything under 300 MiB. mkfs.btrfs accepts 109 MiB, but the
+# kernel refuses to resize a btrfs to less than 256 MiB: a smaller volume could not be
+# expanded by a little, only to 256 MiB or more.
 MIN_FS_SIZE: Mapping[str, int] = MappingProxyType(
     {
         "ext4": 4 * _MIB,
         "xfs": 300 * _MIB,
-        "btrfs": 128 * _MIB,
+        "btrfs": 256 * _MIB,
     }
 )
 
@@ -33,9 +36,10 @@ MIN_FS_SIZE: Mapping[str, int] = MappingProxyType(
 _BLKID_NOTHING_FOUND = 2
 
 # Discards are skipped everywhere: on a fresh sparse image they only cost time.
-# ext4 initialises inode tables and journal lazily so formatting stays fast on any size;
-# -F only waives the "not a partition" check (mke2fs never asks when stdin is not a tty).
-# xfs and btrfs get no -f: they refuse to overwrite an existing signature.
+# ext4 initialises inode tables and journal lazily so formatting stays fast and the image
+# sparse at any size. mke2fs overwrites an existing filesystem whenever stdin is not a
+# terminal, -F or not, so callers probe first. xfs and btrfs get no -f: they refuse to
+# overwrite an existing signature.
 _MKFS_ARGV: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         "ext4": (

@@ -1,7 +1,7 @@
 """Loop devices: attach/detach through losetup, look-ups through sysfs.
 
 Sysfs is read instead of running `losetup -j`/`-l`: reading a few small files in a thread
-is cheaper than a process spawn, which stalls the event loop while it forks.
+is much cheaper than spawning a process from the event loop.
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ async def _existing_device(image: Path, *, read_only: bool) -> str | None:
         _log.warning("loop_attached_twice", image=str(image), devices=devices)
     device = devices[0]
     if await anyio.to_thread.run_sync(_is_read_only, device) != read_only:
-        mode = "read-only" if not read_only else "read-write"
-        raise FailedPrecondition(f"{image} is already attached as {device} {mode}")
+        existing_mode = "read-write" if read_only else "read-only"
+        raise FailedPrecondition(f"{image} is already attached as {device} {existing_mode}")
     return device
 
 
@@ -166,7 +166,6 @@ async def detach(device: str) -> None:
 
 async def refresh_size(device: str) -> None:
     """Make the loop device pick up a grown backing file (always on the device, not the file)."""
-    _sysfs_dir(device)
     await run(["losetup", "--set-capacity", device])
 
 

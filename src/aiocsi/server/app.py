@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import os
 import signal
 import sys
 
@@ -35,6 +35,7 @@ class DriverServer:
         self._server = Server(build_services(config, self.engine))
         install(self._server, self.tracker)
         self._bound: BoundSocket | None = None
+        self._started = False
 
     async def start(self) -> None:
         """Take the socket, then the pool, then serve. Raises SocketError or PoolLocked."""
@@ -44,6 +45,7 @@ class DriverServer:
         )
         await self.engine.start()
         await self._server.start(sock=self._bound.sock)
+        self._started = True
         log.info(
             "serving", endpoint=str(self.config.socket_path), mode=self.config.mode.value,
             node_id=self.config.node_id, driver=self.config.driver_name, version=__version__,
@@ -62,9 +64,22 @@ class DriverServer:
         finally:
             for waiter in waiters:
                 waiter.cancel()
-        if self.tracker.active or self.engine.ctx.operations.active:
+        if self.busy:
             reason = "signal" if cut_short is not None and cut_short.is_set() else "grace_expired"
             log.warning("drain_cut_short", reason=reason, in_flight=self.tracker.active)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.tracker.active or self.engine.ctx.operations.active)
+
+    async def abandon(self) -> None:
+        """Stop without waiting: work in flight is finished or undone by the next start's
+        reconcile, since every side effect is recorded before and after it happens."""
+        if self._bound is not None:
+            self._bound.remove()
+        await self.engine.close()
+        log.warning("stopped_abandoning_work", in_flight=self.tracker.active,
+                    operations=self.engine.ctx.operations.active)
 
     async def _settled(self) -> None:
         await self.tracker.wait_idle()
@@ -73,8 +88,8 @@ class DriverServer:
     async def close(self) -> None:
         if self._bound is not None:
             self._bound.remove()
-        self._server.close()
-        with contextlib.suppress(RuntimeError):  # never started
+        if self._started:
+            self._server.close()
             await self._server.wait_closed()
         await self.engine.close()
         log.info("stopped")
@@ -113,6 +128,11 @@ async def serve(config: Config) -> int:
     try:
         await signals.stop.wait()
         await driver.drain(signals.again)
+        if signals.again.is_set() and driver.busy:
+            # A second signal means "now": waiting for children (mkfs, copies) is not "now".
+            await driver.abandon()
+            sys.stdout.flush()
+            os._exit(EXIT_OK)
     finally:
         await driver.close()
     return EXIT_OK

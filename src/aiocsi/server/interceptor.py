@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 from grpclib.const import Status
-from grpclib.events import RecvMessage, RecvRequest, listen
+from grpclib.events import RecvMessage, RecvRequest, SendMessage, listen
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
@@ -106,6 +106,8 @@ def _wrap(handler: Handler, call: CallContext, tracker: CallTracker) -> Handler:
             tracker.leave()
             log.info(
                 "rpc",
+                method=call.method,
+                request_id=call.request_id,
                 grpc_code=_finish_code(failure, call),
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
                 volume_id=call.volume_id,
@@ -145,5 +147,13 @@ def install(server: Server, tracker: CallTracker) -> None:
         if log.is_enabled_for(10):  # DEBUG: the whole request, secrets redacted by the pipeline
             log.debug("rpc_request", request=message.to_dict())
 
+    async def on_reply(event: SendMessage) -> None:
+        # CreateVolume learns its volume id only from the reply.
+        call = current_call()
+        volume = getattr(event.message, "volume", None)
+        if call is not None and not call.volume_id and volume is not None:
+            call.volume_id = volume.volume_id
+
     listen(server, RecvRequest, on_request)
     listen(server, RecvMessage, on_message)
+    listen(server, SendMessage, on_reply)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aiocsi._proto.csi import v1 as csi
 from aiocsi.config import Config
 from aiocsi.engine.core import Engine
 from aiocsi.services.controller import ControllerService
@@ -10,10 +11,16 @@ from aiocsi.services.node import NodeService
 
 
 def build_services(config: Config, engine: Engine) -> list[object]:
-    """The services the configured mode serves (the spec requires a plugin to know its mode)."""
-    services: list[object] = [IdentityService(config, engine.health)]
-    if config.mode.serves_controller:
-        services.append(ControllerService(config, engine))
-    if config.mode.serves_node:
-        services.append(NodeService(config, engine))
-    return services
+    """Every CSI service, with the ones the mode does not serve answering UNIMPLEMENTED.
+
+    Registering the generated bases (rather than nothing) keeps those answers well-formed
+    gRPC responses that pass through the interceptor, so they are logged like any call.
+    """
+    controller = (
+        ControllerService(config, engine) if config.mode.serves_controller else csi.ControllerBase()
+    )
+    node = NodeService(config, engine) if config.mode.serves_node else csi.NodeBase()
+    return [
+        IdentityService(config, engine.health), controller, node,
+        csi.GroupControllerBase(), csi.SnapshotMetadataBase(),
+    ]

@@ -1,0 +1,132 @@
+"""Fixtures for system tests: a real driver on a temporary socket, real loop devices, mounts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from grpclib.client import Channel
+
+from aiocsi._proto.csi import v1 as csi
+from aiocsi.config import Config
+from aiocsi.logging import configure
+from aiocsi.server.app import DriverServer
+
+MiB = 1024 * 1024
+
+
+def _mounts_under(root: str) -> list[tuple[int, str]]:
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" ")
+        point = fields[4].encode().decode("unicode_escape")
+        if point == root or point.startswith(root + "/"):
+            found.append((int(fields[0]), point))
+    return found
+
+
+def release_under(root: Path) -> None:
+    """Unmount (newest first) and detach everything under `root`: only what tests made."""
+    for _, point in sorted(_mounts_under(str(root)), reverse=True):
+        subprocess.run(["umount", point], check=False, capture_output=True)  # noqa: S607
+    for entry in Path("/sys/block").glob("loop*"):
+        try:
+            backing = (entry / "loop" / "backing_file").read_text().strip()
+        except OSError:
+            continue
+        if backing.startswith(f"{root}/"):
+            subprocess.run(  # noqa: S607
+                ["losetup", "-d", f"/dev/{entry.name}"], check=False, capture_output=True
+            )
+
+
+@pytest.fixture
+def cleanup(workdir: Path) -> Iterator[Path]:
+    """Everything a test creates under `workdir` is unmounted and detached, even on failure."""
+    try:
+        yield workdir
+    finally:
+        release_under(workdir)
+
+
+@dataclass
+class Csi:
+    """Generated grpclib clients for one driver socket."""
+
+    channel: Channel
+    identity: csi.IdentityStub
+    controller: csi.ControllerStub
+    node: csi.NodeStub
+
+    @classmethod
+    def connect(cls, socket_path: Path) -> Csi:
+        channel = Channel(path=os.fspath(socket_path))
+        return cls(channel, csi.IdentityStub(channel), csi.ControllerStub(channel),
+                   csi.NodeStub(channel))
+
+
+@dataclass
+class Driver:
+    config: Config
+    server: DriverServer
+    client: Csi
+    root: Path
+
+    @property
+    def pool(self) -> Path:
+        return self.config.pool
+
+
+def driver_config(root: Path, **overrides: object) -> Config:
+    base = Config(
+        socket_path=root / "csi.sock",
+        node_id="test-node",
+        pool=root / "pool",
+        allowed_path_roots=(root,),
+        default_volume_size=64 * MiB,
+        shutdown_grace=5.0,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running_driver(config: Config, root: Path) -> AsyncIterator[Driver]:
+    server = DriverServer(config)
+    await server.start()
+    client = Csi.connect(config.socket_path)
+    try:
+        yield Driver(config, server, client, root)
+    finally:
+        client.channel.close()
+        await server.drain()
+        await server.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _logging() -> None:
+    configure("json", "info")
+
+
+@pytest.fixture
+async def driver(cleanup: Path) -> AsyncIterator[Driver]:
+    async with running_driver(driver_config(cleanup), cleanup) as running:
+        yield running
+
+
+def mount_capability(fs_type: str = "ext4", mode: int = 1, flags: tuple[str, ...] = ()) -> csi.VolumeCapability:
+    return csi.VolumeCapability(
+        mount=csi.VolumeCapabilityMountVolume(fs_type=fs_type, mount_flags=list(flags)),
+        access_mode=csi.VolumeCapabilityAccessMode(mode=csi.VolumeCapabilityAccessModeMode(mode)),
+    )
+
+
+def block_capability(mode: int = 1) -> csi.VolumeCapability:
+    return csi.VolumeCapability(
+        block=csi.VolumeCapabilityBlockVolume(),
+        access_mode=csi.VolumeCapabilityAccessMode(mode=csi.VolumeCapabilityAccessModeMode(mode)),
+    )

@@ -1,0 +1,446 @@
+"""The host layer against the real thing: loop devices, mkfs, mounts and image copies.
+
+Every test works under its own `workdir` and undoes what it made through `Scratch`, even
+when it fails: mounts newest first, then loop devices (only while still backed by our
+image), then image files.
+"""
+
+from __future__ import annotations
+
+import errno
+import filecmp
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from aiocsi.errors import CommandFailed, FailedPrecondition
+from aiocsi.host import files, fs, loop, mount
+from aiocsi.host.process import run
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Sequence
+
+pytestmark = pytest.mark.system
+
+MIB = 1024 * 1024
+FS_TYPES = ["ext4", "xfs", "btrfs"]
+# Small but realistic: the minimum, or 16 MiB for ext4 whose minimum leaves little room.
+SMALL = {"ext4": 16 * MIB, "xfs": fs.MIN_FS_SIZE["xfs"], "btrfs": fs.MIN_FS_SIZE["btrfs"]}
+DELETED = " (deleted)"
+CAP_SYS_RESOURCE = 24
+
+
+def _has_capability(bit: int) -> bool:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> bit & 1)
+    return False
+
+
+class Scratch:
+    """Creates images, loop devices and mounts for one test, and undoes exactly those."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._images: list[Path] = []
+        self._devices: list[tuple[str, str]] = []  # (device, backing file it was given)
+        self._mounts: list[Path] = []
+
+    async def image(self, name: str, size: int) -> Path:
+        path = self.root / name
+        await files.create_sparse(path, size)
+        self._images.append(path)
+        return path
+
+    async def attach(self, image: Path, *, read_only: bool = False) -> str:
+        device = await loop.attach(image, read_only=read_only)
+        self._devices.append((device, (await loop.loop_backing_files())[device]))
+        return device
+
+    def directory(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir()
+        return path
+
+    def new_file(self, name: str) -> Path:
+        """A path for a file the code under test creates; removed at the end like an image."""
+        path = self.root / name
+        self._images.append(path)
+        return path
+
+    async def mount(
+        self, source: str, name: str, *, fs_type: str, options: Sequence[str] = ()
+    ) -> Path:
+        target = self.directory(name)
+        await self.mounted(target, mount.mount(source, target, fs_type=fs_type, options=options))
+        return target
+
+    async def mounted(self, target: Path, mounting: Awaitable[None]) -> None:
+        # Recorded before awaiting: a mount that fails halfway may still leave one behind.
+        self._mounts.append(target)
+        await mounting
+
+    async def volume(self, fs_type: str, size: int) -> tuple[Path, str, Path]:
+        """A formatted, mounted volume: (image, device, mount point)."""
+        image = await self.image(f"{fs_type}.img", size)
+        device = await self.attach(image)
+        await fs.make_fs(device, fs_type)
+        target = await self.mount(device, f"{fs_type}.mnt", fs_type=fs_type)
+        return image, device, target
+
+    async def _detach_if_ours(self, device: str, backing: str) -> None:
+        # The device number may have been reused by someone else since this test let go.
+        if (await loop.loop_backing_files()).get(device) in {backing, backing + DELETED}:
+            await loop.detach(device)
+
+    async def cleanup(self) -> None:
+        errors: list[Exception] = []
+
+        async def attempt(step: Awaitable[None]) -> None:
+            # Keep undoing the rest; every failure is raised together at the end.
+            try:
+                await step
+            except Exception as exc:  # noqa: BLE001 - collected and re-raised below
+                errors.append(exc)
+
+        for target in reversed(self._mounts):
+            await attempt(mount.unmount(target))
+        for device, backing in reversed(self._devices):
+            await attempt(self._detach_if_ours(device, backing))
+        for image in reversed(self._images):
+            await attempt(files.remove_file(image))
+        if errors:
+            raise ExceptionGroup("cleanup failed", errors)
+
+
+@pytest.fixture
+async def scratch(workdir: Path) -> AsyncIterator[Scratch]:
+    made = Scratch(workdir)
+    try:
+        yield made
+    finally:
+        await made.cleanup()
+
+
+# --- process -----------------------------------------------------------------------------
+
+
+async def test_command_failed_carries_argv_code_and_stderr(workdir: Path) -> None:
+    missing = str(workdir / "missing")
+    with pytest.raises(CommandFailed) as caught:
+        await run(["ls", missing])
+    assert caught.value.argv == ("ls", missing)
+    assert caught.value.returncode == 2
+    assert "No such file or directory" in caught.value.stderr
+    assert "ls exited with 2" in str(caught.value)
+
+
+async def test_ok_codes_and_unchecked_results(workdir: Path) -> None:
+    done = await run(["ls", str(workdir / "missing")], ok_codes=(0, 2))
+    assert done.returncode == 2
+    done = await run(["sh", "-c", "echo out; echo err >&2; exit 3"], check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
+
+
+async def test_missing_executable_is_127() -> None:
+    with pytest.raises(CommandFailed) as caught:
+        await run(["aiocsi-no-such-tool", "--help"])
+    assert caught.value.returncode == 127
+    assert caught.value.stderr == "command not found: aiocsi-no-such-tool"
+    done = await run(["aiocsi-no-such-tool"], check=False)
+    assert done.returncode == 127
+
+
+async def test_commands_run_in_the_c_locale() -> None:
+    done = await run(["sh", "-c", 'echo "$LC_ALL"'])
+    assert done.stdout == "C\n"
+
+
+# --- loop devices ------------------------------------------------------------------------
+
+
+async def test_attach_twice_gives_one_device(scratch: Scratch) -> None:
+    image = await scratch.image("a.img", 16 * MIB)
+    device = await scratch.attach(image)
+    assert await scratch.attach(image) == device
+    assert await loop.find_loop_devices(image) == [device]
+    assert (await loop.loop_backing_files())[device] == str(image)
+    assert await loop.device_size(device) == 16 * MIB
+
+
+async def test_attach_read_only_and_refuse_a_second_mode(scratch: Scratch) -> None:
+    image = await scratch.image("a.img", 16 * MIB)
+    device = await scratch.attach(image, read_only=True)
+    assert await anyio.Path(f"/sys/block/{Path(device).name}/ro").read_text() == "1\n"
+    with pytest.raises(FailedPrecondition, match="read-only"):
+        await scratch.attach(image)
+
+
+async def test_detach_twice(scratch: Scratch) -> None:
+    image = await scratch.image("a.img", 16 * MIB)
+    device = await scratch.attach(image)
+    await loop.detach(device)
+    await loop.detach(device)
+    assert await loop.find_loop_devices(image) == []
+
+
+async def test_detach_of_a_mounted_device_is_refused(scratch: Scratch) -> None:
+    _, device, target = await scratch.volume("ext4", 16 * MIB)
+    with pytest.raises(loop.LoopDeviceBusy):
+        await loop.detach(device)
+    # The kernel still detaches it at the last close, which the unmount is.
+    await mount.unmount(target)
+    assert device not in await loop.loop_backing_files()
+
+
+async def test_deleted_backing_file_never_matches_a_new_image(scratch: Scratch) -> None:
+    old = await scratch.image("a.img", 16 * MIB)
+    old_device = await scratch.attach(old)
+    await files.remove_file(old)
+    assert (await loop.loop_backing_files())[old_device] == str(old) + DELETED
+    assert await loop.find_loop_devices(old) == []
+    new = await scratch.image("a.img", 16 * MIB)
+    new_device = await scratch.attach(new)
+    assert new_device != old_device
+    assert await loop.find_loop_devices(new) == [new_device]
+
+
+async def test_refresh_size_follows_the_grown_image(scratch: Scratch) -> None:
+    image = await scratch.image("a.img", 16 * MIB)
+    device = await scratch.attach(image)
+    await files.grow_file(image, 24 * MIB)
+    assert await loop.device_size(device) == 16 * MIB
+    await loop.refresh_size(device)
+    assert await loop.device_size(device) == 24 * MIB
+
+
+def test_not_a_loop_device_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a loop device"):
+        loop.device_size_bytes("/dev/vda")
+
+
+# --- filesystems -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fs_type", FS_TYPES)
+async def test_make_fs_then_probe(scratch: Scratch, fs_type: str) -> None:
+    device = await scratch.attach(await scratch.image("a.img", SMALL[fs_type]))
+    assert await fs.probe_fs_type(device) is None
+    await fs.make_fs(device, fs_type)
+    assert await fs.probe_fs_type(device) == fs_type
+
+
+@pytest.mark.parametrize("fs_type", ["xfs", "btrfs"])
+async def test_make_fs_refuses_to_overwrite(scratch: Scratch, fs_type: str) -> None:
+    device = await scratch.attach(await scratch.image("a.img", SMALL[fs_type]))
+    await fs.make_fs(device, "ext4")
+    with pytest.raises(CommandFailed):
+        await fs.make_fs(device, fs_type)
+    assert await fs.probe_fs_type(device) == "ext4"
+
+
+async def test_unsupported_fs_type() -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        await fs.make_fs("/dev/null", "vfat")
+    with pytest.raises(ValueError, match="unsupported"):
+        await fs.grow_fs("/dev/null", Path("/"), "vfat")
+
+
+@pytest.mark.parametrize("fs_type", FS_TYPES)
+async def test_grow_online(scratch: Scratch, fs_type: str) -> None:
+    if fs_type == "ext4" and not _has_capability(CAP_SYS_RESOURCE):
+        # EXT4_IOC_RESIZE_FS needs it; some sandboxes drop it even for root.
+        pytest.skip("online ext4 resize needs CAP_SYS_RESOURCE")
+    image, device, target = await scratch.volume(fs_type, SMALL[fs_type])
+    before = await fs.fs_stats(target)
+    await files.grow_file(image, SMALL[fs_type] + 64 * MIB)
+    await loop.refresh_size(device)
+    await fs.grow_fs(device, target, fs_type)
+    after = await fs.fs_stats(target)
+    assert after.total_bytes > before.total_bytes + 48 * MIB
+    assert after.available_bytes > before.available_bytes
+
+
+async def test_grow_ext4_offline(scratch: Scratch) -> None:
+    image = await scratch.image("a.img", 16 * MIB)
+    device = await scratch.attach(image)
+    await fs.make_fs(device, "ext4")
+    await files.grow_file(image, 48 * MIB)
+    await loop.refresh_size(device)
+    await fs.grow_fs(device, scratch.root, "ext4")
+    target = await scratch.mount(device, "mnt", fs_type="ext4")
+    assert (await fs.fs_stats(target)).total_bytes > 40 * MIB
+
+
+@pytest.mark.parametrize("fs_type", FS_TYPES)
+async def test_fs_stats(scratch: Scratch, fs_type: str) -> None:
+    _, _, target = await scratch.volume(fs_type, SMALL[fs_type])
+    stats = await fs.fs_stats(target)
+    assert 0 < stats.available_bytes <= stats.total_bytes <= SMALL[fs_type]
+    assert stats.used_bytes + stats.available_bytes <= stats.total_bytes
+    assert stats.used_inodes == stats.total_inodes - stats.free_inodes
+    if fs_type == "btrfs":
+        assert stats.total_inodes == 0
+    else:
+        assert stats.free_inodes > 0
+
+
+@pytest.mark.parametrize("fs_type", FS_TYPES)
+async def test_min_size_formats(scratch: Scratch, fs_type: str) -> None:
+    device = await scratch.attach(await scratch.image("a.img", fs.MIN_FS_SIZE[fs_type]))
+    await fs.make_fs(device, fs_type)
+    assert await fs.probe_fs_type(device) == fs_type
+
+
+# --- mounts ------------------------------------------------------------------------------
+
+
+async def test_mount_and_unmount_are_seen_and_idempotent(scratch: Scratch) -> None:
+    _, device, target = await scratch.volume("ext4", 16 * MIB)
+    (top,) = await mount.mounts_at(target)
+    assert (top.source, top.fs_type, top.read_only) == (device, "ext4", False)
+    (target / "file").write_text("data")
+    await mount.unmount(target)
+    assert not await mount.is_mount_point(target)
+    assert not (target / "file").exists()
+    await mount.unmount(target)
+    await mount.unmount(target / "no" / "such" / "path")
+
+
+async def test_mount_options_are_applied(scratch: Scratch) -> None:
+    _, device, target = await scratch.volume("ext4", 16 * MIB)
+    await mount.unmount(target)
+    await scratch.mounted(target, mount.mount(device, target, options=["ro", "noatime"]))
+    (top,) = await mount.mounts_at(target)
+    assert top.read_only
+    assert "noatime" in top.options
+
+
+async def test_busy_mount_is_reported_not_hidden(scratch: Scratch) -> None:
+    target = await scratch.mount("tmpfs", "busy", fs_type="tmpfs", options=["size=1m"])
+    async with await anyio.open_file(target / "open", "w"):
+        with pytest.raises(CommandFailed, match="busy"):
+            await mount.unmount(target)
+    assert await mount.is_mount_point(target)
+
+
+async def test_mounts_at_a_path_with_a_space(scratch: Scratch) -> None:
+    target = await scratch.mount("tmpfs", "with space", fs_type="tmpfs", options=["size=1m"])
+    (top,) = await mount.mounts_at(target)
+    assert top.mount_point == str(target)
+    assert top.fs_type == "tmpfs"
+
+
+async def test_stacked_mounts_come_off_newest_first(scratch: Scratch) -> None:
+    target = await scratch.mount("tmpfs", "stack", fs_type="tmpfs", options=["size=1m"])
+    await scratch.mounted(target, mount.mount("tmpfs", target, fs_type="tmpfs"))
+    first, second = await mount.mounts_at(target)
+    assert second.parent_id == first.mount_id
+    await mount.unmount(target)
+    assert [m.mount_id for m in await mount.mounts_at(target)] == [first.mount_id]
+
+
+async def test_read_only_bind_refuses_writes(scratch: Scratch) -> None:
+    source = scratch.directory("source")
+    (source / "existing").write_text("data")
+    target = scratch.directory("ro")
+    await scratch.mounted(target, mount.bind_mount(source, target, read_only=True))
+    (top,) = await mount.mounts_at(target)
+    assert top.read_only
+    assert top.root == str(source)
+    assert (target / "existing").read_text() == "data"
+    with pytest.raises(OSError, match="Read-only") as caught:
+        (target / "new").write_text("data")
+    assert caught.value.errno == errno.EROFS
+
+
+async def test_read_write_bind_passes_writes_through(scratch: Scratch) -> None:
+    source = scratch.directory("source")
+    target = scratch.directory("rw")
+    await scratch.mounted(target, mount.bind_mount(source, target))
+    (top,) = await mount.mounts_at(target)
+    assert not top.read_only
+    (target / "new").write_text("data")
+    assert (source / "new").read_text() == "data"
+
+
+async def test_bind_mount_of_a_file(scratch: Scratch) -> None:
+    source = await scratch.image("block.img", MIB)
+    target = scratch.root / "block"
+    target.touch()
+    await scratch.mounted(target, mount.bind_mount(source, target, read_only=True))
+    assert await mount.is_mount_point(target)
+    with pytest.raises(OSError, match="Read-only"):
+        target.write_bytes(b"x")
+
+
+# --- image copies ------------------------------------------------------------------------
+
+WRITES = {0: b"head", 10 * MIB + 123: b"middle", 64 * MIB - 4: b"tail"}
+
+
+def _write_at(path: Path, writes: dict[int, bytes]) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for offset, data in writes.items():
+            os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def _read_at(path: Path, offset: int, length: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+async def _sparse_source(scratch: Scratch) -> Path:
+    src = await scratch.image("src.img", 64 * MIB)
+    _write_at(src, WRITES)
+    return src
+
+
+async def test_copy_image_keeps_holes_and_data(scratch: Scratch) -> None:
+    src = await _sparse_source(scratch)
+    dst = scratch.new_file("dst.img")
+    # /tmp is ext4 here; where the test directory can reflink, the copy says so.
+    assert await files.copy_image(src, dst) in {"sparse-copy", "reflink"}
+    assert files.file_size(dst) == 64 * MIB
+    assert files.allocated_bytes(dst) < 2 * MIB
+    for offset, data in WRITES.items():
+        assert _read_at(dst, offset, len(data)) == data
+    assert await anyio.to_thread.run_sync(lambda: filecmp.cmp(src, dst, shallow=False))
+
+
+async def test_copy_image_extends_to_size(scratch: Scratch) -> None:
+    src = await _sparse_source(scratch)
+    dst = scratch.new_file("dst.img")
+    await files.copy_image(src, dst, size=96 * MIB)
+    assert files.file_size(dst) == 96 * MIB
+    assert _read_at(dst, 64 * MIB - 4, 4) == b"tail"
+    assert _read_at(dst, 64 * MIB, MIB) == bytes(MIB)
+
+
+async def test_copy_image_reflinks_on_btrfs(scratch: Scratch) -> None:
+    _, _, target = await scratch.volume("btrfs", SMALL["btrfs"])
+    src = target / "src.img"
+    await files.create_sparse(src, 8 * MIB)
+    _write_at(src, {MIB: b"shared extent"})
+    assert await files.copy_image(src, target / "dst.img") == "reflink"
+    assert _read_at(target / "dst.img", MIB, 13) == b"shared extent"
+
+
+async def test_failed_copy_leaves_no_partial_file(scratch: Scratch) -> None:
+    src = await scratch.image("src.img", 8 * MIB)
+    _write_at(src, {0: os.urandom(4 * MIB)})
+    target = await scratch.mount("tmpfs", "small", fs_type="tmpfs", options=["size=1m"])
+    # Across filesystems this also takes the read/write fallback of copy_file_range.
+    with pytest.raises(OSError, match="No space left") as caught:
+        await files.copy_image(src, target / "dst.img")
+    assert caught.value.errno == errno.ENOSPC
+    assert list(target.iterdir()) == []

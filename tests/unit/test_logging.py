@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from aiocsi.context import CallContext, set_call
+from aiocsi.logging import configure, get_logger
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    configure("json", "debug", stream=out)
+    yield out
+    configure("json", "info")
+
+
+def _lines(out: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_fields_named_secrets_are_redacted_at_any_depth(stream: io.StringIO) -> None:
+    get_logger().info("rpc_request", secrets={"k": "v"},
+                      request={"name": "n", "secrets": {"password": "hunter2"}, "nested": [{"secrets": "x"}]})
+    (line,) = _lines(stream)
+    assert line["secrets"] == "***"
+    assert line["request"] == {"name": "n", "secrets": "***", "nested": [{"secrets": "***"}]}
+    assert "hunter2" not in stream.getvalue()
+
+
+def test_secret_values_of_the_call_are_scrubbed_from_messages_and_tracebacks(
+    stream: io.StringIO,
+) -> None:
+    set_call(CallContext("r1", "CreateVolume", secret_values=frozenset({"s3cr3t-value"})))
+    try:
+        raise ValueError("failed with s3cr3t-value inside")
+    except ValueError:
+        get_logger().exception("unexpected_error", detail="saw s3cr3t-value")
+    text = stream.getvalue()
+    assert "s3cr3t-value" not in text
+    (line,) = _lines(stream)
+    assert "failed with *** inside" in str(line["exception"])
+    assert line["detail"] == "saw ***"
+
+
+def test_stdlib_records_join_the_json_stream(stream: io.StringIO) -> None:
+    logging.getLogger("grpclib.server").info("Deadline exceeded")
+    (line,) = _lines(stream)
+    assert line["event"] == "Deadline exceeded"
+    assert line["logger"] == "grpclib.server"
+    assert line["level"] == "info"
+
+
+def test_level_filters_lower_events() -> None:
+    out = io.StringIO()
+    configure("json", "warning", stream=out)
+    get_logger().info("quiet")
+    get_logger().warning("loud")
+    logging.getLogger("other").info("quiet too")
+    assert [line["event"] for line in _lines(out)] == ["loud"]
+
+
+def test_console_format_is_for_humans() -> None:
+    out = io.StringIO()
+    configure("console", "info", stream=out)
+    get_logger().info("volume_staged", volume_id="vol-1", secrets={"a": "b"})
+    configure("json", "info")
+    text = out.getvalue()
+    assert "volume_staged" in text
+    assert "vol-1" in text
+    assert "'b'" not in text

@@ -1,0 +1,106 @@
+"""Operation control: join identical retries, refuse different work, never cancel shared work."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from aiocsi.context import CallContext, set_call
+from aiocsi.engine.operations import Operations
+from aiocsi.errors import DeadlineExceeded, OperationPending
+
+
+async def test_identical_retries_join_one_run() -> None:
+    ops = Operations(max_running=8)
+    runs = 0
+    gate = asyncio.Event()
+
+    async def work() -> str:
+        nonlocal runs
+        runs += 1
+        await gate.wait()
+        return "done"
+
+    calls = [asyncio.create_task(ops.run("k", ("create", 1), "Create", work)) for _ in range(5)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(*calls) == ["done"] * 5
+    assert runs == 1
+    assert ops.active == 0
+
+
+async def test_different_work_on_the_same_key_is_refused_at_once() -> None:
+    ops = Operations(max_running=8)
+    gate = asyncio.Event()
+    first = asyncio.create_task(ops.run("k", "stage", "NodeStage", gate.wait))
+    await asyncio.sleep(0)
+    with pytest.raises(OperationPending, match="NodeStage is in progress"):
+        await ops.run("k", "unstage", "NodeUnstage", gate.wait)
+
+    async def quick() -> str:
+        return "ok"
+
+    assert await ops.run("other", "unstage", "NodeUnstage", quick) == "ok"
+    gate.set()
+    await first
+
+
+async def test_a_caller_that_gives_up_does_not_cancel_the_work() -> None:
+    ops = Operations(max_running=8)
+    finished = asyncio.Event()
+
+    async def slow() -> int:
+        await asyncio.sleep(0.05)
+        finished.set()
+        return 7
+
+    caller = asyncio.create_task(ops.run("k", "s", "Slow", slow))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.wait_for(finished.wait(), 1)
+    assert ops.active == 0
+
+
+async def test_deadline_expiry_reports_deadline_exceeded_and_work_goes_on() -> None:
+    ops = Operations(max_running=8)
+    gate = asyncio.Event()
+
+    async def work() -> str:
+        await gate.wait()
+        return "late"
+
+    async def impatient() -> str:
+        set_call(CallContext("r", "Create", deadline=time.monotonic() + 0.02))
+        return await ops.run("k", "c", "Create", work)
+
+    with pytest.raises(DeadlineExceeded, match="still running"):
+        await asyncio.create_task(impatient())
+    assert ops.active == 1
+    gate.set()
+    assert await ops.run("k", "c", "Create", work) == "late"
+
+
+async def test_max_running_queues_excess_in_arrival_order() -> None:
+    ops = Operations(max_running=1)
+    order: list[int] = []
+    gates = [asyncio.Event() for _ in range(3)]
+
+    def job(i: int) -> Callable[[], Awaitable[None]]:
+        async def work() -> None:
+            order.append(i)
+            await gates[i].wait()
+
+        return work
+
+    tasks = [asyncio.create_task(ops.run(f"k{i}", i, "W", job(i))) for i in range(3)]
+    await asyncio.sleep(0.01)
+    assert order == [0]
+    for gate in gates:
+        gate.set()
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2]
