@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from aiocsi.host.loop import all_loop_backing_files
+from aiocsi.host.mount import parse_mountinfo
+
 # Every test directory lives under this short root, so socket paths stay < 108 bytes and
 # the leak guard knows exactly which loop devices and mounts are ours.
 TEST_ROOT_PREFIX = "/tmp/aiocsi-t-"
@@ -24,26 +27,14 @@ def system_unavailable_reason() -> str | None:
     return None
 
 
-def _loop_backing_files() -> dict[str, str]:
-    found: dict[str, str] = {}
-    for entry in Path("/sys/block").glob("loop*"):
-        backing = entry / "loop" / "backing_file"
-        try:
-            found[entry.name] = backing.read_text().strip()
-        except OSError:
-            continue
-    return found
-
-
 def _mount_points() -> list[str]:
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        points.append(line.split(" ")[4].encode().decode("unicode_escape"))
-    return points
+    return [m.mount_point for m in parse_mountinfo(Path("/proc/self/mountinfo").read_text())]
 
 
 def _leftovers(root: str) -> list[str]:
-    loops = [f"loop {dev} -> {f}" for dev, f in _loop_backing_files().items() if f.startswith(root)]
+    loops = [
+        f"loop {dev} -> {f}" for dev, f in all_loop_backing_files().items() if f.startswith(root)
+    ]
     mounts = [f"mount {m}" for m in _mount_points() if m.startswith(root)]
     return loops + mounts
 
@@ -64,8 +55,7 @@ def test_root() -> Iterator[Path]:
 @pytest.fixture
 def workdir(test_root: Path, request: pytest.FixtureRequest) -> Path:
     """A short per-test directory under the session root."""
-    path = Path(tempfile.mkdtemp(dir=test_root, prefix=request.node.name[:12] + "-"))
-    return path
+    return Path(tempfile.mkdtemp(dir=test_root, prefix=request.node.name[:12] + "-"))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:  # noqa: ARG001 - pytest hook signature

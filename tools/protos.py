@@ -1,7 +1,7 @@
 """Generate src/aiocsi/_proto from protos/ with betterproto2, or check it is fresh.
 
-    python tools/protos.py            # regenerate in place
-    python tools/protos.py --check    # exit 1 when the committed code is stale
+python tools/protos.py            # regenerate in place
+python tools/protos.py --check    # exit 1 when the committed code is stale
 """
 
 from __future__ import annotations
@@ -26,10 +26,19 @@ def generate(out: Path) -> None:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     # protoc finds the betterproto2 plugin on PATH, next to this interpreter.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run(  # noqa: S603 - fixed argv
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_ROOT}",
-         f"--python_betterproto2_out={out}", f"--python_betterproto2_opt={OPTIONS}", *protos],
-        check=True, env=env, stdout=subprocess.DEVNULL,
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTO_ROOT}",
+            f"--python_betterproto2_out={out}",
+            f"--python_betterproto2_opt={OPTIONS}",
+            *protos,
+        ],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
     )
 
 

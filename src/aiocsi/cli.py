@@ -41,14 +41,23 @@ def _env(name: str, default: str) -> str:
 
 
 def _flag(parser: argparse.ArgumentParser, flag: str, env: str, default: str, text: str) -> None:
-    parser.add_argument(flag, default=_env(env, default), help=f"{text} [env {env}; default {default}]")
+    parser.add_argument(
+        flag, default=_env(env, default), help=f"{text} [env {env}; default {default}]"
+    )
 
 
 def _add_serve_flags(p: argparse.ArgumentParser) -> None:
-    _flag(p, "--endpoint", "CSI_ENDPOINT", DEFAULT_ENDPOINT, "unix socket: unix:///abs/path or /abs/path")
+    _flag(
+        p,
+        "--endpoint",
+        "CSI_ENDPOINT",
+        DEFAULT_ENDPOINT,
+        "unix socket: unix:///abs/path or /abs/path",
+    )
     _flag(p, "--mode", "AIOCSI_MODE", "all", "services to serve: all, controller or node")
     p.add_argument(
-        "--node-id", default=None,
+        "--node-id",
+        default=None,
         help="this node's id [env KUBE_NODE_NAME, then NODE_ID; default: the hostname]",
     )
     _flag(p, "--driver-name", "AIOCSI_DRIVER_NAME", DEFAULT_DRIVER_NAME, "CSI driver name")
@@ -56,22 +65,49 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--pool", "AIOCSI_POOL", DEFAULT_POOL, "directory holding volume images and state")
     _flag(p, "--log-format", "AIOCSI_LOG_FORMAT", "json", "json (one object per line) or console")
     _flag(p, "--log-level", "AIOCSI_LOG_LEVEL", "info", "debug, info, warning or error")
-    _flag(p, "--shutdown-grace", "AIOCSI_SHUTDOWN_GRACE", "30",
-          "seconds to let in-flight calls finish after SIGTERM/SIGINT")
-    _flag(p, "--enable-attach", "AIOCSI_ENABLE_ATTACH", "false",
-          "serve ControllerPublish/Unpublish (true/false)")
-    _flag(p, "--max-volumes-per-node", "AIOCSI_MAX_VOLUMES_PER_NODE", "0",
-          "volumes one node may hold (0 = no limit)")
-    _flag(p, "--overcommit", "AIOCSI_OVERCOMMIT", "1.0",
-          "ratio of provisioned bytes to pool filesystem bytes that GetCapacity allows")
+    _flag(
+        p,
+        "--shutdown-grace",
+        "AIOCSI_SHUTDOWN_GRACE",
+        "30",
+        "seconds to let in-flight calls finish after SIGTERM/SIGINT",
+    )
+    _flag(
+        p,
+        "--enable-attach",
+        "AIOCSI_ENABLE_ATTACH",
+        "false",
+        "serve ControllerPublish/Unpublish (true/false)",
+    )
+    _flag(
+        p,
+        "--max-volumes-per-node",
+        "AIOCSI_MAX_VOLUMES_PER_NODE",
+        "0",
+        "volumes one node may hold (0 = no limit)",
+    )
+    _flag(
+        p,
+        "--overcommit",
+        "AIOCSI_OVERCOMMIT",
+        "1.0",
+        "ratio of provisioned bytes to pool filesystem bytes that GetCapacity allows",
+    )
     _flag(p, "--max-operations", "AIOCSI_MAX_OPERATIONS", "64", "volume operations running at once")
     _flag(p, "--max-mkfs", "AIOCSI_MAX_MKFS", "4", "filesystem formats running at once")
-    _flag(p, "--default-volume-size", "AIOCSI_DEFAULT_VOLUME_SIZE", "1Gi",
-          "size of a volume whose request names none")
+    _flag(
+        p,
+        "--default-volume-size",
+        "AIOCSI_DEFAULT_VOLUME_SIZE",
+        "1Gi",
+        "size of a volume whose request names none",
+    )
     p.add_argument(
-        "--allowed-path-root", action="append", default=None,
+        "--allowed-path-root",
+        action="append",
+        default=None,
         help="root under which staging/target paths may lie; repeatable "
-             "[env AIOCSI_ALLOWED_PATH_ROOTS, colon-separated; default /var/lib/kubelet]",
+        "[env AIOCSI_ALLOWED_PATH_ROOTS, colon-separated; default /var/lib/kubelet]",
     )
 
 

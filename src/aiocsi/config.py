@@ -103,8 +103,14 @@ def parse_octal_mode(value: str) -> int:
 
 _SIZE_UNITS = {
     "": 1,
-    "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
-    "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4,
+    "k": 1000,
+    "m": 1000**2,
+    "g": 1000**3,
+    "t": 1000**4,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+    "ti": 1024**4,
 }
 
 
@@ -112,7 +118,7 @@ def parse_size(value: str) -> int:
     """Parse `1073741824`, `512Mi`, `1Gi`, `10G` (Kubernetes quantity style) into bytes."""
     text = value.strip()
     digits = text.rstrip("KMGTkmgtiI")
-    unit = text[len(digits):].lower()
+    unit = text[len(digits) :].lower()
     if not digits.isdigit() or unit not in _SIZE_UNITS:
         raise ConfigError(f"size {value!r}: expected an integer with an optional Ki/Mi/Gi/Ti unit")
     return int(digits) * _SIZE_UNITS[unit]

@@ -94,7 +94,7 @@ GRPC_CODE_BY_ERROR: Mapping[type[DomainError], str] = {
 
 def grpc_code_name(error: DomainError) -> str:
     for cls in type(error).__mro__:
-        code = GRPC_CODE_BY_ERROR.get(cls)  # type: ignore[call-overload]
+        code = GRPC_CODE_BY_ERROR.get(cls)
         if code is not None:
             return code
     return "INTERNAL"

@@ -36,9 +36,7 @@ def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
     call = current_call()
     secrets = call.secret_values if call else frozenset()
     for key in list(event_dict):
-        event_dict[key] = (
-            REDACTED if key in SECRET_KEYS else _redact(event_dict[key], secrets)
-        )
+        event_dict[key] = REDACTED if key in SECRET_KEYS else _redact(event_dict[key], secrets)
     return event_dict
 
 

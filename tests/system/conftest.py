@@ -14,35 +14,23 @@ from grpclib.client import Channel
 
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.config import Config
+from aiocsi.host.loop import all_loop_backing_files
+from aiocsi.host.mount import parse_mountinfo
 from aiocsi.logging import configure
 from aiocsi.server.app import DriverServer
 
 MiB = 1024 * 1024
 
 
-def _mounts_under(root: str) -> list[tuple[int, str]]:
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split(" ")
-        point = fields[4].encode().decode("unicode_escape")
-        if point == root or point.startswith(root + "/"):
-            found.append((int(fields[0]), point))
-    return found
-
-
 def release_under(root: Path) -> None:
     """Unmount (newest first) and detach everything under `root`: only what tests made."""
-    for _, point in sorted(_mounts_under(str(root)), reverse=True):
-        subprocess.run(["umount", point], check=False, capture_output=True)  # noqa: S607
-    for entry in Path("/sys/block").glob("loop*"):
-        try:
-            backing = (entry / "loop" / "backing_file").read_text().strip()
-        except OSError:
-            continue
+    mounts = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    ours = [m for m in mounts if m.mount_point == str(root) or m.mount_point.startswith(f"{root}/")]
+    for entry in sorted(ours, key=lambda m: m.mount_id, reverse=True):
+        subprocess.run(["umount", entry.mount_point], check=False, capture_output=True)
+    for device, backing in all_loop_backing_files().items():
         if backing.startswith(f"{root}/"):
-            subprocess.run(  # noqa: S607
-                ["losetup", "-d", f"/dev/{entry.name}"], check=False, capture_output=True
-            )
+            subprocess.run(["losetup", "-d", device], check=False, capture_output=True)
 
 
 @pytest.fixture
@@ -66,8 +54,9 @@ class Csi:
     @classmethod
     def connect(cls, socket_path: Path) -> Csi:
         channel = Channel(path=os.fspath(socket_path))
-        return cls(channel, csi.IdentityStub(channel), csi.ControllerStub(channel),
-                   csi.NodeStub(channel))
+        return cls(
+            channel, csi.IdentityStub(channel), csi.ControllerStub(channel), csi.NodeStub(channel)
+        )
 
 
 @dataclass
@@ -118,7 +107,9 @@ async def driver(cleanup: Path) -> AsyncIterator[Driver]:
         yield running
 
 
-def mount_capability(fs_type: str = "ext4", mode: int = 1, flags: tuple[str, ...] = ()) -> csi.VolumeCapability:
+def mount_capability(
+    fs_type: str = "ext4", mode: int = 1, flags: tuple[str, ...] = ()
+) -> csi.VolumeCapability:
     return csi.VolumeCapability(
         mount=csi.VolumeCapabilityMountVolume(fs_type=fs_type, mount_flags=list(flags)),
         access_mode=csi.VolumeCapabilityAccessMode(mode=csi.VolumeCapabilityAccessModeMode(mode)),
@@ -130,3 +121,8 @@ def block_capability(mode: int = 1) -> csi.VolumeCapability:
         block=csi.VolumeCapabilityBlockVolume(),
         access_mode=csi.VolumeCapabilityAccessMode(mode=csi.VolumeCapabilityAccessModeMode(mode)),
     )
+
+
+def volume_id_of(reply: csi.CreateVolumeResponse) -> str:
+    assert reply.volume is not None
+    return reply.volume.volume_id

@@ -23,9 +23,15 @@ def aiocsi_argv() -> list[str]:
     return [sys.executable, "-m", "aiocsi"]
 
 
-def run_cli(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own CLI
-        [*aiocsi_argv(), *args], capture_output=True, text=True, timeout=30, check=False,
+def run_cli(
+    args: Sequence[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*aiocsi_argv(), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
         env={**os.environ, **(env or {})},
     )
 
@@ -39,7 +45,7 @@ def slow_tool_dir(root: Path, tool: str, delay: float) -> Path:
     shim = bindir / tool
     shim.write_text(
         f'#!/bin/sh\necho $$ >> {bindir}/started\nsleep {delay}\n{real} "$@"\nrc=$?\n'
-        f'echo $$ >> {bindir}/finished\nexit $rc\n'
+        f"echo $$ >> {bindir}/finished\nexit $rc\n"
     )
     shim.chmod(0o755)
     return bindir
@@ -53,7 +59,8 @@ async def wait_for_slow_tools(bindir: Path, timeout: float = 30.0) -> None:
     while True:
         pids = set(started.read_text().split()) if started.exists() else set()
         done = set(finished.read_text().split()) if finished.exists() else set()
-        if pids <= done or all(not Path(f"/proc/{pid}").exists() for pid in pids - done):
+        gone = all(not Path(f"/proc/{pid}").exists() for pid in pids - done)  # noqa: ASYNC240 - procfs
+        if pids <= done or gone:
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"slow tools still running: {pids - done}")
@@ -98,17 +105,34 @@ class ServerProcess:
 
 @contextlib.asynccontextmanager
 async def serve_process(
-    root: Path, *args: str, env: dict[str, str] | None = None, name: str = "srv",
+    root: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    name: str = "srv",
     socket_path: Path | None = None,
 ) -> AsyncIterator[ServerProcess]:
     """Start `aiocsi serve` with its socket and pool under `root`; end it by PID on the way out."""
     sock = socket_path or root / f"{name}.sock"
     out, err = root / f"{name}.out", root / f"{name}.err"
-    argv = [*aiocsi_argv(), "serve", "--endpoint", f"unix://{sock}", "--pool", str(root / "pool"),
-            "--node-id", "test-node", "--default-volume-size", "64Mi", *args]
+    argv = [
+        *aiocsi_argv(),
+        "serve",
+        "--endpoint",
+        f"unix://{sock}",
+        "--pool",
+        str(root / "pool"),
+        "--node-id",
+        "test-node",
+        "--default-volume-size",
+        "64Mi",
+        *args,
+    ]
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        proc = subprocess.Popen(  # noqa: S603 - our own CLI
-            argv, stdout=stdout, stderr=stderr, env={**os.environ, **(env or {})},
+        proc = subprocess.Popen(  # noqa: ASYNC220 - a fork takes ~1 ms; the harness waits anyway
+            argv,
+            stdout=stdout,
+            stderr=stderr,
+            env={**os.environ, **(env or {})},
         )
     server = ServerProcess(proc, sock, out, err)
     try:

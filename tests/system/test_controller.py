@@ -592,9 +592,9 @@ async def test_validate_volume_capabilities(driver: Driver) -> None:
 
 
 async def test_controller_get_volume_reports_condition(driver: Driver) -> None:
-    healthy = await create(driver, "healthy")
-    truncated = await create(driver, "truncated")
-    missing = await create(driver, "missing")
+    healthy, truncated, missing = [
+        await create(driver, name, required=0) for name in ("healthy", "truncated", "missing")
+    ]
     os.truncate(image(driver, truncated.volume_id), 4 * MiB)
     image(driver, missing.volume_id).unlink()
 

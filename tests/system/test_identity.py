@@ -66,7 +66,7 @@ async def test_probe_explains_why_it_is_not_ready(driver: Driver) -> None:
         moved.rename(driver.pool)
     assert reply.ready is False
     (event,) = [e for e in logs if e["event"] == "probe_not_ready"]
-    assert any("does not exist" in p for p in event["problems"])  # type: ignore[attr-defined]
+    assert any("does not exist" in p for p in event["problems"])
 
 
 async def test_probe_not_ready_when_a_node_tool_is_missing(
@@ -95,7 +95,9 @@ async def test_one_log_line_per_call_with_the_call_fields(driver: Driver) -> Non
         )
     rpc = [e for e in logs if e["event"] == "rpc"]
     assert [(e["method"], e["grpc_code"]) for e in rpc] == [
-        ("Probe", "OK"), ("DeleteVolume", "INVALID_ARGUMENT"), ("DeleteVolume", "OK"),
+        ("Probe", "OK"),
+        ("DeleteVolume", "INVALID_ARGUMENT"),
+        ("DeleteVolume", "OK"),
     ]
     assert rpc[2]["volume_id"] == "vol-" + "0" * 32
     for event in rpc:
@@ -118,9 +120,8 @@ async def test_unexpected_errors_become_internal_and_are_logged_once(
         raise ZeroDivisionError("boom")
 
     monkeypatch.setattr(driver.server.engine.health, "check", broken)
-    with capture_logs() as logs:
-        with pytest.raises(GRPCError) as err:
-            await driver.client.identity.probe(csi.ProbeRequest())
+    with capture_logs() as logs, pytest.raises(GRPCError) as err:
+        await driver.client.identity.probe(csi.ProbeRequest())
     assert err.value.status is Status.INTERNAL
     assert "ZeroDivisionError" in str(err.value.message)
     assert err.value.details is None
@@ -132,16 +133,15 @@ async def test_unexpected_errors_become_internal_and_are_logged_once(
 
 async def test_secret_values_never_reach_logs_or_error_messages(driver: Driver) -> None:
     secret = "TOPSECRET-d41d8cd98f00b204"
-    with capture_logs() as logs:
-        with pytest.raises(GRPCError) as err:
-            await driver.client.controller.create_volume(
-                csi.CreateVolumeRequest(
-                    name=secret,  # the value also appears in a non-secret field, on purpose
-                    volume_capabilities=[mount_capability()],
-                    parameters={"bogus": "1"},
-                    secrets={"token": secret},
-                )
+    with capture_logs() as logs, pytest.raises(GRPCError) as err:
+        await driver.client.controller.create_volume(
+            csi.CreateVolumeRequest(
+                name=secret,  # the value also appears in a non-secret field, on purpose
+                volume_capabilities=[mount_capability()],
+                parameters={"bogus": "1"},
+                secrets={"token": secret},
             )
+        )
     assert err.value.status is Status.INVALID_ARGUMENT
     assert secret not in str(err.value.message)
     assert secret not in repr(logs)

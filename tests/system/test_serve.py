@@ -17,7 +17,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from aiocsi import __version__
 from aiocsi._proto.csi import v1 as csi
 
-from .conftest import Csi, mount_capability
+from .conftest import Csi, mount_capability, volume_id_of
 from .process import run_cli, serve_process, slow_tool_dir, wait_for_slow_tools
 
 MiB = 1024 * 1024
@@ -44,9 +44,13 @@ def test_bad_configuration_exits_2_with_one_line(args: list[str], reason: str) -
 def test_version_and_help() -> None:
     assert run_cli(["--version"]).stdout.strip() == f"aiocsi {__version__}"
     help_text = run_cli(["serve", "--help"]).stdout
-    for flag, env in (("--endpoint", "CSI_ENDPOINT"), ("--mode", "AIOCSI_MODE"),
-                      ("--node-id", "KUBE_NODE_NAME"), ("--pool", "AIOCSI_POOL"),
-                      ("--shutdown-grace", "AIOCSI_SHUTDOWN_GRACE")):
+    for flag, env in (
+        ("--endpoint", "CSI_ENDPOINT"),
+        ("--mode", "AIOCSI_MODE"),
+        ("--node-id", "KUBE_NODE_NAME"),
+        ("--pool", "AIOCSI_POOL"),
+        ("--shutdown-grace", "AIOCSI_SHUTDOWN_GRACE"),
+    ):
         assert flag in help_text
         assert env in help_text
 
@@ -99,7 +103,8 @@ def test_a_file_that_is_not_a_socket_is_left_alone(cleanup: Path) -> None:
 async def test_a_second_driver_on_the_same_pool_is_refused(cleanup: Path) -> None:
     async with serve_process(cleanup, name="one"):
         result = await asyncio.to_thread(
-            run_cli, ["serve", "--endpoint", str(cleanup / "two.sock"), "--pool", str(cleanup / "pool")]
+            run_cli,
+            ["serve", "--endpoint", str(cleanup / "two.sock"), "--pool", str(cleanup / "pool")],
         )
     assert result.returncode == 2
     assert "another aiocsi process is using the pool" in result.stderr
@@ -112,15 +117,29 @@ async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(cleanup: Path
     async with serve_process(cleanup, "--shutdown-grace", "20", env=env) as server:
         client = Csi.connect(server.socket_path)
         try:
-            created = await client.controller.create_volume(csi.CreateVolumeRequest(
-                name="drain", volume_capabilities=[mount_capability()],
-                capacity_range=csi.CapacityRange(required_bytes=16 * MiB)))
+            created = await client.controller.create_volume(
+                csi.CreateVolumeRequest(
+                    name="drain",
+                    volume_capabilities=[mount_capability()],
+                    capacity_range=csi.CapacityRange(required_bytes=16 * MiB),
+                )
+            )
             staging = cleanup / "staging"
             staging.mkdir()
-            slow = asyncio.create_task(client.node.node_stage_volume(csi.NodeStageVolumeRequest(
-                volume_id=created.volume.volume_id, staging_target_path=str(staging),
-                volume_capability=mount_capability())))
-            await _until(lambda: any(e.get("event") == "host_command" or e.get("method") for e in server.log_lines()))
+            slow = asyncio.create_task(
+                client.node.node_stage_volume(
+                    csi.NodeStageVolumeRequest(
+                        volume_id=volume_id_of(created),
+                        staging_target_path=str(staging),
+                        volume_capability=mount_capability(),
+                    )
+                )
+            )
+            await _until(
+                lambda: any(
+                    e.get("event") == "host_command" or e.get("method") for e in server.log_lines()
+                )
+            )
             await asyncio.sleep(0.3)  # let the stage reach the slow mkfs
             server.signal(signal.SIGTERM)
             await _until(lambda: any(e.get("event") == "draining" for e in server.log_lines()))
@@ -143,12 +162,19 @@ async def test_a_second_signal_cuts_the_drain_short(cleanup: Path) -> None:
     async with serve_process(cleanup, "--shutdown-grace", "60", env=env) as server:
         client = Csi.connect(server.socket_path)
         try:
-            created = await client.controller.create_volume(csi.CreateVolumeRequest(
-                name="cut", volume_capabilities=[mount_capability()]))
+            created = await client.controller.create_volume(
+                csi.CreateVolumeRequest(name="cut", volume_capabilities=[mount_capability()])
+            )
             (cleanup / "st").mkdir()
-            slow = asyncio.create_task(client.node.node_stage_volume(csi.NodeStageVolumeRequest(
-                volume_id=created.volume.volume_id, staging_target_path=str(cleanup / "st"),
-                volume_capability=mount_capability())))
+            slow = asyncio.create_task(
+                client.node.node_stage_volume(
+                    csi.NodeStageVolumeRequest(
+                        volume_id=volume_id_of(created),
+                        staging_target_path=str(cleanup / "st"),
+                        volume_capability=mount_capability(),
+                    )
+                )
+            )
             await asyncio.sleep(0.5)
             server.signal(signal.SIGTERM)
             await _until(lambda: any(e.get("event") == "draining" for e in server.log_lines()))
@@ -170,14 +196,23 @@ async def test_stdout_is_one_json_object_per_line_and_secrets_never_appear(clean
     async with serve_process(cleanup, "--log-level", "debug") as server:
         client = Csi.connect(server.socket_path)
         try:
-            created = await client.controller.create_volume(csi.CreateVolumeRequest(
-                name="sec", volume_capabilities=[mount_capability()], secrets={"key": secret}))
+            created = await client.controller.create_volume(
+                csi.CreateVolumeRequest(
+                    name="sec", volume_capabilities=[mount_capability()], secrets={"key": secret}
+                )
+            )
             with pytest.raises(GRPCError):
-                await client.controller.create_volume(csi.CreateVolumeRequest(
-                    name="bad", volume_capabilities=[mount_capability()],
-                    parameters={"nope": secret}, secrets={"key": secret}))
-            await client.controller.delete_volume(csi.DeleteVolumeRequest(
-                volume_id=created.volume.volume_id, secrets={"key": secret}))
+                await client.controller.create_volume(
+                    csi.CreateVolumeRequest(
+                        name="bad",
+                        volume_capabilities=[mount_capability()],
+                        parameters={"nope": secret},
+                        secrets={"key": secret},
+                    )
+                )
+            await client.controller.delete_volume(
+                csi.DeleteVolumeRequest(volume_id=volume_id_of(created), secrets={"key": secret})
+            )
             await client.identity.probe(csi.ProbeRequest())
         finally:
             client.channel.close()

@@ -5,13 +5,23 @@ from pathlib import Path
 import pytest
 
 from aiocsi.cli import build_parser, config_from_args
-from aiocsi.config import ConfigError, Mode, parse_endpoint, parse_mode, parse_octal_mode, parse_size
+from aiocsi.config import (
+    ConfigError,
+    Mode,
+    parse_endpoint,
+    parse_mode,
+    parse_octal_mode,
+    parse_size,
+)
 
 
 @pytest.mark.parametrize(
     ("endpoint", "path"),
-    [("unix:///run/csi/csi.sock", "/run/csi/csi.sock"), ("/tmp/x.sock", "/tmp/x.sock"),
-     ("unix:///a//b/../c.sock", "/a/c.sock")],
+    [
+        ("unix:///run/csi/csi.sock", "/run/csi/csi.sock"),
+        ("/tmp/x.sock", "/tmp/x.sock"),
+        ("unix:///a//b/../c.sock", "/a/c.sock"),
+    ],
 )
 def test_endpoint_accepts_unix_urls_and_absolute_paths(endpoint: str, path: str) -> None:
     assert parse_endpoint(endpoint) == Path(path)
@@ -19,8 +29,12 @@ def test_endpoint_accepts_unix_urls_and_absolute_paths(endpoint: str, path: str)
 
 @pytest.mark.parametrize(
     ("endpoint", "reason"),
-    [("tcp://127.0.0.1:10000", "only unix sockets"), ("unix://relative.sock", "absolute"),
-     ("csi.sock", "absolute"), ("/" + "x" * 107, "at most 107")],
+    [
+        ("tcp://127.0.0.1:10000", "only unix sockets"),
+        ("unix://relative.sock", "absolute"),
+        ("csi.sock", "absolute"),
+        ("/" + "x" * 107, "at most 107"),
+    ],
 )
 def test_endpoint_refusals_name_the_reason(endpoint: str, reason: str) -> None:
     with pytest.raises(ConfigError, match=reason):
@@ -33,7 +47,8 @@ def test_socket_path_of_107_bytes_is_the_longest_allowed() -> None:
 
 def test_mode_and_socket_mode_parsing() -> None:
     assert parse_mode("node") is Mode.NODE
-    assert Mode.ALL.serves_controller and Mode.ALL.serves_node
+    assert Mode.ALL.serves_controller
+    assert Mode.ALL.serves_node
     assert not Mode.NODE.serves_controller
     with pytest.raises(ConfigError, match="expected one of all, controller, node"):
         parse_mode("both")
@@ -83,8 +98,14 @@ def test_flags_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--max-operations", "0"], ["--overcommit", "-1"], ["--shutdown-grace", "soon"],
-     ["--enable-attach", "maybe"], ["--log-level", "loud"], ["--pool", "relative/pool"]],
+    [
+        ["--max-operations", "0"],
+        ["--overcommit", "-1"],
+        ["--shutdown-grace", "soon"],
+        ["--enable-attach", "maybe"],
+        ["--log-level", "loud"],
+        ["--pool", "relative/pool"],
+    ],
 )
 def test_bad_values_are_config_errors(argv: list[str]) -> None:
     with pytest.raises(ConfigError):

@@ -23,7 +23,9 @@ from aiocsi import errors
         (errors.Unimplemented, Status.UNIMPLEMENTED),
     ],
 )
-def test_each_domain_error_maps_to_its_grpc_code(error: type[errors.DomainError], code: Status) -> None:
+def test_each_domain_error_maps_to_its_grpc_code(
+    error: type[errors.DomainError], code: Status
+) -> None:
     assert Status[errors.grpc_code_name(error("x"))] is code
 
 

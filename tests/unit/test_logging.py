@@ -24,8 +24,11 @@ def _lines(out: io.StringIO) -> list[dict[str, object]]:
 
 
 def test_fields_named_secrets_are_redacted_at_any_depth(stream: io.StringIO) -> None:
-    get_logger().info("rpc_request", secrets={"k": "v"},
-                      request={"name": "n", "secrets": {"password": "hunter2"}, "nested": [{"secrets": "x"}]})
+    get_logger().info(
+        "rpc_request",
+        secrets={"k": "v"},
+        request={"name": "n", "secrets": {"password": "hunter2"}, "nested": [{"secrets": "x"}]},
+    )
     (line,) = _lines(stream)
     assert line["secrets"] == "***"
     assert line["request"] == {"name": "n", "secrets": "***", "nested": [{"secrets": "***"}]}

@@ -13,9 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_generated_code_is_fresh() -> None:
     pytest.importorskip("grpc_tools", reason="protos extra not installed")
-    result = subprocess.run(  # noqa: S603 - fixed argv
+    result = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "protos.py"), "--check"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -1,15 +1,18 @@
 """Node-side volume work: loop devices, formats, mounts (DESIGN.md §3, §4).
 
 Every step is an "ensure": it looks before it acts, so a retry after a timeout or a crash
-continues where the last try stopped. A failed call undoes only what it did itself.
+continues where the last try stopped. A failed call undoes only what it did itself, and a
+mount or loop device that is not this volume's is never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
-from collections.abc import AsyncIterator
+import stat
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +32,7 @@ from aiocsi.errors import (
     NotFound,
     ResourceExhausted,
 )
-from aiocsi.host import files, fs, loop, mount
+from aiocsi.host import fs, loop, mount
 from aiocsi.host.fs import FsStats
 from aiocsi.logging import get_logger
 from aiocsi.models import (
@@ -45,6 +48,10 @@ from aiocsi.models import (
 log = get_logger("aiocsi.engine")
 EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral"
 EPHEMERAL_PREFIX = "ephemeral:"
+DEFAULT_EPHEMERAL_SIZE = "1Gi"
+# The kernel appends this to a loop device's backing file once the file is unlinked.
+DELETED_SUFFIX = " (deleted)"
+_NO_FS_STATS = FsStats(0, 0, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,29 @@ async def _host_step(what: str) -> AsyncIterator[None]:
         raise _host_failure(what, exc) from exc
 
 
+def _worse(condition: VolumeCondition, message: str) -> VolumeCondition:
+    """Keep the first problem found: it is the closest to the cause."""
+    return condition if condition.abnormal else VolumeCondition(abnormal=True, message=message)
+
+
+def _asks_read_only(capability: Capability | None) -> bool:
+    if capability is None:
+        return False
+    return capability.access_mode is AccessMode.SINGLE_NODE_READER_ONLY or (
+        "ro" in capability.mount_flags
+    )
+
+
+def _is_single_writer(capability: Capability | None) -> bool:
+    return capability is not None and (
+        capability.access_mode is AccessMode.SINGLE_NODE_SINGLE_WRITER
+    )
+
+
+def _access_type(pub: Publication) -> AccessType:
+    return pub.capability.access_type if pub.capability else AccessType.MOUNT
+
+
 class NodeService:
     def __init__(self, ctx: EngineContext, volumes: VolumeService) -> None:
         self._ctx = ctx
@@ -83,12 +113,38 @@ class NodeService:
     # -- helpers --------------------------------------------------------------------------
 
     async def _device(self, volume: Volume) -> str | None:
-        devices = await loop.find_loop_devices(self._pool.volume_image(volume.id))
-        return devices[0] if devices else None
+        """The loop device backed by the volume's image, even if the image was deleted."""
+        image = self._pool.volume_image(volume.id)
+        devices = await loop.find_loop_devices(image)
+        if devices:
+            return devices[0]
+        # A deleted image still backs its device: finding it lets unpublish and unstage
+        # release what is left instead of refusing to touch an "unknown" mount.
+        deleted = await anyio.to_thread.run_sync(os.path.realpath, image) + DELETED_SUFFIX
+        for device, backing in (await loop.loop_backing_files()).items():
+            if backing == deleted:
+                return device
+        return None
 
     async def _top_mount(self, path: Path) -> mount.MountEntry | None:
         entries = await mount.mounts_at(path)
         return entries[-1] if entries else None
+
+    async def _is_ours(self, entry: mount.MountEntry, path: Path, device: str | None) -> bool:
+        """Whether `entry`, the visible mount at `path`, is a mount of this volume's device."""
+        if device is None:
+            return False
+        if entry.source == device:
+            return True
+        # A block publication binds the device node: its source is the filesystem holding
+        # /dev (devtmpfs), so compare the device numbers instead.
+        return await anyio.to_thread.run_sync(_same_block_device, path, device)
+
+    async def _our_top_mount(
+        self, path: Path, device: str | None
+    ) -> tuple[mount.MountEntry | None, bool]:
+        top = await self._top_mount(path)
+        return top, top is not None and await self._is_ours(top, path, device)
 
     async def _find(self, volume_id: str, kind: PublicationKind, path: str) -> Publication | None:
         for pub in await self._store.publications(volume_id, kind):
@@ -96,13 +152,24 @@ class NodeService:
                 return pub
         return None
 
+    async def _check_resolved_path(self, path: Path, field: str) -> None:
+        """Refuse a path that leaves the allowed roots through a symlink."""
+        roots = self._ctx.config.allowed_path_roots
+        if roots and not await anyio.to_thread.run_sync(_resolves_under, path, roots):
+            raise InvalidArgument(f"{field} {path} resolves outside the allowed path roots")
+
+    async def _volume_or_ephemeral(self, volume_id: str) -> Volume:
+        return await self._ephemeral_volume(volume_id) or await self._volumes.get(volume_id)
+
     # -- stage ----------------------------------------------------------------------------
 
     async def stage(self, request: StageVolume) -> None:
         volume = await self._volumes.get(request.volume_id)
+        staging = Path(request.staging_path)
+        await self._check_resolved_path(staging, "staging_target_path")
         await self._ctx.operations.run(
             f"volume:{volume.id}", ("stage", request), "NodeStageVolume",
-            lambda: self._stage(volume, Path(request.staging_path), request.capability),
+            lambda: self._stage(volume, staging, request.capability),
         )
 
     async def _stage(self, volume: Volume, staging: Path, capability: Capability) -> None:
@@ -116,7 +183,7 @@ class NodeService:
                     f"volume {volume.id} is staged at {staging} with a different capability"
                 )
         async with AsyncExitStack() as undo:
-            device = await self._ensure_attached(volume, undo)
+            device = await self._ensure_attached(volume, capability, undo)
             if capability.access_type is AccessType.MOUNT:
                 await self._ensure_mounted(volume, device, staging, capability, undo)
             await self._store.add_publication(
@@ -126,28 +193,43 @@ class NodeService:
             undo.pop_all()
         log.info("volume_staged", volume_id=volume.id, device=device, path=str(staging))
 
-    async def _ensure_attached(self, volume: Volume, undo: AsyncExitStack) -> str:
-        device = await self._device(volume)
-        if device is not None:
-            return device
+    async def _ensure_attached(
+        self, volume: Volume, capability: Capability, undo: AsyncExitStack
+    ) -> str:
+        existing = await self._device(volume)
+        # A read-only block volume gets a read-only device: a read-only bind of a device
+        # node does not stop writes through it. Mount volumes get a read-only mount instead
+        # (a blank one must still be formatted first).
+        read_only = (
+            capability.access_type is AccessType.BLOCK
+            and capability.access_mode is AccessMode.SINGLE_NODE_READER_ONLY
+        )
         async with _host_step(f"attaching volume {volume.id}"):
-            device = await loop.attach(self._pool.volume_image(volume.id))
-        undo.push_async_callback(self._detach_quietly, device)
+            # attach() returns the device already backed by the image (never a second one)
+            # and refuses one attached in the other mode.
+            device = await loop.attach(self._pool.volume_image(volume.id), read_only=read_only)
+        if existing is None:
+            undo.push_async_callback(self._detach_quietly, device)
         return device
 
     async def _detach_quietly(self, device: str) -> None:
-        with contextlib.suppress(CommandFailed):
+        with contextlib.suppress(CommandFailed, FailedPrecondition):
             await loop.detach(device)
 
     async def _ensure_mounted(
         self, volume: Volume, device: str, staging: Path, capability: Capability,
         undo: AsyncExitStack,
     ) -> None:
-        top = await self._top_mount(staging)
+        top, ours = await self._our_top_mount(staging, device)
         if top is not None:
-            if top.source != device:
+            if not ours:
                 raise FailedPrecondition(
                     f"{staging} already has a mount of {top.source} that is not volume {volume.id}"
+                )
+            if capability.fs_type and top.fs_type != capability.fs_type:
+                raise FailedPrecondition(
+                    f"volume {volume.id} holds a {top.fs_type} filesystem, not "
+                    f"{capability.fs_type}; it is never reformatted"
                 )
             return
         wanted = capability.fs_type or DEFAULT_FS
@@ -163,13 +245,19 @@ class NodeService:
                 f"volume {volume.id} holds a {found} filesystem, not {capability.fs_type}; "
                 "it is never reformatted"
             )
-        await anyio.Path(staging).mkdir(parents=True, exist_ok=True)
+        if await _ensure_dir(staging):
+            undo.push_async_callback(_remove_path, staging)
         options = list(capability.mount_flags)
         if capability.access_mode is AccessMode.SINGLE_NODE_READER_ONLY:
             options.append("ro")
+        # Pushed before mounting: a mount that fails halfway may still leave one behind.
+        undo.push_async_callback(self._unmount_quietly, staging, device)
         async with _host_step(f"mounting volume {volume.id} at {staging}"):
             await mount.mount(device, staging, fs_type=found, options=options)
-        undo.push_async_callback(mount.unmount, staging)
+
+    async def _unmount_quietly(self, path: Path, device: str) -> None:
+        with contextlib.suppress(CommandFailed, FailedPrecondition):
+            await self._unmount_ours(path, device)
 
     # -- unstage --------------------------------------------------------------------------
 
@@ -188,15 +276,29 @@ class NodeService:
         device = await self._device(volume)
         async with _host_step(f"unmounting volume {volume.id} from {staging}"):
             await self._unmount_ours(staging, device)
-            if device is not None:
-                await loop.detach(device)
         await self._store.remove_publication(volume.id, PublicationKind.STAGE, str(staging))
+        # Staged somewhere else: this path was not (or no longer) its staging path, and the
+        # device still serves the other one.
+        still_staged = await self._store.publications(volume.id, PublicationKind.STAGE)
+        if device is not None and not still_staged:
+            await self._release_device(volume, device)
         log.info("volume_unstaged", volume_id=volume.id, path=str(staging))
+
+    async def _release_device(self, volume: Volume, device: str) -> None:
+        # losetup -d on a mounted device only marks it for detach at its last close: look
+        # first, so that a mount nobody recorded is reported instead of silently kept alive.
+        elsewhere = [m.mount_point for m in await mount.read_mounts() if m.source == device]
+        if elsewhere:
+            raise FailedPrecondition(
+                f"volume {volume.id} ({device}) is still mounted at {', '.join(elsewhere)}"
+            )
+        async with _host_step(f"detaching volume {volume.id}"):
+            await loop.detach(device)
 
     async def _unmount_ours(self, path: Path, device: str | None) -> None:
         """Unmount every mount of `device` stacked at `path`; refuse to touch anything else."""
         while (top := await self._top_mount(path)) is not None:
-            if device is None or top.source != device:
+            if not await self._is_ours(top, path, device):
                 raise FailedPrecondition(
                     f"{path} has a mount of {top.source} that does not belong to this volume"
                 )
@@ -214,56 +316,101 @@ class NodeService:
             lambda: self._publish(volume, request),
         )
 
+    async def _check_publish_conflicts(
+        self, volume: Volume, request: PublishVolume
+    ) -> Publication | None:
+        """The publication already at the target (if any); refuse incompatible ones."""
+        same: Publication | None = None
+        others: list[Publication] = []
+        for pub in await self._store.publications(volume.id, PublicationKind.PUBLISH):
+            if pub.path == request.target_path:
+                same = pub
+            else:
+                others.append(pub)
+        if same is not None and (
+            same.capability != request.capability or same.read_only != request.read_only
+        ):
+            raise AlreadyExists(
+                f"volume {volume.id} is already published at {request.target_path} with a "
+                "different capability or read-only flag"
+            )
+        if others and (
+            _is_single_writer(request.capability)
+            or any(_is_single_writer(p.capability) for p in others)
+        ):
+            raise FailedPrecondition(
+                f"volume {volume.id} is SINGLE_NODE_SINGLE_WRITER and may be published at one "
+                f"target only; it is already published at {others[0].path}"
+            )
+        return same
+
     async def _publish(self, volume: Volume, request: PublishVolume) -> None:
         target = Path(request.target_path)
         capability = request.capability
-        for pub in await self._store.publications(volume.id, PublicationKind.PUBLISH):
-            if pub.path == str(target):
-                if pub.capability != capability or pub.read_only != request.read_only:
-                    raise AlreadyExists(
-                        f"volume {volume.id} is already published at {target} with a different "
-                        "capability or read-only flag"
-                    )
-                if await self._top_mount(target) is not None:
-                    return
-            elif capability.access_mode is AccessMode.SINGLE_NODE_SINGLE_WRITER:
-                raise FailedPrecondition(
-                    f"volume {volume.id} is SINGLE_NODE_SINGLE_WRITER and already published "
-                    f"at {pub.path}"
-                )
+        recorded = await self._check_publish_conflicts(volume, request)
         stage = await self._find(volume.id, PublicationKind.STAGE, request.staging_path)
         device = await self._device(volume)
         if stage is None or device is None:
             raise FailedPrecondition(
                 f"volume {volume.id} is not staged at {request.staging_path!r}; stage it first"
             )
+        if stage.capability is not None and stage.capability.access_type != capability.access_type:
+            raise FailedPrecondition(
+                f"volume {volume.id} is staged for {stage.capability.access_type} access, "
+                f"not {capability.access_type}"
+            )
+        await self._check_resolved_path(target, "target_path")
+        if capability.access_type is AccessType.MOUNT:
+            # Binding an empty staging directory would hand out the node's own filesystem.
+            _, staged = await self._our_top_mount(Path(request.staging_path), device)
+            if not staged:
+                raise FailedPrecondition(
+                    f"volume {volume.id} is no longer mounted at {request.staging_path}; "
+                    "stage it again"
+                )
+        top, ours = await self._our_top_mount(target, device)
+        if top is not None:
+            if not ours:
+                raise FailedPrecondition(f"{target} already has a foreign mount of {top.source}")
+            if request.read_only and not top.read_only:
+                raise AlreadyExists(f"{target} already has a read-write mount of {volume.id}")
+            if recorded is None:  # mounted by a try that stopped before recording it
+                await self._record_publication(volume, request)
+            return
         async with AsyncExitStack() as undo:
             if capability.access_type is AccessType.MOUNT:
-                source: str = request.staging_path
+                source = request.staging_path
                 created = await _ensure_dir(target)
             else:
                 source = device
                 created = await _ensure_file(target)
             if created:
                 undo.push_async_callback(_remove_path, target)
-            top = await self._top_mount(target)
-            if top is None:
-                async with _host_step(f"publishing volume {volume.id} at {target}"):
-                    await mount.bind_mount(source, target, read_only=request.read_only)
-            elif top.source != device:
-                raise FailedPrecondition(f"{target} already has a foreign mount of {top.source}")
-            await self._store.add_publication(
-                Publication(volume.id, PublicationKind.PUBLISH, str(target),
-                            self._ctx.config.node_id, request.read_only, capability)
-            )
+            undo.push_async_callback(self._unmount_quietly, target, device)
+            async with _host_step(f"publishing volume {volume.id} at {target}"):
+                await mount.bind_mount(source, target, read_only=request.read_only)
+            await self._record_publication(volume, request)
             undo.pop_all()
         log.info("volume_published", volume_id=volume.id, path=str(target),
                  read_only=request.read_only)
 
+    async def _record_publication(self, volume: Volume, request: PublishVolume) -> None:
+        await self._store.add_publication(
+            Publication(volume.id, PublicationKind.PUBLISH, request.target_path,
+                        self._ctx.config.node_id, request.read_only, request.capability)
+        )
+
     # -- unpublish ------------------------------------------------------------------------
 
     async def unpublish(self, volume_id: str, target_path: str) -> None:
-        volume = await self._ephemeral_volume(volume_id) or await self._volumes.get(volume_id)
+        try:
+            volume = await self._volume_or_ephemeral(volume_id)
+        except NotFound:
+            # An inline ephemeral volume is deleted by its unpublish: a retry finds neither
+            # the volume nor the target, and that is success.
+            if not await anyio.to_thread.run_sync(os.path.lexists, target_path):
+                return
+            raise
         await self._ctx.operations.run(
             f"volume:{volume.id}", ("unpublish", target_path), "NodeUnpublishVolume",
             lambda: self._unpublish(volume, Path(target_path)),
@@ -273,14 +420,11 @@ class NodeService:
         device = await self._device(volume)
         async with _host_step(f"unpublishing volume {volume.id} from {target}"):
             await self._unmount_ours(target, device)
-        await _remove_path(target)
+        await _remove_target(target)
         await self._store.remove_publication(volume.id, PublicationKind.PUBLISH, str(target))
         log.info("volume_unpublished", volume_id=volume.id, path=str(target))
         if volume.ephemeral:
-            staging = self._pool.ephemeral_staging(volume.id)
-            await self._unstage(volume, staging)
-            await _remove_path(staging)
-            await self._volumes.delete(volume.id)
+            await self._remove_ephemeral(volume)
 
     # -- ephemeral inline volumes ---------------------------------------------------------
 
@@ -290,7 +434,7 @@ class NodeService:
 
     async def _publish_ephemeral(self, request: PublishVolume) -> None:
         try:
-            size = parse_size(request.volume_context.get("size", "1Gi"))
+            size = parse_size(request.volume_context.get("size", DEFAULT_EPHEMERAL_SIZE))
         except ConfigError as exc:
             raise InvalidArgument(f"volume_context size: {exc}") from None
         if request.capability.access_type is not AccessType.MOUNT:
@@ -303,24 +447,40 @@ class NodeService:
             ),
             {}, ephemeral=True,
         )
+        # One operation for stage + publish, so that an unpublish cannot slip in between.
+        await self._ctx.operations.run(
+            f"volume:{volume.id}", ("publish-ephemeral", request), "NodePublishVolume",
+            lambda: self._stage_and_publish_ephemeral(volume, request),
+        )
+
+    async def _stage_and_publish_ephemeral(self, volume: Volume, request: PublishVolume) -> None:
         staging = self._pool.ephemeral_staging(volume.id)
         try:
-            await self.stage(StageVolume(volume.id, str(staging), request.capability))
-            await self.publish(
+            await self._stage(volume, staging, request.capability)
+            await self._publish(
+                volume,
                 dataclasses.replace(
                     request, volume_id=volume.id, staging_path=str(staging), volume_context={}
-                )
+                ),
             )
         except BaseException:
+            # Nobody can use a volume that is published nowhere: remove it, and a retry
+            # starts afresh. One that is published elsewhere stays (_unstage refuses).
             with contextlib.suppress(Exception):
-                await self._unstage(volume, staging)
-                await self._volumes.delete(volume.id)
+                await self._remove_ephemeral(volume)
             raise
+
+    async def _remove_ephemeral(self, volume: Volume) -> None:
+        staging = self._pool.ephemeral_staging(volume.id)
+        await self._unstage(volume, staging)
+        await _remove_path(staging)
+        # Already inside this volume's operation: call the unlocked step directly.
+        await self._volumes._delete(volume.id)  # noqa: SLF001 - same operation, key held
 
     # -- stats / expand -------------------------------------------------------------------
 
     async def _user_at(self, volume_id: str, path: str) -> tuple[Volume, Publication]:
-        volume = await self._volumes.get(volume_id)
+        volume = await self._volume_or_ephemeral(volume_id)
         for pub in await self._store.publications(volume.id):
             if pub.kind is not PublicationKind.CONTROLLER and pub.path == path:
                 return volume, pub
@@ -328,25 +488,28 @@ class NodeService:
 
     async def stats(self, volume_id: str, volume_path: str) -> VolumeStats:
         volume, pub = await self._user_at(volume_id, volume_path)
-        access = pub.capability.access_type if pub.capability else AccessType.MOUNT
+        access = _access_type(pub)
+        path = Path(volume_path)
         condition = await self._volumes.condition(volume)
         device = await self._device(volume)
-        if device is None and not condition.abnormal:
-            condition = VolumeCondition(True, f"volume {volume.id} has no loop device attached")
+        if device is None:
+            condition = _worse(condition, f"volume {volume.id} has no loop device attached")
         if access is AccessType.BLOCK:
+            if pub.kind is PublicationKind.PUBLISH:
+                _, ours = await self._our_top_mount(path, device)
+                if not ours:
+                    condition = _worse(condition, f"{volume_path} no longer holds the device")
             size = await loop.device_size(device) if device else 0
             return VolumeStats(access, condition, size_bytes=size)
-        top = await self._top_mount(Path(volume_path))
-        if top is None:
-            condition = VolumeCondition(True, f"{volume_path} is not mounted")
-            return VolumeStats(access, condition, fs=FsStats(0, 0, 0, 0, 0, 0))
-        if top.read_only and not pub.read_only and "ro" not in (
-            pub.capability.mount_flags if pub.capability else ()
-        ) and not condition.abnormal:
-            condition = VolumeCondition(
-                True, f"the filesystem at {volume_path} is read-only (remounted after errors?)"
+        top, ours = await self._our_top_mount(path, device)
+        if top is None or not ours:
+            what = "is not mounted" if top is None else f"has a foreign mount of {top.source}"
+            return VolumeStats(access, _worse(condition, f"{volume_path} {what}"), fs=_NO_FS_STATS)
+        if "ro" in top.super_options and not _asks_read_only(pub.capability):
+            condition = _worse(
+                condition, f"the filesystem at {volume_path} is read-only (remounted after errors?)"
             )
-        return VolumeStats(access, condition, fs=await fs.fs_stats(Path(volume_path)))
+        return VolumeStats(access, condition, fs=await fs.fs_stats(path))
 
     async def expand(
         self, volume_id: str, volume_path: str, capacity: CapacityRange
@@ -358,44 +521,90 @@ class NodeService:
         )
 
     async def _expand(self, volume: Volume, pub: Publication, capacity: CapacityRange) -> int:
+        # Grows the image when the controller has not (node-only expansion).
         size, volume = await self._volumes._expand(volume, capacity)  # noqa: SLF001 - same operation, key already held
         device = await self._device(volume)
         if device is None:
             raise FailedPrecondition(f"volume {volume.id} is not attached on this node")
         async with _host_step(f"growing volume {volume.id}"):
             await loop.refresh_size(device)
-            access = pub.capability.access_type if pub.capability else AccessType.MOUNT
-            if access is AccessType.MOUNT:
-                found = await fs.probe_fs_type(device)
-                if found is None:
-                    raise FailedPrecondition(f"volume {volume.id} has no filesystem to grow")
-                await fs.grow_fs(device, Path(pub.path), found)
+        if _access_type(pub) is AccessType.MOUNT:
+            await self._grow_filesystem(volume, device)
         log.info("volume_node_expanded", volume_id=volume.id, bytes=size)
         return size
 
+    async def _grow_filesystem(self, volume: Volume, device: str) -> None:
+        # Grown through the staging mount: a read-only publication would refuse xfs_growfs.
+        stages = await self._store.publications(volume.id, PublicationKind.STAGE)
+        for stage in stages:
+            top, ours = await self._our_top_mount(Path(stage.path), device)
+            if top is not None and ours:
+                async with _host_step(f"growing the filesystem of volume {volume.id}"):
+                    await fs.grow_fs(device, Path(stage.path), top.fs_type)
+                return
+        raise FailedPrecondition(f"volume {volume.id} is not mounted on this node")
+
+
+def _same_block_device(path: Path, device: str) -> bool:
+    try:
+        at_path = os.stat(path)
+        node = os.stat(device)
+    except OSError:
+        return False
+    return stat.S_ISBLK(at_path.st_mode) and at_path.st_rdev == node.st_rdev
+
+
+def _resolves_under(path: Path, roots: Sequence[Path]) -> bool:
+    resolved = path.resolve()
+    for root in roots:
+        real_root = root.resolve()
+        if resolved != real_root and resolved.is_relative_to(real_root):
+            return True
+    return False
+
 
 async def _ensure_dir(path: Path) -> bool:
-    if await anyio.Path(path).is_dir():
+    """Create `path` as a directory; False when it already is one."""
+    apath = anyio.Path(path)
+    if await apath.is_dir():
         return False
-    await anyio.Path(path).mkdir(mode=0o750, parents=True)
+    if await apath.exists():
+        raise FailedPrecondition(f"{path} exists and is not a directory")
+    await apath.mkdir(mode=0o750, parents=True)
     return True
 
 
 async def _ensure_file(path: Path) -> bool:
-    if await anyio.Path(path).exists():
+    """Create `path` as an empty file to bind a device onto; False when one exists."""
+    apath = anyio.Path(path)
+    if await apath.is_dir():
+        raise FailedPrecondition(f"{path} is a directory; a block volume needs a file target")
+    if await apath.exists():
         return False
     await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
-    await anyio.Path(path).touch(mode=0o600)
+    await apath.touch(mode=0o600)
     return True
 
 
 async def _remove_path(path: Path) -> None:
-    """Remove a target we created: an empty directory or a plain file; gone is fine."""
+    """Remove an empty directory or a plain file; gone is fine."""
     def remove() -> None:
         with contextlib.suppress(FileNotFoundError):
             if path.is_dir() and not path.is_symlink():
                 path.rmdir()
             else:
-                os.unlink(path)
+                path.unlink()
 
     await anyio.to_thread.run_sync(remove)
+
+
+async def _remove_target(path: Path) -> None:
+    try:
+        await _remove_path(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            # Not a mount any more, yet it holds files: never delete what may be data.
+            raise FailedPrecondition(
+                f"{path} is not mounted but not empty; it is left for an operator"
+            ) from exc
+        raise

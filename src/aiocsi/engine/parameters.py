@@ -40,5 +40,10 @@ def normalise(
     return result
 
 
-def preallocate(parameters: Mapping[str, str]) -> bool:
+def preallocate(parameters: Mapping[str, str], mutable: Mapping[str, str] | None = None) -> bool:
+    """Whether a volume's blocks are reserved: a VolumeAttributesClass value (`mutable`)
+    overrides the StorageClass one, so that ControllerModifyVolume can turn it off again.
+    """
+    if mutable is not None and PREALLOCATE in mutable:
+        return mutable[PREALLOCATE] == "true"
     return parameters.get(PREALLOCATE) == "true"

@@ -23,8 +23,7 @@ class PoolLock:
         except BlockingIOError:
             os.close(fd)
             raise PoolLocked(
-                f"another aiocsi process is using the pool ({self._path}); "
-                "run one driver per pool"
+                f"another aiocsi process is using the pool ({self._path}); run one driver per pool"
             ) from None
         self._fd = fd
 

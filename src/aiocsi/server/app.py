@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+from typing import Any
 
 import anyio
 from grpclib.server import Server
@@ -47,8 +48,12 @@ class DriverServer:
         await self._server.start(sock=self._bound.sock)
         self._started = True
         log.info(
-            "serving", endpoint=str(self.config.socket_path), mode=self.config.mode.value,
-            node_id=self.config.node_id, driver=self.config.driver_name, version=__version__,
+            "serving",
+            endpoint=str(self.config.socket_path),
+            mode=self.config.mode.value,
+            node_id=self.config.node_id,
+            driver=self.config.driver_name,
+            version=__version__,
         )
 
     async def drain(self, cut_short: asyncio.Event | None = None) -> None:
@@ -56,7 +61,7 @@ class DriverServer:
         self.tracker.draining = True
         grace = self.config.shutdown_grace
         log.info("draining", in_flight=self.tracker.active, grace_s=grace)
-        waiters = {asyncio.ensure_future(self._settled())}
+        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._settled())}
         if cut_short is not None:
             waiters.add(asyncio.ensure_future(cut_short.wait()))
         try:
@@ -78,8 +83,11 @@ class DriverServer:
         if self._bound is not None:
             self._bound.remove()
         await self.engine.close()
-        log.warning("stopped_abandoning_work", in_flight=self.tracker.active,
-                    operations=self.engine.ctx.operations.active)
+        log.warning(
+            "stopped_abandoning_work",
+            in_flight=self.tracker.active,
+            operations=self.engine.ctx.operations.active,
+        )
 
     async def _settled(self) -> None:
         await self.tracker.wait_idle()
@@ -121,7 +129,7 @@ async def serve(config: Config) -> int:
     try:
         await driver.start()
     except (SocketError, PoolLocked) as exc:
-        log.error("startup_failed", reason=str(exc))
+        log.error("startup_failed", reason=str(exc))  # noqa: TRY400 - expected; no traceback
         print(f"aiocsi serve: error: {exc}", file=sys.stderr)  # noqa: T201 - one-line reason
         await driver.close()
         return EXIT_STARTUP

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
+from grpclib._typing import IServerMethodFunc as Handler
 from grpclib.const import Status
 from grpclib.events import RecvMessage, RecvRequest, SendMessage, listen
 from grpclib.exceptions import GRPCError
@@ -26,7 +27,6 @@ from aiocsi.logging import get_logger
 
 log = get_logger("aiocsi.rpc")
 
-Handler = Callable[[Stream[Any, Any]], Awaitable[None]]
 _ID_FIELDS = ("volume_id", "source_volume_id")
 
 
@@ -52,7 +52,7 @@ class CallTracker:
         await self._idle.wait()
 
 
-def _request_id(metadata: Any) -> str:
+def _request_id(metadata: Mapping[str, object] | None) -> str:
     supplied = metadata.get("x-request-id") if metadata is not None else None
     if isinstance(supplied, str) and 0 < len(supplied) <= 64:  # noqa: PLR2004 - sane bound
         return supplied
@@ -64,6 +64,11 @@ def _secret_values(message: object) -> frozenset[str]:
     if isinstance(secrets, dict):
         return frozenset(v for v in secrets.values() if isinstance(v, str) and v)
     return frozenset()
+
+
+def _refuse_when_draining(tracker: CallTracker) -> None:
+    if tracker.draining:
+        raise GRPCError(Status.UNAVAILABLE, "driver is shutting down; retry later")
 
 
 def _finish_code(exc: BaseException | None, call: CallContext) -> str:
@@ -83,8 +88,7 @@ def _wrap(handler: Handler, call: CallContext, tracker: CallTracker) -> Handler:
         failure: BaseException | None = None
         tracker.enter()
         try:
-            if tracker.draining:
-                raise GRPCError(Status.UNAVAILABLE, "driver is shutting down; retry later")
+            _refuse_when_draining(tracker)
             await handler(stream)
         except GRPCError as exc:
             failure = exc
@@ -96,7 +100,7 @@ def _wrap(handler: Handler, call: CallContext, tracker: CallTracker) -> Handler:
             # Deadline or client gone: grpclib owns the status; we only record it.
             failure = exc
             raise
-        except Exception as exc:  # noqa: BLE001 - the one place bugs become INTERNAL
+        except Exception as exc:
             log.exception("unexpected_error", error_type=type(exc).__name__)
             failure = GRPCError(
                 Status.INTERNAL, f"internal error ({type(exc).__name__}); see the driver log"

@@ -78,6 +78,6 @@ def bind_unix_socket(path: Path, mode: int) -> BoundSocket:
         raise SocketError(f"cannot bind {path}: {exc.strerror}") from exc
     finally:
         os.umask(previous)
-    os.chmod(path, mode)
-    sock.setblocking(False)
+    path.chmod(mode)
+    sock.setblocking(False)  # noqa: FBT003 - the socket API
     return BoundSocket(sock=sock, path=path, inode=os.lstat(path).st_ino)

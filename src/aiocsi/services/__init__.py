@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from grpclib._typing import IServable
+
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.config import Config
 from aiocsi.engine.core import Engine
@@ -10,7 +12,7 @@ from aiocsi.services.identity import IdentityService
 from aiocsi.services.node import NodeService
 
 
-def build_services(config: Config, engine: Engine) -> list[object]:
+def build_services(config: Config, engine: Engine) -> list[IServable]:
     """Every CSI service, with the ones the mode does not serve answering UNIMPLEMENTED.
 
     Registering the generated bases (rather than nothing) keeps those answers well-formed
@@ -21,6 +23,9 @@ def build_services(config: Config, engine: Engine) -> list[object]:
     )
     node = NodeService(config, engine) if config.mode.serves_node else csi.NodeBase()
     return [
-        IdentityService(config, engine.health), controller, node,
-        csi.GroupControllerBase(), csi.SnapshotMetadataBase(),
+        IdentityService(config, engine.health),
+        controller,
+        node,
+        csi.GroupControllerBase(),
+        csi.SnapshotMetadataBase(),
     ]

@@ -27,7 +27,10 @@ def plugin_capabilities(config: Config) -> list[csi.PluginCapability]:
     ]
     if config.mode.serves_controller:
         caps.insert(
-            0, csi.PluginCapability(service=csi.PluginCapabilityService(type=Service.CONTROLLER_SERVICE))
+            0,
+            csi.PluginCapability(
+                service=csi.PluginCapabilityService(type=Service.CONTROLLER_SERVICE)
+            ),
         )
     return caps
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.config import Config
 from aiocsi.engine.core import Engine
-from aiocsi.errors import InvalidArgument
 from aiocsi.models import AccessType
 from aiocsi.services import convert
 from aiocsi.services.validation import common
@@ -45,28 +44,30 @@ class NodeService(csi.NodeBase):
     async def node_stage_volume(
         self, message: csi.NodeStageVolumeRequest
     ) -> csi.NodeStageVolumeResponse:
-        await self._node.stage(check.stage(message))
+        await self._node.stage(check.stage(message, self._config.allowed_path_roots))
         return csi.NodeStageVolumeResponse()
 
     async def node_unstage_volume(
         self, message: csi.NodeUnstageVolumeRequest
     ) -> csi.NodeUnstageVolumeResponse:
         volume_id = common.string(message.volume_id, "volume_id")
-        staging = check.path(message.staging_target_path, "staging_target_path")
+        staging = check.path(
+            message.staging_target_path, "staging_target_path", self._config.allowed_path_roots
+        )
         await self._node.unstage(volume_id, staging)
         return csi.NodeUnstageVolumeResponse()
 
     async def node_publish_volume(
         self, message: csi.NodePublishVolumeRequest
     ) -> csi.NodePublishVolumeResponse:
-        await self._node.publish(check.publish(message))
+        await self._node.publish(check.publish(message, self._config.allowed_path_roots))
         return csi.NodePublishVolumeResponse()
 
     async def node_unpublish_volume(
         self, message: csi.NodeUnpublishVolumeRequest
     ) -> csi.NodeUnpublishVolumeResponse:
         volume_id = common.string(message.volume_id, "volume_id")
-        target = check.path(message.target_path, "target_path")
+        target = check.path(message.target_path, "target_path", self._config.allowed_path_roots)
         await self._node.unpublish(volume_id, target)
         return csi.NodeUnpublishVolumeResponse()
 
@@ -74,7 +75,7 @@ class NodeService(csi.NodeBase):
         self, message: csi.NodeGetVolumeStatsRequest
     ) -> csi.NodeGetVolumeStatsResponse:
         volume_id = common.string(message.volume_id, "volume_id")
-        path = check.path(message.volume_path, "volume_path")
+        path = check.lookup_path(message.volume_path, "volume_path")
         stats = await self._node.stats(volume_id, path)
         if stats.access_type is AccessType.BLOCK:
             usage = [csi.VolumeUsage(total=stats.size_bytes, unit=csi.VolumeUsageUnit.BYTES)]
@@ -94,9 +95,8 @@ class NodeService(csi.NodeBase):
         self, message: csi.NodeExpandVolumeRequest
     ) -> csi.NodeExpandVolumeResponse:
         volume_id = common.string(message.volume_id, "volume_id")
-        path = check.path(message.volume_path, "volume_path")
-        if message.capacity_range is None:
-            raise InvalidArgument("capacity_range is required")
+        path = check.lookup_path(message.volume_path, "volume_path")
+        # capacity_range is optional: without one the filesystem grows to fill the device.
         if message.volume_capability is not None:
             check.node_capability(message.volume_capability)
         size = await self._node.expand(volume_id, path, common.capacity(message.capacity_range))

@@ -37,6 +37,34 @@ class SchemaTooNew(Exception):
     """The database was written by a newer aiocsi; refusing to downgrade it."""
 
 
+class OverBudget(Exception):
+    """Recording this many more bytes would provision more than the pool's budget."""
+
+    def __init__(self, provisioned: int, wanted: int, budget: int) -> None:
+        self.provisioned = provisioned
+        self.wanted = wanted
+        self.budget = budget
+        super().__init__(f"{provisioned} + {wanted} bytes exceeds the budget of {budget}")
+
+
+# Every image in the pool, volume or snapshot, counts against its capacity.
+_PROVISIONED_SQL = (
+    "SELECT (SELECT COALESCE(SUM(capacity_bytes), 0) FROM volumes)"
+    " + (SELECT COALESCE(SUM(size_bytes), 0) FROM snapshots)"
+)
+
+
+def _check_budget(db: sqlite3.Connection, wanted: int, budget: int | None) -> None:
+    """Refuse `wanted` more bytes over `budget`; call inside the write's own thread call,
+    so that the check and the write are one step that no other writer can split.
+    """
+    if budget is None or wanted <= 0:
+        return
+    provisioned = int(db.execute(_PROVISIONED_SQL).fetchone()[0])
+    if provisioned + wanted > budget:
+        raise OverBudget(provisioned, wanted, budget)
+
+
 def _volume(row: sqlite3.Row) -> Volume:
     source = (
         ContentSource(SourceKind(row["source_kind"]), row["source_id"])
@@ -44,19 +72,28 @@ def _volume(row: sqlite3.Row) -> Volume:
         else None
     )
     return Volume(
-        id=row["id"], name=row["name"], capacity_bytes=row["capacity_bytes"],
-        state=VolumeState(row["state"]), node_id=row["node_id"],
+        id=row["id"],
+        name=row["name"],
+        capacity_bytes=row["capacity_bytes"],
+        state=VolumeState(row["state"]),
+        node_id=row["node_id"],
         parameters=json.loads(row["parameters"]),
         mutable_parameters=json.loads(row["mutable_parameters"]),
-        source=source, ephemeral=bool(row["ephemeral"]), created_at=row["created_at"],
+        source=source,
+        ephemeral=bool(row["ephemeral"]),
+        created_at=row["created_at"],
         seq=row["seq"],
     )
 
 
 def _snapshot(row: sqlite3.Row) -> Snapshot:
     return Snapshot(
-        id=row["id"], name=row["name"], source_volume_id=row["source_volume_id"],
-        size_bytes=row["size_bytes"], ready=bool(row["ready"]), created_at=row["created_at"],
+        id=row["id"],
+        name=row["name"],
+        source_volume_id=row["source_volume_id"],
+        size_bytes=row["size_bytes"],
+        ready=bool(row["ready"]),
+        created_at=row["created_at"],
         seq=row["seq"],
     )
 
@@ -70,15 +107,20 @@ def _capability(text: str | None) -> Capability | None:
         return None
     raw = json.loads(text)
     return Capability(
-        access_type=AccessType(raw["access_type"]), access_mode=AccessMode(raw["access_mode"]),
-        fs_type=raw["fs_type"], mount_flags=tuple(raw["mount_flags"]),
+        access_type=AccessType(raw["access_type"]),
+        access_mode=AccessMode(raw["access_mode"]),
+        fs_type=raw["fs_type"],
+        mount_flags=tuple(raw["mount_flags"]),
     )
 
 
 def _publication(row: sqlite3.Row) -> Publication:
     return Publication(
-        volume_id=row["volume_id"], kind=PublicationKind(row["kind"]), path=row["path"],
-        node_id=row["node_id"], read_only=bool(row["read_only"]),
+        volume_id=row["volume_id"],
+        kind=PublicationKind(row["kind"]),
+        path=row["path"],
+        node_id=row["node_id"],
+        read_only=bool(row["read_only"]),
         capability=_capability(row["capability"]),
     )
 
@@ -136,19 +178,27 @@ class Store:
 
     # -- volumes --------------------------------------------------------------------------
 
-    async def insert_volume(self, v: Volume) -> Volume:
+    async def insert_volume(self, v: Volume, *, budget: int | None = None) -> Volume:
+        """Record a new volume; with `budget`, only if it keeps the pool within it."""
+
         def insert(db: sqlite3.Connection) -> Volume:
+            _check_budget(db, v.capacity_bytes, budget)
             cur = db.execute(
                 "INSERT INTO volumes (id, name, state, capacity_bytes, node_id, parameters,"
                 " mutable_parameters, source_kind, source_id, ephemeral, created_at)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    v.id, v.name, v.state.value, v.capacity_bytes, v.node_id,
+                    v.id,
+                    v.name,
+                    v.state.value,
+                    v.capacity_bytes,
+                    v.node_id,
                     json.dumps(v.parameters, sort_keys=True),
                     json.dumps(v.mutable_parameters, sort_keys=True),
                     v.source.kind.value if v.source else None,
                     v.source.id if v.source else None,
-                    int(v.ephemeral), v.created_at,
+                    int(v.ephemeral),
+                    v.created_at,
                 ),
             )
             row = db.execute("SELECT * FROM volumes WHERE seq = ?", (cur.lastrowid,)).fetchone()
@@ -167,10 +217,20 @@ class Store:
     async def set_volume_state(self, volume_id: str, state: VolumeState) -> None:
         await self._write("UPDATE volumes SET state = ? WHERE id = ?", (state.value, volume_id))
 
-    async def set_volume_capacity(self, volume_id: str, capacity: int) -> None:
-        await self._write(
-            "UPDATE volumes SET capacity_bytes = ? WHERE id = ?", (capacity, volume_id)
-        )
+    async def set_volume_capacity(
+        self, volume_id: str, capacity: int, *, budget: int | None = None
+    ) -> None:
+        """Record a new size; with `budget`, only if the growth keeps the pool within it."""
+
+        def update(db: sqlite3.Connection) -> None:
+            row = db.execute(
+                "SELECT capacity_bytes FROM volumes WHERE id = ?", (volume_id,)
+            ).fetchone()
+            if row is not None:
+                _check_budget(db, capacity - int(row[0]), budget)
+            db.execute("UPDATE volumes SET capacity_bytes = ? WHERE id = ?", (capacity, volume_id))
+
+        await self._call(update)
 
     async def set_mutable_parameters(self, volume_id: str, params: dict[str, str]) -> None:
         await self._write(
@@ -192,13 +252,24 @@ class Store:
         return [_volume(r) for r in await self._rows("SELECT * FROM volumes ORDER BY seq")]
 
     async def provisioned_bytes(self) -> int:
-        row = await self._row("SELECT COALESCE(SUM(capacity_bytes), 0) FROM volumes")
+        """Bytes promised to every volume and snapshot image, whatever its state."""
+        row = await self._row(_PROVISIONED_SQL)
+        return int(row[0]) if row else 0
+
+    async def last_seq(self, table: str) -> int:
+        """The highest `seq` ever given out in `table` (0: none yet); deleted rows count."""
+        if table not in ("volumes", "snapshots"):
+            raise ValueError(f"no sequence for table {table!r}")
+        row = await self._row("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,))
         return int(row[0]) if row else 0
 
     # -- snapshots ------------------------------------------------------------------------
 
-    async def insert_snapshot(self, s: Snapshot) -> Snapshot:
+    async def insert_snapshot(self, s: Snapshot, *, budget: int | None = None) -> Snapshot:
+        """Record a new snapshot; with `budget`, only if it keeps the pool within it."""
+
         def insert(db: sqlite3.Connection) -> Snapshot:
+            _check_budget(db, s.size_bytes, budget)
             cur = db.execute(
                 "INSERT INTO snapshots (id, name, source_volume_id, size_bytes, ready, created_at)"
                 " VALUES (?,?,?,?,?,?)",
@@ -224,7 +295,11 @@ class Store:
         await self._write("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
 
     async def list_snapshots(
-        self, after_seq: int = 0, limit: int = -1, *, source_volume_id: str = "",
+        self,
+        after_seq: int = 0,
+        limit: int = -1,
+        *,
+        source_volume_id: str = "",
         snapshot_id: str = "",
     ) -> list[Snapshot]:
         sql = "SELECT * FROM snapshots WHERE seq > ? AND ready = 1"
@@ -247,8 +322,14 @@ class Store:
         await self._write(
             "INSERT OR REPLACE INTO publications"
             " (volume_id, kind, path, node_id, read_only, capability) VALUES (?,?,?,?,?,?)",
-            (p.volume_id, p.kind.value, p.path, p.node_id, int(p.read_only),
-             _capability_json(p.capability)),
+            (
+                p.volume_id,
+                p.kind.value,
+                p.path,
+                p.node_id,
+                int(p.read_only),
+                _capability_json(p.capability),
+            ),
         )
 
     async def remove_publication(self, volume_id: str, kind: PublicationKind, path: str) -> None:
