@@ -123,6 +123,8 @@ async def serve_process(
         str(root / "pool"),
         "--node-id",
         "test-node",
+        "--allowed-path-root",
+        str(root),
         "--default-volume-size",
         "64Mi",
         *args,

@@ -521,6 +521,8 @@ class NodeService:
         )
 
     async def _expand(self, volume: Volume, pub: Publication, capacity: CapacityRange) -> int:
+        # Read again under the operation's key: a ControllerExpand may have finished since.
+        volume = await self._volumes.get(volume.id)
         # Grows the image when the controller has not (node-only expansion).
         size, volume = await self._volumes._expand(volume, capacity)  # noqa: SLF001 - same operation, key already held
         device = await self._device(volume)
@@ -539,6 +541,11 @@ class NodeService:
         for stage in stages:
             top, ours = await self._our_top_mount(Path(stage.path), device)
             if top is not None and ours:
+                if top.fs_type not in fs.SUPPORTED_FS_TYPES:
+                    raise FailedPrecondition(
+                        f"volume {volume.id} holds a {top.fs_type} filesystem, which aiocsi "
+                        "cannot grow"
+                    )
                 async with _host_step(f"growing the filesystem of volume {volume.id}"):
                     await fs.grow_fs(device, Path(stage.path), top.fs_type)
                 return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from aiocsi.engine.requests import CapacityRange, CreateVolume, TopologyRequirem
 from aiocsi.errors import (
     AlreadyExists,
     FailedPrecondition,
+    InvalidToken,
     NotFound,
     OutOfRange,
     ResourceExhausted,
@@ -34,9 +36,11 @@ from aiocsi.models import (
     VolumeCondition,
     VolumeState,
 )
+from aiocsi.state.store import OverBudget, Store
 
 log = get_logger("aiocsi.engine")
 DEFAULT_FS = "ext4"
+SECTOR = 512  # loop devices need whole sectors
 
 
 def minimum_size(capabilities: tuple[Capability, ...]) -> int:
@@ -49,31 +53,38 @@ def minimum_size(capabilities: tuple[Capability, ...]) -> int:
 
 
 def choose_size(capacity: CapacityRange, minimum: int, default: int, floor: int = 0) -> int:
-    """Pick the image size the spec allows: at least `required`, at most `limit`, aligned."""
-    wanted = capacity.required_bytes or (
-        min(default, capacity.limit_bytes) if capacity.limit_bytes else default
-    )
-    size = align_up(max(wanted, minimum, floor))
+    """Pick the image size the spec allows: at least `required`, at most `limit`.
+
+    Sizes are whole MiB when the range allows it; a tight limit falls back to the largest
+    whole MiB, then the largest whole sector, that still holds what is needed.
+    """
+    needed = max(capacity.required_bytes, minimum, floor)
     limit = capacity.limit_bytes
-    if limit and size > limit:
-        # Alignment may overshoot a tight limit; the exact limit is fine when it is big enough.
-        if max(minimum, floor, capacity.required_bytes) <= limit and limit % 512 == 0:
-            return limit
-        raise OutOfRange(
-            f"cannot fit a volume in limit_bytes={limit}: it needs at least "
-            f"{max(minimum, floor, capacity.required_bytes)} bytes "
-            f"(filesystem minimum {minimum}, source size {floor})"
-        )
-    return size
+    wanted = capacity.required_bytes or (min(default, limit) if limit else default)
+    size = align_up(max(wanted, needed))
+    if not limit or size <= limit:
+        return size
+    for unit in (ALIGNMENT, SECTOR):
+        candidate = limit // unit * unit
+        if candidate >= needed:
+            return candidate
+    raise OutOfRange(
+        f"cannot fit a volume in limit_bytes={limit}: it needs at least {needed} bytes "
+        f"(filesystem minimum {minimum}, content source {floor}), in whole {SECTOR}-byte sectors"
+    )
 
 
 def topology_admits(requirement: TopologyRequirement | None, node_id: str) -> bool:
-    if requirement is None:
+    """Whether a volume on `node_id` meets `requirement`.
+
+    Only `requisite` constrains: CSI lets the SP choose any topology when it is empty, and
+    `preferred` is an ordering within it.
+    """
+    if requirement is None or not requirement.requisite:
         return True
-    candidates = requirement.requisite or requirement.preferred
-    if not candidates:
-        return True
-    return any(t.get(TOPOLOGY_KEY) == node_id and set(t) <= {TOPOLOGY_KEY} for t in candidates)
+    return any(
+        t.get(TOPOLOGY_KEY) == node_id and set(t) <= {TOPOLOGY_KEY} for t in requirement.requisite
+    )
 
 
 def _compatible(existing: Volume, request: CreateVolume, params: dict[str, str]) -> str | None:
@@ -84,7 +95,47 @@ def _compatible(existing: Volume, request: CreateVolume, params: dict[str, str])
         return "it was created from a different content source"
     if existing.parameters != params:
         return "it was created with different parameters"
+    if existing.capacity_bytes < (needed := minimum_size(request.capabilities)):
+        return f"its {existing.capacity_bytes} bytes are too few for a {needed}-byte filesystem"
     return None
+
+
+def is_preallocated(volume: Volume) -> bool:
+    return preallocate(volume.parameters, volume.mutable_parameters)
+
+
+async def pool_space(ctx: EngineContext) -> tuple[int, int]:
+    """The pool's provisioning budget (its size times --overcommit) and its free bytes."""
+    total, available = await anyio.to_thread.run_sync(files.filesystem_space, ctx.pool.root)
+    return int(total * ctx.config.overcommit), available
+
+
+def over_budget(what: str, exc: OverBudget, overcommit: float) -> ResourceExhausted:
+    left = max(exc.budget - exc.provisioned, 0)
+    return ResourceExhausted(
+        f"the pool cannot hold {what} of {exc.wanted} bytes: {left} bytes are left to "
+        f"provision ({exc.provisioned} of {exc.budget} at overcommit {overcommit})"
+    )
+
+
+def _allocate_sync(path: Path, size: int) -> None:
+    """Reserve every block of `path` up to `size`; data already there is kept.
+
+    Belongs next to grow_file_sync in host/files.py, which cannot allocate the holes of an
+    image that is already full size.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.posix_fallocate(fd, 0, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def check_page_token(store: Store, table: str, after_seq: int) -> None:
+    """A token past every sequence number ever issued is not one this driver gave out."""
+    if after_seq and after_seq > await store.last_seq(table):
+        raise InvalidToken(f"starting_token {after_seq} is not one this driver issued")
 
 
 class VolumeService:
@@ -110,6 +161,7 @@ class VolumeService:
         return await anyio.to_thread.run_sync(_image_condition, image, volume.capacity_bytes)
 
     async def list(self, after_seq: int, limit: int) -> list[Volume]:
+        await check_page_token(self._store, "volumes", after_seq)
         return await self._store.list_volumes(after_seq, limit)
 
     # -- create / delete ------------------------------------------------------------------
@@ -143,17 +195,29 @@ class VolumeService:
             request.capacity, minimum_size(request.capabilities),
             self._ctx.config.default_volume_size, floor=source_size,
         )
-        await self._check_room(size, preallocate(params))
-        volume = await self._store.insert_volume(
-            Volume(
-                id=new_volume_id(), name=request.name, capacity_bytes=size,
-                state=VolumeState.CREATING, node_id=self._ctx.config.node_id,
-                parameters=params, mutable_parameters=dict(request.mutable_parameters),
-                source=request.source, ephemeral=ephemeral, created_at=time.time(),
+        preallocated = preallocate(params, request.mutable_parameters)
+        budget, available = await pool_space(self._ctx)
+        if preallocated and size > available:
+            raise ResourceExhausted(
+                f"the pool filesystem has {available} bytes free; a preallocated volume of "
+                f"{size} bytes does not fit"
             )
-        )
         try:
-            await self._materialise(volume, preallocate(params) or preallocate(request.mutable_parameters))
+            # The budget check and the record are one step: concurrent creates cannot
+            # together promise more than the pool has.
+            volume = await self._store.insert_volume(
+                Volume(
+                    id=new_volume_id(), name=request.name, capacity_bytes=size,
+                    state=VolumeState.CREATING, node_id=self._ctx.config.node_id,
+                    parameters=params, mutable_parameters=dict(request.mutable_parameters),
+                    source=request.source, ephemeral=ephemeral, created_at=time.time(),
+                ),
+                budget=budget,
+            )
+        except OverBudget as exc:
+            raise over_budget(f"a volume {request.name!r}", exc, self._ctx.config.overcommit) from None
+        try:
+            await self._materialise(volume, preallocated=preallocated)
             await self._store.set_volume_state(volume.id, VolumeState.READY)
         except BaseException:
             await self._remove(volume)
@@ -179,28 +243,22 @@ class VolumeService:
             return self._pool.snapshot_image(source.id)
         return self._pool.volume_image(source.id)
 
-    async def _check_room(self, size: int, preallocated: bool) -> None:
-        total, available = await anyio.to_thread.run_sync(files.filesystem_space, self._pool.root)
-        provisioned = await self._store.provisioned_bytes()
-        budget = int(total * self._ctx.config.overcommit) - provisioned
-        if size > budget or (preallocated and size > available):
-            raise ResourceExhausted(
-                f"the pool cannot hold another {size} bytes "
-                f"({max(budget, 0)} bytes left under overcommit {self._ctx.config.overcommit}, "
-                f"{available} bytes free on disk)"
-            )
-
-    async def _materialise(self, volume: Volume, preallocated: bool) -> None:
+    async def _materialise(self, volume: Volume, *, preallocated: bool) -> None:
         image = self._pool.volume_image(volume.id)
         async with no_space_is_exhaustion(f"creating volume {volume.name!r}"):
             if volume.source is None:
                 await files.create_sparse(image, volume.capacity_bytes, preallocate=preallocated)
                 return
-            method = await files.copy_image(
-                self._source_image(volume.source), image, size=volume.capacity_bytes
-            )
+            try:
+                method = await files.copy_image(
+                    self._source_image(volume.source), image, size=volume.capacity_bytes
+                )
+            except FileNotFoundError:
+                raise NotFound(
+                    f"the image of source {volume.source.kind.value} {volume.source.id} is gone"
+                ) from None
             if preallocated:
-                await files.grow_file(image, volume.capacity_bytes, preallocate=True)
+                await anyio.to_thread.run_sync(_allocate_sync, image, volume.capacity_bytes)
             log.info("volume_content_copied", volume_id=volume.id, method=method,
                      source=volume.source.id)
 
@@ -233,15 +291,22 @@ class VolumeService:
     # -- expand / modify ------------------------------------------------------------------
 
     async def expand(self, volume_id: str, capacity: CapacityRange) -> tuple[int, Volume]:
-        volume = await self.get(volume_id)
+        await self.get(volume_id)
         return await self._ctx.operations.run(
             f"volume:{volume_id}", ("expand", capacity), "ControllerExpandVolume",
-            lambda: self._expand(volume, capacity),
+            lambda: self._expand_by_id(volume_id, capacity),
         )
 
+    async def _expand_by_id(self, volume_id: str, capacity: CapacityRange) -> tuple[int, Volume]:
+        return await self._expand(await self.get(volume_id), capacity)
+
     async def _expand(self, volume: Volume, capacity: CapacityRange) -> tuple[int, Volume]:
+        """Grow the image to what `capacity` asks; the caller holds the volume's operation."""
+        volume = await self.get(volume.id)  # the caller's copy may predate an earlier change
         current = volume.capacity_bytes
         if capacity.admits(current):
+            # Also finishes an expansion that was recorded but not done before a crash.
+            await self._ensure_image_size(volume, current)
             return current, volume
         if capacity.limit_bytes and capacity.limit_bytes < current:
             raise OutOfRange(
@@ -249,54 +314,106 @@ class VolumeService:
                 "is not supported"
             )
         size = choose_size(capacity, ALIGNMENT, current, floor=current)
-        await self._check_room(size - current, preallocate(volume.mutable_parameters))
-        async with no_space_is_exhaustion(f"expanding volume {volume.id}"):
-            await files.grow_file(
-                self._pool.volume_image(volume.id), size,
-                preallocate=preallocate(volume.mutable_parameters) or preallocate(volume.parameters),
+        budget, available = await pool_space(self._ctx)
+        if is_preallocated(volume) and size - current > available:
+            raise ResourceExhausted(
+                f"the pool filesystem has {available} bytes free; growing preallocated volume "
+                f"{volume.id} needs {size - current}"
             )
-        await self._store.set_volume_capacity(volume.id, size)
+        try:
+            # Recorded first: the record never claims less than the image holds.
+            await self._store.set_volume_capacity(volume.id, size, budget=budget)
+        except OverBudget as exc:
+            raise over_budget(f"the growth of volume {volume.id}", exc,
+                              self._ctx.config.overcommit) from None
+        grown = dataclasses.replace(volume, capacity_bytes=size)
+        try:
+            await self._ensure_image_size(grown, size)
+        except BaseException:
+            await self._store.set_volume_capacity(volume.id, current)
+            raise
         log.info("volume_expanded", volume_id=volume.id, bytes=size, previous=current)
-        return size, dataclasses.replace(volume, capacity_bytes=size)
+        return size, grown
+
+    async def _ensure_image_size(self, volume: Volume, size: int) -> None:
+        async with no_space_is_exhaustion(f"expanding volume {volume.id}"):
+            try:
+                await files.grow_file(
+                    self._pool.volume_image(volume.id), size, preallocate=is_preallocated(volume)
+                )
+            except FileNotFoundError:
+                raise FailedPrecondition(
+                    f"the image of volume {volume.id} is missing; it cannot be expanded"
+                ) from None
 
     async def is_attached(self, volume_id: str) -> bool:
         return bool(await loop.find_loop_devices(self._pool.volume_image(volume_id)))
 
+    async def needs_node_expansion(self, volume_id: str, capability: Capability | None) -> bool:
+        """After a controller expansion: must the node grow a filesystem or a loop device?"""
+        access = capability.access_type if capability is not None else None
+        if access is None:
+            staged = await self._store.publications(volume_id, PublicationKind.STAGE)
+            if any(p.capability is not None and p.capability.access_type is AccessType.BLOCK
+                   for p in staged):
+                access = AccessType.BLOCK
+        if access is AccessType.BLOCK:
+            # A raw device only needs the loop device refreshed, and only where attached.
+            return await self.is_attached(volume_id)
+        return True
+
     async def modify(self, volume_id: str, mutable: dict[str, str]) -> None:
-        volume = await self.get(volume_id)
+        await self.get(volume_id)
         await self._ctx.operations.run(
             f"volume:{volume_id}", ("modify", tuple(sorted(mutable.items()))),
-            "ControllerModifyVolume", lambda: self._modify(volume, mutable),
+            "ControllerModifyVolume", lambda: self._modify(volume_id, mutable),
         )
 
-    async def _modify(self, volume: Volume, mutable: dict[str, str]) -> None:
-        merged = {**volume.mutable_parameters, **mutable}
-        if preallocate(merged) and not preallocate(volume.mutable_parameters):
-            await self._check_room(0, preallocated=False)
-            async with no_space_is_exhaustion(f"preallocating volume {volume.id}"):
-                await files.grow_file(
-                    self._pool.volume_image(volume.id), volume.capacity_bytes, preallocate=True
-                )
-        await self._store.set_mutable_parameters(volume.id, merged)
-        log.info("volume_modified", volume_id=volume.id, parameters=merged)
+    async def _modify(self, volume_id: str, mutable: dict[str, str]) -> None:
+        volume = await self.get(volume_id)
+        modified = dataclasses.replace(
+            volume, mutable_parameters={**volume.mutable_parameters, **mutable}
+        )
+        if is_preallocated(modified):
+            await self._ensure_allocated(modified)
+        # Turning preallocation off only affects later growth: punching holes would
+        # discard data.
+        await self._store.set_mutable_parameters(volume.id, modified.mutable_parameters)
+        log.info("volume_modified", volume_id=volume.id, parameters=modified.mutable_parameters)
+
+    async def _ensure_allocated(self, volume: Volume) -> None:
+        image = self._pool.volume_image(volume.id)
+        try:
+            held = await anyio.to_thread.run_sync(files.allocated_bytes, image)
+        except FileNotFoundError:
+            raise FailedPrecondition(f"the image of volume {volume.id} is missing") from None
+        _, available = await pool_space(self._ctx)
+        if volume.capacity_bytes - held > available:
+            raise ResourceExhausted(
+                f"the pool filesystem has {available} bytes free; preallocating volume "
+                f"{volume.id} needs up to {volume.capacity_bytes - held}"
+            )
+        async with no_space_is_exhaustion(f"preallocating volume {volume.id}"):
+            await anyio.to_thread.run_sync(_allocate_sync, image, volume.capacity_bytes)
 
     # -- controller publish ---------------------------------------------------------------
 
     async def controller_publish(
         self, volume_id: str, node_id: str, capability: Capability, read_only: bool
     ) -> None:
-        volume = await self.get(volume_id)
+        await self.get(volume_id)
         if node_id != self._ctx.config.node_id:
             raise NotFound(f"node {node_id!r} is not served by this driver")
         await self._ctx.operations.run(
             f"volume:{volume_id}", ("publish", node_id, capability, read_only),
             "ControllerPublishVolume",
-            lambda: self._controller_publish(volume, node_id, capability, read_only),
+            lambda: self._controller_publish(volume_id, node_id, capability, read_only),
         )
 
     async def _controller_publish(
-        self, volume: Volume, node_id: str, capability: Capability, read_only: bool
+        self, volume_id: str, node_id: str, capability: Capability, read_only: bool
     ) -> None:
+        volume = await self.get(volume_id)
         attached = await self._store.publications(volume.id, PublicationKind.CONTROLLER)
         for pub in attached:
             if pub.node_id != node_id:
@@ -317,6 +434,7 @@ class VolumeService:
         await self._store.add_publication(
             Publication(volume.id, PublicationKind.CONTROLLER, node_id, node_id, read_only, capability)
         )
+        log.info("volume_controller_published", volume_id=volume.id, node_id=node_id)
 
     async def controller_unpublish(self, volume_id: str, node_id: str) -> None:
         if not is_volume_id(volume_id):
@@ -333,12 +451,13 @@ class VolumeService:
 
     # -- capacity -------------------------------------------------------------------------
 
-    async def capacity(self, topology: dict[str, str] | None) -> int:
-        if topology is not None and topology.get(TOPOLOGY_KEY) != self._ctx.config.node_id:
+    async def capacity(self, topology: dict[str, str] | None, *, preallocated: bool) -> int:
+        """Bytes a new volume may still have; 0 for a topology this node is not in."""
+        if topology and topology.get(TOPOLOGY_KEY) != self._ctx.config.node_id:
             return 0
-        total, _ = await anyio.to_thread.run_sync(files.filesystem_space, self._pool.root)
-        provisioned = await self._store.provisioned_bytes()
-        return max(int(total * self._ctx.config.overcommit) - provisioned, 0)
+        budget, available = await pool_space(self._ctx)
+        left = max(budget - await self._store.provisioned_bytes(), 0)
+        return min(left, available) if preallocated else left
 
 
 def _image_condition(image: Path, capacity: int) -> VolumeCondition:
