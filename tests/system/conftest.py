@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
@@ -126,3 +127,40 @@ def block_capability(mode: int = 1) -> csi.VolumeCapability:
 def volume_id_of(reply: csi.CreateVolumeResponse) -> str:
     assert reply.volume is not None
     return reply.volume.volume_id
+
+
+class LoopWatchdog:
+    """Measures how late the event loop wakes a sleeping task: a stall shows as lateness."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.worst = 0.0
+        self.samples = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(self.interval)
+            self.worst = max(self.worst, loop.time() - started - self.interval)
+            self.samples += 1
+
+
+MAX_LOOP_STALL = 0.050
+
+
+@pytest.fixture
+async def loop_watchdog() -> AsyncIterator[LoopWatchdog]:
+    """Fails the test if the event loop (driver and client share it) stalls for > 50 ms."""
+    watchdog = LoopWatchdog()
+    task = asyncio.create_task(watchdog.run())
+    try:
+        yield watchdog
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert watchdog.samples > 0
+    assert watchdog.worst < MAX_LOOP_STALL, (
+        f"the event loop stalled for {watchdog.worst * 1000:.1f} ms (limit 50 ms)"
+    )

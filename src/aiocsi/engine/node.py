@@ -368,14 +368,7 @@ class NodeService:
                     f"volume {volume.id} is no longer mounted at {request.staging_path}; "
                     "stage it again"
                 )
-        top, ours = await self._our_top_mount(target, device)
-        if top is not None:
-            if not ours:
-                raise FailedPrecondition(f"{target} already has a foreign mount of {top.source}")
-            if request.read_only and not top.read_only:
-                raise AlreadyExists(f"{target} already has a read-write mount of {volume.id}")
-            if recorded is None:  # mounted by a try that stopped before recording it
-                await self._record_publication(volume, request)
+        if await self._already_bound(volume, request, device, recorded=recorded is not None):
             return
         async with AsyncExitStack() as undo:
             if capability.access_type is AccessType.MOUNT:
@@ -393,6 +386,22 @@ class NodeService:
             undo.pop_all()
         log.info("volume_published", volume_id=volume.id, path=str(target),
                  read_only=request.read_only)
+
+    async def _already_bound(
+        self, volume: Volume, request: PublishVolume, device: str, *, recorded: bool
+    ) -> bool:
+        """Whether the target already shows this volume (and is recorded now); foreign -> refuse."""
+        target = Path(request.target_path)
+        top, ours = await self._our_top_mount(target, device)
+        if top is None:
+            return False
+        if not ours:
+            raise FailedPrecondition(f"{target} already has a foreign mount of {top.source}")
+        if request.read_only and not top.read_only:
+            raise AlreadyExists(f"{target} already has a read-write mount of {volume.id}")
+        if not recorded:  # mounted by a try that stopped before recording it
+            await self._record_publication(volume, request)
+        return True
 
     async def _record_publication(self, volume: Volume, request: PublishVolume) -> None:
         await self._store.add_publication(
@@ -554,8 +563,8 @@ class NodeService:
 
 def _same_block_device(path: Path, device: str) -> bool:
     try:
-        at_path = os.stat(path)
-        node = os.stat(device)
+        at_path = path.stat()
+        node = Path(device).stat()
     except OSError:
         return False
     return stat.S_ISBLK(at_path.st_mode) and at_path.st_rdev == node.st_rdev

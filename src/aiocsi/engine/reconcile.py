@@ -7,40 +7,99 @@ and mounts of those loop devices recorded as ours.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import Counter
 from pathlib import Path
 
+import anyio
+
 from aiocsi.engine.context import EngineContext
-from aiocsi.engine.pool import is_snapshot_id, is_volume_id
-from aiocsi.errors import CommandFailed
+from aiocsi.engine.node import DELETED_SUFFIX
+from aiocsi.engine.pool import Pool, is_snapshot_id, is_volume_id
+from aiocsi.errors import CommandFailed, FailedPrecondition
 from aiocsi.host import files, loop, mount
 from aiocsi.logging import get_logger
-from aiocsi.models import AccessType, PublicationKind, VolumeState
+from aiocsi.models import AccessType, Publication, PublicationKind, VolumeState
 
 log = get_logger("aiocsi.engine")
+_DEV = "/dev/"
+
+
+def _our_devices(pool: Pool, backing_files: dict[str, str]) -> dict[str, str]:
+    """Map volume id -> loop device for every loop device backed by one of our images.
+
+    An image deleted while attached still counts: its device must be released too.
+    """
+    found: dict[str, str] = {}
+    for device, backing in backing_files.items():
+        image = backing.removesuffix(DELETED_SUFFIX)
+        if pool.owns_image(image) and is_volume_id(Path(image).stem):
+            found.setdefault(Path(image).stem, device)
+    return found
+
+
+def _device_users(mounts: list[mount.MountEntry]) -> set[str]:
+    """Devices that some mount uses: as a filesystem, or bound as a device node (block)."""
+    users = {m.source for m in mounts}
+    # A bound device node shows the filesystem holding /dev as its source and the node's
+    # path inside it as its root ("/loop3"): counted, so a block publication stays attached.
+    users.update(_DEV + m.root.lstrip("/") for m in mounts if m.fs_type == "devtmpfs")
+    return users
+
+
+def _mount_points(pubs: list[Publication]) -> dict[str, str]:
+    # mountinfo shows resolved paths; a record keeps the path it was given.
+    return {pub.path: os.path.realpath(pub.path) for pub in pubs}
+
+
+def _still_mounted(pub: Publication, device: str | None, entries: list[mount.MountEntry]) -> bool:
+    if device is None:
+        return False  # no loop device means nothing of this volume can be mounted anywhere
+    is_block = pub.capability is not None and pub.capability.access_type is AccessType.BLOCK
+    if is_block and pub.kind is PublicationKind.STAGE:
+        return True  # a block stage is the attached device itself
+    if is_block:
+        return any(m.fs_type == "devtmpfs" and _DEV + m.root.lstrip("/") == device
+                   for m in entries)
+    return any(m.source == device for m in entries)
 
 
 async def reconcile(ctx: EngineContext) -> Counter[str]:
     repaired: Counter[str] = Counter()
-    store, pool = ctx.store, ctx.pool
-    mounted_sources = {m.source for m in await mount.read_mounts()}
-    mounts_by_point = {m.mount_point: m for m in await mount.read_mounts()}
+    mounts = await mount.read_mounts()
+    devices = _our_devices(ctx.pool, await loop.loop_backing_files())
+    await _forget_lost_publications(ctx, mounts, devices, repaired)
+    known_volumes, known_snapshots = await _roll_back_unfinished(ctx, repaired)
+    await _detach_unused(ctx, mounts, devices, repaired)
+    await _remove_orphans(ctx, known_volumes, known_snapshots, repaired)
+    log.info("reconciled", repaired=dict(repaired), volumes=len(known_volumes),
+             snapshots=len(known_snapshots))
+    return repaired
 
-    # 1. Publications whose mount vanished (reboot, crash mid-way) are forgotten.
-    for pub in await store.publications():
-        if pub.kind is PublicationKind.CONTROLLER:
+
+async def _forget_lost_publications(
+    ctx: EngineContext, mounts: list[mount.MountEntry], devices: dict[str, str],
+    repaired: Counter[str],
+) -> None:
+    """Publications whose mount or device vanished (reboot, crash, a hand unmount) are
+    forgotten: the CO stages and publishes again."""
+    by_point: dict[str, list[mount.MountEntry]] = {}
+    for entry in mounts:
+        by_point.setdefault(entry.mount_point, []).append(entry)
+    pubs = [p for p in await ctx.store.publications() if p.kind is not PublicationKind.CONTROLLER]
+    points = await anyio.to_thread.run_sync(_mount_points, pubs)
+    for pub in pubs:
+        if _still_mounted(pub, devices.get(pub.volume_id), by_point.get(points[pub.path], [])):
             continue
-        is_block_stage = (
-            pub.kind is PublicationKind.STAGE
-            and pub.capability is not None
-            and pub.capability.access_type is AccessType.BLOCK
-        )
-        if is_block_stage or pub.path in mounts_by_point:
-            continue
-        await store.remove_publication(pub.volume_id, pub.kind, pub.path)
+        await ctx.store.remove_publication(pub.volume_id, pub.kind, pub.path)
         repaired[f"{pub.kind.value}_forgotten"] += 1
 
-    # 2. Half-made or half-deleted volumes and snapshots are rolled back.
+
+async def _roll_back_unfinished(
+    ctx: EngineContext, repaired: Counter[str]
+) -> tuple[set[str], set[str]]:
+    """Half-made or half-deleted volumes and snapshots are rolled back; returns the rest."""
+    store, pool = ctx.store, ctx.pool
     known_volumes: set[str] = set()
     for volume in await store.all_volumes():
         if volume.state is VolumeState.READY:
@@ -57,35 +116,39 @@ async def reconcile(ctx: EngineContext) -> Counter[str]:
         await files.remove_file(pool.snapshot_image(snap.id))
         await store.delete_snapshot(snap.id)
         repaired["snapshot_rolled_back"] += 1
+    return known_volumes, known_snapshots
 
-    # 3. Loop devices backed by our images that nothing uses any more are detached.
-    staged = {p.volume_id for p in await store.publications(kind=PublicationKind.STAGE)}
-    for device, backing in (await loop.loop_backing_files()).items():
-        if not pool.owns_image(backing):
+
+async def _detach_unused(
+    ctx: EngineContext, mounts: list[mount.MountEntry], devices: dict[str, str],
+    repaired: Counter[str],
+) -> None:
+    """Loop devices backed by our images that nothing uses any more are detached."""
+    staged = {p.volume_id for p in await ctx.store.publications(kind=PublicationKind.STAGE)}
+    in_use = _device_users(mounts)
+    for volume_id, device in devices.items():
+        if volume_id in staged or device in in_use:
             continue
-        volume_id = Path(backing).stem
-        if volume_id in staged or device in mounted_sources:
-            continue
-        with contextlib.suppress(CommandFailed):
+        # Busy after all (held open by a process): the kernel detaches it at its last close.
+        with contextlib.suppress(CommandFailed, FailedPrecondition):
             await loop.detach(device)
             repaired["loop_detached"] += 1
 
-    # 4. Image files with no record (a crash between file and record) are removed.
-    for image in await _images(pool.volumes_dir):
+
+async def _remove_orphans(
+    ctx: EngineContext, known_volumes: set[str], known_snapshots: set[str],
+    repaired: Counter[str],
+) -> None:
+    """Image files with no record (a crash between file and record) are removed."""
+    for image in await _images(ctx.pool.volumes_dir):
         if is_volume_id(image.stem) and image.stem not in known_volumes:
             await _remove_orphan(image, repaired)
-    for image in await _images(pool.snapshots_dir):
+    for image in await _images(ctx.pool.snapshots_dir):
         if is_snapshot_id(image.stem) and image.stem not in known_snapshots:
             await _remove_orphan(image, repaired)
 
-    log.info("reconciled", repaired=dict(repaired), volumes=len(known_volumes),
-             snapshots=len(known_snapshots))
-    return repaired
-
 
 async def _images(directory: Path) -> list[Path]:
-    import anyio  # noqa: PLC0415 - only needed here
-
     return [Path(p) async for p in anyio.Path(directory).glob("*.img")]
 
 

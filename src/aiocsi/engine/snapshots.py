@@ -7,10 +7,12 @@ import time
 
 from aiocsi.engine.context import EngineContext, no_space_is_exhaustion
 from aiocsi.engine.pool import is_snapshot_id, new_snapshot_id
+from aiocsi.engine.volumes import check_page_token, over_budget, pool_space
 from aiocsi.errors import AlreadyExists, NotFound
 from aiocsi.host import files
 from aiocsi.logging import get_logger
 from aiocsi.models import Snapshot, VolumeState
+from aiocsi.state.store import OverBudget
 
 log = get_logger("aiocsi.engine")
 
@@ -46,23 +48,35 @@ class SnapshotService:
         source = await self._store.get_volume(source_volume_id)
         if source is None or source.state is not VolumeState.READY:
             raise NotFound(f"source volume {source_volume_id} does not exist")
-        snap = await self._store.insert_snapshot(
-            Snapshot(
-                id=new_snapshot_id(), name=name, source_volume_id=source_volume_id,
-                size_bytes=source.capacity_bytes, ready=False, created_at=time.time(),
+        budget, _ = await pool_space(self._ctx)
+        try:
+            # A snapshot is a full-size (sparse) image: it counts against the pool.
+            snap = await self._store.insert_snapshot(
+                Snapshot(
+                    id=new_snapshot_id(), name=name, source_volume_id=source_volume_id,
+                    size_bytes=source.capacity_bytes, ready=False, created_at=time.time(),
+                ),
+                budget=budget,
             )
-        )
+        except OverBudget as exc:
+            raise over_budget(f"a snapshot {name!r}", exc, self._ctx.config.overcommit) from None
         try:
             async with no_space_is_exhaustion(f"creating snapshot {name!r}"):
-                method = await files.copy_image(
-                    self._pool.volume_image(source_volume_id), self._pool.snapshot_image(snap.id)
-                )
+                method = await self._copy(source_volume_id, snap.id)
             await self._store.set_snapshot_ready(snap.id)
         except BaseException:
             await self._remove(snap.id)
             raise
         log.info("snapshot_created", snapshot_id=snap.id, volume_id=source_volume_id, method=method)
         return dataclasses.replace(snap, ready=True)
+
+    async def _copy(self, volume_id: str, snapshot_id: str) -> str:
+        try:
+            return await files.copy_image(
+                self._pool.volume_image(volume_id), self._pool.snapshot_image(snapshot_id)
+            )
+        except FileNotFoundError:
+            raise NotFound(f"the image of source volume {volume_id} is gone") from None
 
     async def delete(self, snapshot_id: str) -> None:
         if not is_snapshot_id(snapshot_id):
@@ -73,12 +87,15 @@ class SnapshotService:
         )
 
     async def _remove(self, snapshot_id: str) -> None:
+        """Unmark, remove the image, then the record: a crash in between is finished on start."""
+        await self._store.set_snapshot_ready(snapshot_id, ready=False)
         await files.remove_file(self._pool.snapshot_image(snapshot_id))
         await self._store.delete_snapshot(snapshot_id)
 
     async def list(
         self, after_seq: int, limit: int, *, source_volume_id: str = "", snapshot_id: str = ""
     ) -> list[Snapshot]:
+        await check_page_token(self._store, "snapshots", after_seq)
         return await self._store.list_snapshots(
             after_seq, limit, source_volume_id=source_volume_id, snapshot_id=snapshot_id
         )

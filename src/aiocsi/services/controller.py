@@ -5,8 +5,10 @@ from __future__ import annotations
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.config import Config
 from aiocsi.engine.core import Engine
+from aiocsi.engine.parameters import preallocate
 from aiocsi.engine.volumes import minimum_size
 from aiocsi.errors import InvalidArgument, Unimplemented
+from aiocsi.models import Volume
 from aiocsi.services import convert
 from aiocsi.services.validation import common
 from aiocsi.services.validation import controller as check
@@ -56,16 +58,14 @@ class ControllerService(csi.ControllerBase):
     async def validate_volume_capabilities(
         self, message: csi.ValidateVolumeCapabilitiesRequest
     ) -> csi.ValidateVolumeCapabilitiesResponse:
-        volume = await self._volumes.get(check.volume_id(message.volume_id))
+        volume_id = check.volume_id(message.volume_id)
         if not message.volume_capabilities:
             raise InvalidArgument("volume_capabilities is required")
-        try:
-            common.capabilities(message.volume_capabilities, "volume_capabilities")
-            check.volume_parameters(message.parameters)
-            check.mutable_parameters(message.mutable_parameters)
-        except InvalidArgument as exc:
-            return csi.ValidateVolumeCapabilitiesResponse(message=str(exc))
-        del volume
+        common.string_map(message.secrets, "secrets")
+        common.string_map(message.volume_context, "volume_context")
+        volume = await self._volumes.get(volume_id)
+        if (why := _unconfirmed(volume, message)) is not None:
+            return csi.ValidateVolumeCapabilitiesResponse(message=why)
         return csi.ValidateVolumeCapabilitiesResponse(
             confirmed=csi.ValidateVolumeCapabilitiesResponseConfirmed(
                 volume_context=message.volume_context,
@@ -88,7 +88,7 @@ class ControllerService(csi.ControllerBase):
         )
 
     async def list_volumes(self, message: csi.ListVolumesRequest) -> csi.ListVolumesResponse:
-        after, limit = common.page(message.max_entries, message.starting_token)
+        after, limit = check.page(message.max_entries, message.starting_token)
         volumes = await self._volumes.list(after, limit + 1 if limit > 0 else limit)
         more = limit > 0 and len(volumes) > limit
         volumes = volumes[:limit] if limit > 0 else volumes
@@ -108,13 +108,13 @@ class ControllerService(csi.ControllerBase):
 
     async def get_capacity(self, message: csi.GetCapacityRequest) -> csi.GetCapacityResponse:
         caps = (
-            common.capabilities(message.volume_capabilities, "volume_capabilities")
+            check.volume_capabilities(message.volume_capabilities)
             if message.volume_capabilities
             else ()
         )
-        check.volume_parameters(message.parameters)
+        params = check.volume_parameters(message.parameters)
         segments = message.accessible_topology.segments if message.accessible_topology else None
-        available = await self._volumes.capacity(segments)
+        available = await self._volumes.capacity(segments, preallocated=preallocate(params))
         return csi.GetCapacityResponse(
             available_capacity=available,
             maximum_volume_size=available,
@@ -128,22 +128,25 @@ class ControllerService(csi.ControllerBase):
         if message.capacity_range is None:
             raise InvalidArgument("capacity_range is required")
         capacity = common.capacity(message.capacity_range)
+        common.string_map(message.secrets, "secrets")
         capability = (
             common.capability(message.volume_capability, "volume_capability")
             if message.volume_capability is not None
             else None
         )
         size, _ = await self._volumes.expand(volume_id, capacity)
-        is_block = capability is not None and capability.access_type.value == "block"
-        node_required = await self._volumes.is_attached(volume_id) if is_block else True
         return csi.ControllerExpandVolumeResponse(
-            capacity_bytes=size, node_expansion_required=node_required
+            capacity_bytes=size,
+            node_expansion_required=await self._volumes.needs_node_expansion(
+                volume_id, capability
+            ),
         )
 
     async def controller_modify_volume(
         self, message: csi.ControllerModifyVolumeRequest
     ) -> csi.ControllerModifyVolumeResponse:
         volume_id = check.volume_id(message.volume_id)
+        common.string_map(message.secrets, "secrets")
         mutable = check.mutable_parameters(message.mutable_parameters)
         await self._volumes.modify(volume_id, mutable)
         return csi.ControllerModifyVolumeResponse()
@@ -155,7 +158,11 @@ class ControllerService(csi.ControllerBase):
             raise Unimplemented("ControllerPublishVolume needs --enable-attach")
         volume_id = check.volume_id(message.volume_id)
         node_id = check.node_id(message.node_id)
-        capability = common.capability(message.volume_capability, "volume_capability")
+        capability = check.volume_capabilities(
+            [message.volume_capability] if message.volume_capability else [], "volume_capability"
+        )[0]
+        common.string_map(message.secrets, "secrets")
+        common.string_map(message.volume_context, "volume_context")
         await self._volumes.controller_publish(volume_id, node_id, capability, message.readonly)
         return csi.ControllerPublishVolumeResponse()
 
@@ -192,7 +199,7 @@ class ControllerService(csi.ControllerBase):
     async def list_snapshots(
         self, message: csi.ListSnapshotsRequest
     ) -> csi.ListSnapshotsResponse:
-        after, limit = common.page(message.max_entries, message.starting_token)
+        after, limit = check.page(message.max_entries, message.starting_token)
         source = common.string(message.source_volume_id, "source_volume_id", required=False)
         snapshot_id = common.string(message.snapshot_id, "snapshot_id", required=False)
         snaps = await self._snapshots.list(
@@ -207,4 +214,19 @@ class ControllerService(csi.ControllerBase):
         )
 
 
-
+def _unconfirmed(volume: Volume, message: csi.ValidateVolumeCapabilitiesRequest) -> str | None:
+    """Why `volume` cannot serve what `message` asks, or None when it can."""
+    try:
+        caps = check.volume_capabilities(message.volume_capabilities)
+        params = check.volume_parameters(message.parameters)
+        check.mutable_parameters(message.mutable_parameters)
+    except InvalidArgument as exc:
+        return str(exc)
+    if message.parameters and params != volume.parameters:
+        return f"volume {volume.id} was created with other parameters: {volume.parameters}"
+    if volume.capacity_bytes < (needed := minimum_size(caps)):
+        return (
+            f"volume {volume.id} has {volume.capacity_bytes} bytes; the requested filesystem "
+            f"needs at least {needed}"
+        )
+    return None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.engine.parameters import (
     MUTABLE_PARAMETERS,
@@ -10,9 +13,43 @@ from aiocsi.engine.parameters import (
     normalise,
 )
 from aiocsi.engine.requests import CreateVolume, Topology, TopologyRequirement
-from aiocsi.errors import InvalidArgument
-from aiocsi.models import ContentSource, SourceKind
+from aiocsi.errors import InvalidArgument, InvalidToken
+from aiocsi.models import Capability, ContentSource, SourceKind
 from aiocsi.services.validation.common import capabilities, capacity, string, string_map
+from aiocsi.services.validation.node import mount_flag
+
+# The tokens ListVolumes/ListSnapshots hand out: a positive sequence number, no sign, no
+# leading zero, ASCII digits only (str.isdigit would let "²" through to int()).
+_PAGE_TOKEN = re.compile(r"[1-9][0-9]{0,17}")
+
+
+def page(max_entries: int, starting_token: str) -> tuple[int, int]:
+    """Return (after_seq, limit) for a List call; -1 means no limit.
+
+    A token this driver cannot have issued is the spec's ABORTED; whether it is past every
+    sequence number issued so far is for the engine to check.
+    """
+    if max_entries < 0:
+        raise InvalidArgument("max_entries must not be negative")
+    after = 0
+    if starting_token:
+        if _PAGE_TOKEN.fullmatch(starting_token) is None:
+            raise InvalidToken(
+                f"starting_token {starting_token[:32]!r} is not one this driver issued"
+            )
+        after = int(starting_token)
+    return after, (max_entries or -1)
+
+
+def volume_capabilities(
+    messages: Sequence[csi.VolumeCapability], field: str = "volume_capabilities"
+) -> tuple[Capability, ...]:
+    """Capabilities a volume must serve: refused now if NodeStage could never honour them."""
+    caps = capabilities(messages, field)
+    for cap in caps:
+        for flag in cap.mount_flags:
+            mount_flag(flag)
+    return caps
 
 
 def volume_parameters(params: dict[str, str]) -> dict[str, str]:
@@ -61,7 +98,7 @@ def create_volume(req: csi.CreateVolumeRequest) -> tuple[CreateVolume, dict[str,
     request = CreateVolume(
         name=string(req.name, "name"),
         capacity=capacity(req.capacity_range),
-        capabilities=capabilities(req.volume_capabilities, "volume_capabilities"),
+        capabilities=volume_capabilities(req.volume_capabilities),
         parameters=params,
         mutable_parameters=mutable_parameters(req.mutable_parameters),
         source=_content_source(req.volume_content_source),

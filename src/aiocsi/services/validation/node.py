@@ -74,7 +74,7 @@ def _is_under(path: str, root: Path) -> bool:
 def path(value: str, field: str, roots: Sequence[Path] = ()) -> str:
     """An absolute, normalised path (a trailing "/" is dropped), under one of `roots` if any."""
     string(value, field, limit=MAX_PATH_BYTES)
-    if not os.path.isabs(value):
+    if not value.startswith("/"):
         raise InvalidArgument(f"{field} {value!r} must be an absolute path")
     stripped = value.rstrip("/")
     # normpath keeps a leading "//" (POSIX leaves its meaning open), so look for it too.
@@ -93,7 +93,7 @@ def lookup_path(value: str, field: str) -> str:
     NOT_FOUND, so only a missing path is INVALID_ARGUMENT here.
     """
     string(value, field, limit=MAX_PATH_BYTES)
-    return os.path.normpath(value) if os.path.isabs(value) else value
+    return os.path.normpath(value) if value.startswith("/") else value
 
 
 def stage(req: csi.NodeStageVolumeRequest, roots: Sequence[Path] = ()) -> StageVolume:

@@ -1,0 +1,259 @@
+"""`aiocsi bench` flags -> one frozen BenchConfig. Standard library only: `aiocsi --help`
+imports this module, and must stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiocsi.config import ConfigError, parse_endpoint, parse_size
+
+MiB = 1024 * 1024
+DEFAULT_CONCURRENCIES = (1, 2, 4, 8, 16, 32)
+DEFAULT_LIFECYCLES = 50
+DEFAULT_PROBE_CALLS = 5000
+CHURN_CONCURRENCY = 16
+MAX_NAME_PREFIX = 64
+
+
+class Scenario(enum.StrEnum):
+    PROBE = "probe"
+    LIFECYCLE = "lifecycle"
+    CHURN = "churn"
+    SWEEP = "sweep"
+    RAW = "raw"
+
+    @property
+    def runs_lifecycles(self) -> bool:
+        return self is not Scenario.PROBE
+
+    @property
+    def needs_driver(self) -> bool:
+        return self is not Scenario.RAW
+
+
+class Access(enum.StrEnum):
+    MOUNT = "mount"
+    BLOCK = "block"
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """What every lifecycle asks for."""
+
+    access: Access
+    fs_type: str
+    size: int
+    exact_size: bool
+    write_bytes: int
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    scenario: Scenario
+    endpoint: Path | None
+    spawn: bool
+    driver_args: tuple[str, ...]
+    driver_log: Path | None
+    workdir: Path | None
+    concurrencies: tuple[int, ...]
+    count: int | None
+    duration: float | None
+    repeat: int
+    timeout: float
+    rpc_timeout: float
+    cleanup_timeout: float
+    volume: VolumeSpec
+    compare_raw: bool
+    probe_rate: float
+    idle_probes: int
+    name_prefix: str
+    json_path: Path | None
+    plot_path: Path | None
+    progress: bool | None  # None: when stdout is a terminal
+
+    def parameters(self) -> dict[str, object]:
+        """The run's parameters as the JSON report records them."""
+        return {
+            "scenario": self.scenario.value,
+            "endpoint": str(self.endpoint) if self.endpoint else None,
+            "spawn": self.spawn,
+            "driver_args": list(self.driver_args),
+            "concurrencies": list(self.concurrencies),
+            "count": self.count,
+            "duration_s": self.duration,
+            "repeat": self.repeat,
+            "timeout_s": self.timeout,
+            "rpc_timeout_s": self.rpc_timeout,
+            "access": self.volume.access.value,
+            "fs_type": self.volume.fs_type if self.volume.access is Access.MOUNT else None,
+            "size_bytes": self.volume.size,
+            "exact_size": self.volume.exact_size,
+            "write_bytes": self.volume.write_bytes,
+            "compare_raw": self.compare_raw,
+            "probe_rate_per_s": self.probe_rate if self.scenario is Scenario.CHURN else None,
+            "idle_probes": self.idle_probes if self.scenario is Scenario.CHURN else None,
+            "name_prefix": self.name_prefix,
+        }
+
+
+def add_bench_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", choices=[s.value for s in Scenario],
+                   help="probe, lifecycle, churn, sweep or raw (docs/benchmarks.md)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--endpoint", help="socket of a running CSI driver: unix:///abs or /abs")
+    target.add_argument("--spawn", action="store_true",
+                        help="start `aiocsi serve` on a temporary pool and socket, stop it after")
+    p.add_argument("--driver-arg", action="append", default=[], metavar="ARG",
+                   help="extra flag(s) for the spawned driver, e.g. --driver-arg=--max-operations=1"
+                        " (repeatable; shell-split)")
+    p.add_argument("--driver-log", type=Path, help="keep the spawned driver's output in this file")
+    p.add_argument("--workdir", type=Path,
+                   help="parent of the run's fresh work directory [default: the system temp dir]")
+    p.add_argument("--concurrency", type=int, help="lifecycles or calls in flight "
+                   f"[default 4; churn {CHURN_CONCURRENCY}]")
+    p.add_argument("--concurrencies", default=",".join(map(str, DEFAULT_CONCURRENCIES)),
+                   help="sweep: comma-separated concurrencies [default %(default)s]")
+    p.add_argument("--count", type=int, help="units per run: lifecycles, or calls for probe "
+                   f"[default {DEFAULT_LIFECYCLES}; probe {DEFAULT_PROBE_CALLS}; no limit "
+                   "with --duration]")
+    p.add_argument("--duration", type=float, help="seconds per run to keep starting units")
+    p.add_argument("--repeat", type=int, default=1, help="runs per concurrency; medians reported")
+    p.add_argument("--timeout", type=float, default=900.0,
+                   help="seconds for the whole run before it stops and cleans up [%(default)s]")
+    p.add_argument("--rpc-timeout", type=float, default=120.0,
+                   help="deadline of each call in seconds [%(default)s]")
+    p.add_argument("--cleanup-timeout", type=float, default=120.0,
+                   help="seconds allowed for deleting what is left after errors [%(default)s]")
+    p.add_argument("--access", choices=[a.value for a in Access], default="mount")
+    p.add_argument("--fs-type", default="ext4", help="filesystem of mount volumes [%(default)s]")
+    p.add_argument("--size", default="64Mi", help="volume size, e.g. 64Mi [%(default)s]")
+    p.add_argument("--exact-size", action="store_true",
+                   help="ask for exactly --size (limit_bytes = required_bytes)")
+    p.add_argument("--write", default="0", metavar="BYTES",
+                   help="bytes written and fsynced through each published volume [%(default)s]")
+    p.add_argument("--compare-raw", action="store_true",
+                   help="lifecycle/sweep: also run `raw` at each concurrency; report the ratio")
+    p.add_argument("--probe-rate", type=float, default=100.0,
+                   help="churn: Probe calls per second, idle and under load [%(default)s]")
+    p.add_argument("--idle-probes", type=int, default=500,
+                   help="churn: Probe calls measured before the load starts [%(default)s]")
+    p.add_argument("--name-prefix", default="bench", help="volume name prefix [%(default)s]")
+    p.add_argument("--json", type=Path, dest="json_path", help="write the full report here")
+    p.add_argument("--plot", type=Path, dest="plot_path",
+                   help="sweep: draw throughput and p99 against concurrency (needs matplotlib)")
+    progress = p.add_mutually_exclusive_group()
+    progress.add_argument("--progress", action="store_true", default=None,
+                          help="always show progress [default: when stdout is a terminal]")
+    progress.add_argument("--no-progress", action="store_false", dest="progress")
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+
+
+def _size(name: str, value: str) -> int:
+    try:
+        return parse_size(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _concurrencies(args: argparse.Namespace, scenario: Scenario) -> tuple[int, ...]:
+    if scenario is Scenario.SWEEP:
+        try:
+            values = tuple(int(v) for v in args.concurrencies.split(",") if v.strip())
+        except ValueError:
+            raise ConfigError(f"--concurrencies {args.concurrencies!r}: expected e.g. 1,2,4") from None
+        if not values:
+            raise ConfigError("--concurrencies names no concurrency")
+    elif args.concurrency is not None:
+        values = (args.concurrency,)
+    else:
+        values = (CHURN_CONCURRENCY if scenario is Scenario.CHURN else 4,)
+    for value in values:
+        _positive("concurrency", value)
+    return values
+
+
+def _count(args: argparse.Namespace, scenario: Scenario) -> int | None:
+    if args.count is not None:
+        _positive("--count", args.count)
+        count: int = args.count
+        return count
+    if args.duration is not None:
+        return None
+    return DEFAULT_PROBE_CALLS if scenario is Scenario.PROBE else DEFAULT_LIFECYCLES
+
+
+def _endpoint(args: argparse.Namespace, scenario: Scenario) -> Path | None:
+    if not scenario.needs_driver:
+        if args.endpoint or args.spawn:
+            raise ConfigError("raw runs without a driver: drop --endpoint/--spawn")
+        return None
+    if args.spawn:
+        return None
+    if not args.endpoint:
+        raise ConfigError(f"{scenario.value} needs --endpoint SOCKET or --spawn")
+    return parse_endpoint(args.endpoint)
+
+
+def _volume(args: argparse.Namespace) -> VolumeSpec:
+    access = Access(args.access)
+    if access is Access.MOUNT and not args.fs_type:
+        raise ConfigError("--fs-type must not be empty for mount volumes")
+    size = _size("--size", args.size)
+    write = _size("--write", args.write)
+    _positive("--size", size)
+    if write > size:
+        raise ConfigError(f"--write {write} exceeds --size {size}")
+    return VolumeSpec(access, args.fs_type, size, args.exact_size, write)
+
+
+def _check_target_flags(args: argparse.Namespace, scenario: Scenario) -> None:
+    if (args.driver_arg or args.driver_log) and not args.spawn:
+        raise ConfigError("--driver-arg and --driver-log need --spawn")
+    if args.compare_raw and scenario not in (Scenario.LIFECYCLE, Scenario.SWEEP):
+        raise ConfigError("--compare-raw applies to lifecycle and sweep")
+    if args.plot_path and scenario is not Scenario.SWEEP:
+        raise ConfigError("--plot applies to sweep")
+    if len(args.name_prefix.encode()) > MAX_NAME_PREFIX or not args.name_prefix:
+        raise ConfigError(f"--name-prefix must be 1..{MAX_NAME_PREFIX} bytes")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """Build and check the run's configuration; a bad value raises ConfigError (one line)."""
+    scenario = Scenario(args.scenario)
+    _check_target_flags(args, scenario)
+    for name in ("duration", "timeout", "rpc_timeout", "cleanup_timeout", "probe_rate"):
+        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    _positive("--repeat", args.repeat)
+    _positive("--idle-probes", args.idle_probes)
+    return BenchConfig(
+        scenario=scenario,
+        endpoint=_endpoint(args, scenario),
+        spawn=bool(args.spawn),
+        driver_args=tuple(word for arg in args.driver_arg for word in shlex.split(arg)),
+        driver_log=args.driver_log.absolute() if args.driver_log else None,
+        workdir=args.workdir.absolute() if args.workdir else None,
+        concurrencies=_concurrencies(args, scenario),
+        count=_count(args, scenario),
+        duration=args.duration,
+        repeat=args.repeat,
+        timeout=args.timeout,
+        rpc_timeout=args.rpc_timeout,
+        cleanup_timeout=args.cleanup_timeout,
+        volume=_volume(args),
+        compare_raw=args.compare_raw,
+        probe_rate=args.probe_rate,
+        idle_probes=args.idle_probes,
+        name_prefix=args.name_prefix,
+        json_path=args.json_path,
+        plot_path=args.plot_path,
+        progress=args.progress,
+    )

@@ -1,0 +1,178 @@
+"""Kill test: SIGKILL the driver at random points while a sidecar-like client retries.
+
+At the end every volume the client got an id for is usable or deleted on request, and no
+loop device, mount or image file is left. AIOCSI_KILL_ROUNDS sets the number of kills
+(CI: 20; a nightly profile can run hundreds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+
+from aiocsi._proto.csi import v1 as csi
+from aiocsi.host.loop import all_loop_backing_files
+from aiocsi.host.mount import parse_mountinfo
+
+from .conftest import Csi, mount_capability, volume_id_of
+from .process import ServerProcess, serve_process
+
+T = TypeVar("T")
+MiB = 1024 * 1024
+KILL_ROUNDS = int(os.environ.get("AIOCSI_KILL_ROUNDS", "20"))
+RETRYABLE = {Status.UNAVAILABLE, Status.ABORTED, Status.DEADLINE_EXCEEDED, Status.CANCELLED,
+             Status.UNKNOWN, Status.INTERNAL}
+
+
+class Sidecar:
+    """Retries every call like a CSI sidecar: on errors that mean "try again", and on a dead
+    connection (the driver was killed and is coming back)."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self.client = Csi.connect(socket_path)
+
+    def reconnect(self) -> None:
+        self.client.channel.close()
+        self.client = Csi.connect(self.socket_path)
+
+    async def call(self, rpc: Callable[[Csi], Awaitable[T]], deadline: float = 60.0) -> T:
+        give_up = time.monotonic() + deadline
+        while True:
+            try:
+                return await asyncio.wait_for(rpc(self.client), timeout=5)
+            except GRPCError as exc:
+                if exc.status not in RETRYABLE:
+                    raise
+            except (OSError, StreamTerminatedError, TimeoutError, ConnectionError):
+                self.reconnect()
+            if time.monotonic() > give_up:
+                raise TimeoutError("the driver never came back")
+            await asyncio.sleep(0.05)
+
+
+async def _lifecycle(side: Sidecar, root: Path, name: str, keep: bool, ids: dict[str, str]) -> None:
+    cap = mount_capability()
+    request = csi.CreateVolumeRequest(
+        name=name, volume_capabilities=[cap], capacity_range=csi.CapacityRange(required_bytes=16 * MiB)
+    )
+    volume_id = volume_id_of(await side.call(lambda c: c.controller.create_volume(request)))
+    ids[name] = volume_id
+    staging, target = root / "s" / name, root / "t" / name
+    staging.mkdir(parents=True, exist_ok=True)
+    stage = csi.NodeStageVolumeRequest(
+        volume_id=volume_id, staging_target_path=str(staging), volume_capability=cap
+    )
+    publish = csi.NodePublishVolumeRequest(
+        volume_id=volume_id, staging_target_path=str(staging), target_path=str(target),
+        volume_capability=cap,
+    )
+    await side.call(lambda c: c.node.node_stage_volume(stage))
+    await side.call(lambda c: c.node.node_publish_volume(publish))
+    await asyncio.to_thread((target / "data").write_bytes, name.encode())
+    await side.call(lambda c: c.node.node_unpublish_volume(
+        csi.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target))))
+    await side.call(lambda c: c.node.node_unstage_volume(
+        csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(staging))))
+    if not keep:
+        await side.call(lambda c: c.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id)))
+        del ids[name]
+
+
+async def _killer(root: Path, rounds: int, rng: random.Random, started: list[ServerProcess]) -> None:
+    for i in range(rounds):
+        async with serve_process(root, socket_path=root / "csi.sock", name=f"run{i}") as server:
+            started.append(server)
+            await asyncio.sleep(rng.uniform(0.05, 0.6))
+            server.signal(signal.SIGKILL)
+            await server.wait()
+        await _orphans_finished(root)
+
+
+async def _orphans_finished(root: Path) -> None:
+    """A killed driver's children (mkfs, mount) finish on their own: wait for them, by the
+    unique test path in their command line, without touching anything else."""
+    for _ in range(200):
+        busy = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _mentions(p, root)]
+        if not busy:
+            return
+        await asyncio.sleep(0.05)
+
+
+def _mentions(proc: Path, root: Path) -> bool:
+    try:
+        return str(root).encode() in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(600)
+async def test_volumes_survive_repeated_sigkill(cleanup: Path) -> None:
+    rng = random.Random(int(os.environ.get("AIOCSI_KILL_SEED", "1234")))
+    side = Sidecar(cleanup / "csi.sock")
+    ids: dict[str, str] = {}
+    started: list[ServerProcess] = []
+    killer = asyncio.create_task(_killer(cleanup, KILL_ROUNDS, rng, started))
+    names = [f"k{i:03d}" for i in range(KILL_ROUNDS * 3)]
+    lifecycles = set()
+    try:
+        while not killer.done():
+            while len(lifecycles) < 4 and names:
+                name = names.pop()
+                lifecycles.add(asyncio.create_task(
+                    _lifecycle(side, cleanup, name, keep=rng.random() < 0.3, ids=ids)))
+            finished, lifecycles = await asyncio.wait(
+                lifecycles | {killer}, return_when=asyncio.FIRST_COMPLETED
+            )
+            lifecycles.discard(killer)
+            for task in finished - {killer}:
+                task.result()
+        await killer
+        assert len(started) == KILL_ROUNDS
+        assert len(names) < KILL_ROUNDS * 3 - KILL_ROUNDS, "too few lifecycles ran between kills"
+        # Kills landed mid-operation: some restart had something to finish or undo.
+        repairs = [e["repaired"] for s in started for e in s.log_lines() if e["event"] == "reconciled"]
+        assert any(repairs)
+        async with serve_process(cleanup, socket_path=cleanup / "csi.sock"):
+            side.reconnect()
+            for task in lifecycles:
+                await task
+            await _verify_kept_volumes_work(side, cleanup, ids)
+            listed = await side.call(lambda c: c.controller.list_volumes(csi.ListVolumesRequest()))
+            assert sorted(e.volume.volume_id for e in listed.entries if e.volume) == sorted(ids.values())
+            for volume_id in ids.values():
+                await side.call(lambda c, v=volume_id: c.controller.delete_volume(
+                    csi.DeleteVolumeRequest(volume_id=v)))
+    finally:
+        side.client.channel.close()
+        killer.cancel()
+    assert not list((cleanup / "pool" / "volumes").glob("*.img"))
+    assert not [f for f in all_loop_backing_files().values() if f.startswith(str(cleanup))]
+    mounts = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    assert not [m for m in mounts if m.mount_point.startswith(str(cleanup))]
+
+
+async def _verify_kept_volumes_work(side: Sidecar, root: Path, ids: dict[str, str]) -> None:
+    cap = mount_capability()
+    for name, volume_id in ids.items():
+        staging, target = root / "s" / name, root / "t" / name
+        await side.call(lambda c, v=volume_id, s=staging: c.node.node_stage_volume(
+            csi.NodeStageVolumeRequest(volume_id=v, staging_target_path=str(s), volume_capability=cap)))
+        await side.call(lambda c, v=volume_id, s=staging, t=target: c.node.node_publish_volume(
+            csi.NodePublishVolumeRequest(volume_id=v, staging_target_path=str(s), target_path=str(t),
+                                         volume_capability=cap)))
+        assert (target / "data").read_bytes() == name.encode()
+        await side.call(lambda c, v=volume_id, t=target: c.node.node_unpublish_volume(
+            csi.NodeUnpublishVolumeRequest(volume_id=v, target_path=str(t))))
+        await side.call(lambda c, v=volume_id, s=staging: c.node.node_unstage_volume(
+            csi.NodeUnstageVolumeRequest(volume_id=v, staging_target_path=str(s))))
