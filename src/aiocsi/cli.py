@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from aiocsi import __version__
+from aiocsi.bench.config import add_bench_flags
 from aiocsi.config import (
     DEFAULT_DRIVER_NAME,
     DEFAULT_ENDPOINT,
@@ -174,6 +175,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run(config)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from aiocsi.bench.cli import main as bench  # noqa: PLC0415 - grpclib only when benching
+
+    return bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aiocsi", description="Asynchronous CSI driver for loop-device volumes.")
     parser.add_argument("--version", action="version", version=f"aiocsi {__version__}")
@@ -181,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the CSI gRPC services on a unix socket")
     _add_serve_flags(serve)
     serve.set_defaults(func=_cmd_serve)
+    bench = commands.add_parser("bench", help="load-test a CSI driver socket (docs/benchmarks.md)")
+    add_bench_flags(bench)
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -228,9 +228,16 @@ def test_compatible_create_requests() -> None:
 
 @pytest.mark.parametrize(
     ("max_entries", "token", "expected"),
-    [(0, "", (0, -1)), (5, "", (0, 5)), (2, "17", (17, 2)), (0, "123456789012345678", (123456789012345678, -1))],
+    [
+        (0, "", (0, -1)),
+        (5, "", (0, 5)),
+        (2, "17", (17, 2)),
+        (0, "123456789012345678", (123456789012345678, -1)),
+    ],
 )
-def test_page_accepts_issued_tokens(max_entries: int, token: str, expected: tuple[int, int]) -> None:
+def test_page_accepts_issued_tokens(
+    max_entries: int, token: str, expected: tuple[int, int]
+) -> None:
     assert page(max_entries, token) == expected
 
 

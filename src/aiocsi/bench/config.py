@@ -169,7 +169,9 @@ def _concurrencies(args: argparse.Namespace, scenario: Scenario) -> tuple[int, .
         try:
             values = tuple(int(v) for v in args.concurrencies.split(",") if v.strip())
         except ValueError:
-            raise ConfigError(f"--concurrencies {args.concurrencies!r}: expected e.g. 1,2,4") from None
+            raise ConfigError(
+                f"--concurrencies {args.concurrencies!r}: expected e.g. 1,2,4"
+            ) from None
         if not values:
             raise ConfigError("--concurrencies names no concurrency")
     elif args.concurrency is not None:

@@ -5,6 +5,7 @@ lifecycles whose resources still exist (so that everything is released at the en
 from __future__ import annotations
 
 import abc
+import errno
 import itertools
 import math
 import time
@@ -12,19 +13,27 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import anyio
 
+from aiocsi.bench.stats import RunRecorder
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from aiocsi.bench.stats import RunRecorder, Samples
+    from aiocsi.bench.stats import Samples
 
 T = TypeVar("T")
 S = TypeVar("S")
-CodeOf = "Callable[[BaseException], str]"
 CANCELLED = "CANCELLED"
 # How often the loop-lag monitor wakes up: often enough to see a stall of a few ms.
 _LAG_INTERVAL_S = 0.01
 # Releasing many volumes at once would only queue inside the driver.
 _RELEASE_CONCURRENCY = 8
+
+
+def local_code(exc: BaseException) -> str:
+    """A short name for a failure on this machine: the errno name, else the exception type."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return errno.errorcode.get(exc.errno, type(exc).__name__)
+    return type(exc).__name__
 
 
 class Progress(Protocol):
@@ -144,8 +153,6 @@ class Lifecycles(abc.ABC, Generic[S]):
     def describe(self, slot: S) -> str: ...
 
     def recorder(self, concurrency: int) -> RunRecorder:
-        from aiocsi.bench.stats import RunRecorder  # noqa: PLC0415 - typing-only at module level
-
         return RunRecorder(self.kind, self.unit, concurrency, self.steps)
 
     async def run(self, rec: RunRecorder) -> bool:

@@ -31,7 +31,9 @@ class SnapshotService:
 
     async def create(self, name: str, source_volume_id: str) -> Snapshot:
         return await self._ctx.operations.run(
-            f"snapshot-name:{name}", ("create", source_volume_id), "CreateSnapshot",
+            f"snapshot-name:{name}",
+            ("create", source_volume_id),
+            "CreateSnapshot",
             lambda: self._create(name, source_volume_id),
         )
 
@@ -53,8 +55,12 @@ class SnapshotService:
             # A snapshot is a full-size (sparse) image: it counts against the pool.
             snap = await self._store.insert_snapshot(
                 Snapshot(
-                    id=new_snapshot_id(), name=name, source_volume_id=source_volume_id,
-                    size_bytes=source.capacity_bytes, ready=False, created_at=time.time(),
+                    id=new_snapshot_id(),
+                    name=name,
+                    source_volume_id=source_volume_id,
+                    size_bytes=source.capacity_bytes,
+                    ready=False,
+                    created_at=time.time(),
                 ),
                 budget=budget,
             )
@@ -82,7 +88,9 @@ class SnapshotService:
         if not is_snapshot_id(snapshot_id):
             return
         await self._ctx.operations.run(
-            f"snapshot:{snapshot_id}", ("delete",), "DeleteSnapshot",
+            f"snapshot:{snapshot_id}",
+            ("delete",),
+            "DeleteSnapshot",
             lambda: self._remove(snapshot_id),
         )
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 
@@ -118,20 +117,6 @@ def over_budget(what: str, exc: OverBudget, overcommit: float) -> ResourceExhaus
     )
 
 
-def _allocate_sync(path: Path, size: int) -> None:
-    """Reserve every block of `path` up to `size`; data already there is kept.
-
-    Belongs next to grow_file_sync in host/files.py, which cannot allocate the holes of an
-    image that is already full size.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.posix_fallocate(fd, 0, size)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 async def check_page_token(store: Store, table: str, after_seq: int) -> None:
     """A token past every sequence number ever issued is not one this driver gave out."""
     if after_seq and after_seq > await store.last_seq(table):
@@ -171,7 +156,9 @@ class VolumeService:
     ) -> Volume:
         key = f"volume-name:{request.name}"
         return await self._ctx.operations.run(
-            key, ("create", request), "CreateVolume",
+            key,
+            ("create", request),
+            "CreateVolume",
             lambda: self._create(request, params, ephemeral=ephemeral),
         )
 
@@ -192,8 +179,10 @@ class VolumeService:
             )
         source_size = await self._source_size(request.source)
         size = choose_size(
-            request.capacity, minimum_size(request.capabilities),
-            self._ctx.config.default_volume_size, floor=source_size,
+            request.capacity,
+            minimum_size(request.capabilities),
+            self._ctx.config.default_volume_size,
+            floor=source_size,
         )
         preallocated = preallocate(params, request.mutable_parameters)
         budget, available = await pool_space(self._ctx)
@@ -207,15 +196,22 @@ class VolumeService:
             # together promise more than the pool has.
             volume = await self._store.insert_volume(
                 Volume(
-                    id=new_volume_id(), name=request.name, capacity_bytes=size,
-                    state=VolumeState.CREATING, node_id=self._ctx.config.node_id,
-                    parameters=params, mutable_parameters=dict(request.mutable_parameters),
-                    source=request.source, ephemeral=ephemeral, created_at=time.time(),
+                    id=new_volume_id(),
+                    name=request.name,
+                    capacity_bytes=size,
+                    state=VolumeState.CREATING,
+                    node_id=self._ctx.config.node_id,
+                    parameters=params,
+                    mutable_parameters=dict(request.mutable_parameters),
+                    source=request.source,
+                    ephemeral=ephemeral,
+                    created_at=time.time(),
                 ),
                 budget=budget,
             )
         except OverBudget as exc:
-            raise over_budget(f"a volume {request.name!r}", exc, self._ctx.config.overcommit) from None
+            overcommit = self._ctx.config.overcommit
+            raise over_budget(f"a volume {request.name!r}", exc, overcommit) from None
         try:
             await self._materialise(volume, preallocated=preallocated)
             await self._store.set_volume_state(volume.id, VolumeState.READY)
@@ -258,9 +254,10 @@ class VolumeService:
                     f"the image of source {volume.source.kind.value} {volume.source.id} is gone"
                 ) from None
             if preallocated:
-                await anyio.to_thread.run_sync(_allocate_sync, image, volume.capacity_bytes)
-            log.info("volume_content_copied", volume_id=volume.id, method=method,
-                     source=volume.source.id)
+                await files.allocate(image, volume.capacity_bytes)
+            log.info(
+                "volume_content_copied", volume_id=volume.id, method=method, source=volume.source.id
+            )
 
     async def delete(self, volume_id: str) -> None:
         if not is_volume_id(volume_id):
@@ -273,10 +270,12 @@ class VolumeService:
         volume = await self._store.get_volume(volume_id)
         if volume is None:
             return
-        users = [p for p in await self._store.publications(volume_id)]
+        users = await self._store.publications(volume_id)
         if users:
             where = ", ".join(f"{p.kind.value} {p.path}" for p in users)
-            raise FailedPrecondition(f"volume {volume_id} is still in use ({where}); unpublish it first")
+            raise FailedPrecondition(
+                f"volume {volume_id} is still in use ({where}); unpublish it first"
+            )
         if await loop.find_loop_devices(self._pool.volume_image(volume_id)):
             raise FailedPrecondition(f"volume {volume_id} is still attached to a loop device")
         await self._remove(volume)
@@ -293,7 +292,9 @@ class VolumeService:
     async def expand(self, volume_id: str, capacity: CapacityRange) -> tuple[int, Volume]:
         await self.get(volume_id)
         return await self._ctx.operations.run(
-            f"volume:{volume_id}", ("expand", capacity), "ControllerExpandVolume",
+            f"volume:{volume_id}",
+            ("expand", capacity),
+            "ControllerExpandVolume",
             lambda: self._expand_by_id(volume_id, capacity),
         )
 
@@ -324,8 +325,9 @@ class VolumeService:
             # Recorded first: the record never claims less than the image holds.
             await self._store.set_volume_capacity(volume.id, size, budget=budget)
         except OverBudget as exc:
-            raise over_budget(f"the growth of volume {volume.id}", exc,
-                              self._ctx.config.overcommit) from None
+            raise over_budget(
+                f"the growth of volume {volume.id}", exc, self._ctx.config.overcommit
+            ) from None
         grown = dataclasses.replace(volume, capacity_bytes=size)
         try:
             await self._ensure_image_size(grown, size)
@@ -354,8 +356,10 @@ class VolumeService:
         access = capability.access_type if capability is not None else None
         if access is None:
             staged = await self._store.publications(volume_id, PublicationKind.STAGE)
-            if any(p.capability is not None and p.capability.access_type is AccessType.BLOCK
-                   for p in staged):
+            if any(
+                p.capability is not None and p.capability.access_type is AccessType.BLOCK
+                for p in staged
+            ):
                 access = AccessType.BLOCK
         if access is AccessType.BLOCK:
             # A raw device only needs the loop device refreshed, and only where attached.
@@ -365,8 +369,10 @@ class VolumeService:
     async def modify(self, volume_id: str, mutable: dict[str, str]) -> None:
         await self.get(volume_id)
         await self._ctx.operations.run(
-            f"volume:{volume_id}", ("modify", tuple(sorted(mutable.items()))),
-            "ControllerModifyVolume", lambda: self._modify(volume_id, mutable),
+            f"volume:{volume_id}",
+            ("modify", tuple(sorted(mutable.items()))),
+            "ControllerModifyVolume",
+            lambda: self._modify(volume_id, mutable),
         )
 
     async def _modify(self, volume_id: str, mutable: dict[str, str]) -> None:
@@ -394,7 +400,7 @@ class VolumeService:
                 f"{volume.id} needs up to {volume.capacity_bytes - held}"
             )
         async with no_space_is_exhaustion(f"preallocating volume {volume.id}"):
-            await anyio.to_thread.run_sync(_allocate_sync, image, volume.capacity_bytes)
+            await files.allocate(image, volume.capacity_bytes)
 
     # -- controller publish ---------------------------------------------------------------
 
@@ -405,7 +411,8 @@ class VolumeService:
         if node_id != self._ctx.config.node_id:
             raise NotFound(f"node {node_id!r} is not served by this driver")
         await self._ctx.operations.run(
-            f"volume:{volume_id}", ("publish", node_id, capability, read_only),
+            f"volume:{volume_id}",
+            ("publish", node_id, capability, read_only),
             "ControllerPublishVolume",
             lambda: self._controller_publish(volume_id, node_id, capability, read_only),
         )
@@ -432,7 +439,9 @@ class VolumeService:
             if len({p.volume_id for p in on_node if p.node_id == node_id}) >= limit:
                 raise ResourceExhausted(f"node {node_id} already holds {limit} volumes")
         await self._store.add_publication(
-            Publication(volume.id, PublicationKind.CONTROLLER, node_id, node_id, read_only, capability)
+            Publication(
+                volume.id, PublicationKind.CONTROLLER, node_id, node_id, read_only, capability
+            )
         )
         log.info("volume_controller_published", volume_id=volume.id, node_id=node_id)
 
@@ -440,14 +449,18 @@ class VolumeService:
         if not is_volume_id(volume_id):
             return
         await self._ctx.operations.run(
-            f"volume:{volume_id}", ("unpublish", node_id), "ControllerUnpublishVolume",
+            f"volume:{volume_id}",
+            ("unpublish", node_id),
+            "ControllerUnpublishVolume",
             lambda: self._controller_unpublish(volume_id, node_id),
         )
 
     async def _controller_unpublish(self, volume_id: str, node_id: str) -> None:
         for pub in await self._store.publications(volume_id, PublicationKind.CONTROLLER):
             if not node_id or pub.node_id == node_id:
-                await self._store.remove_publication(volume_id, PublicationKind.CONTROLLER, pub.path)
+                await self._store.remove_publication(
+                    volume_id, PublicationKind.CONTROLLER, pub.path
+                )
 
     # -- capacity -------------------------------------------------------------------------
 
@@ -468,7 +481,9 @@ def _image_condition(image: Path, capacity: int) -> VolumeCondition:
     except FileNotFoundError:
         return VolumeCondition(abnormal=True, message=f"image {image.name} is missing")
     except OSError as exc:
-        return VolumeCondition(abnormal=True, message=f"image {image.name} is unreadable: {exc.strerror}")
+        return VolumeCondition(
+            abnormal=True, message=f"image {image.name} is unreadable: {exc.strerror}"
+        )
     if size < capacity:
         return VolumeCondition(
             abnormal=True, message=f"image {image.name} is truncated: {size} of {capacity} bytes"

@@ -103,6 +103,21 @@ async def grow_file(path: Path, size: int, *, preallocate: bool = False) -> None
     await anyio.to_thread.run_sync(lambda: grow_file_sync(path, size, preallocate=preallocate))
 
 
+def allocate_sync(path: Path, size: int) -> None:
+    """Reserve every block of `path` up to `size`, holes included; data is kept."""
+    _require_size(size)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.posix_fallocate(fd, 0, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def allocate(path: Path, size: int) -> None:
+    await anyio.to_thread.run_sync(allocate_sync, path, size)
+
+
 def _try_reflink(src_fd: int, dst_fd: int) -> bool:
     try:
         fcntl.ioctl(dst_fd, FICLONE, src_fd)

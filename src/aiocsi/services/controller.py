@@ -18,10 +18,19 @@ Rpc = csi.ControllerServiceCapabilityRpcType
 
 def controller_capabilities(config: Config) -> list[Rpc]:
     rpcs = [
-        Rpc.CREATE_DELETE_VOLUME, Rpc.LIST_VOLUMES, Rpc.GET_CAPACITY,
-        Rpc.CREATE_DELETE_SNAPSHOT, Rpc.LIST_SNAPSHOTS, Rpc.CLONE_VOLUME, Rpc.EXPAND_VOLUME,
-        Rpc.LIST_VOLUMES_PUBLISHED_NODES, Rpc.VOLUME_CONDITION, Rpc.GET_VOLUME,
-        Rpc.SINGLE_NODE_MULTI_WRITER, Rpc.MODIFY_VOLUME, Rpc.GET_SNAPSHOT,
+        Rpc.CREATE_DELETE_VOLUME,
+        Rpc.LIST_VOLUMES,
+        Rpc.GET_CAPACITY,
+        Rpc.CREATE_DELETE_SNAPSHOT,
+        Rpc.LIST_SNAPSHOTS,
+        Rpc.CLONE_VOLUME,
+        Rpc.EXPAND_VOLUME,
+        Rpc.LIST_VOLUMES_PUBLISHED_NODES,
+        Rpc.VOLUME_CONDITION,
+        Rpc.GET_VOLUME,
+        Rpc.SINGLE_NODE_MULTI_WRITER,
+        Rpc.MODIFY_VOLUME,
+        Rpc.GET_SNAPSHOT,
     ]
     if config.enable_attach:
         rpcs += [Rpc.PUBLISH_UNPUBLISH_VOLUME, Rpc.PUBLISH_READONLY]
@@ -137,9 +146,7 @@ class ControllerService(csi.ControllerBase):
         size, _ = await self._volumes.expand(volume_id, capacity)
         return csi.ControllerExpandVolumeResponse(
             capacity_bytes=size,
-            node_expansion_required=await self._volumes.needs_node_expansion(
-                volume_id, capability
-            ),
+            node_expansion_required=await self._volumes.needs_node_expansion(volume_id, capability),
         )
 
     async def controller_modify_volume(
@@ -172,7 +179,8 @@ class ControllerService(csi.ControllerBase):
         if not self._config.enable_attach:
             raise Unimplemented("ControllerUnpublishVolume needs --enable-attach")
         await self._volumes.controller_unpublish(
-            check.volume_id(message.volume_id), common.string(message.node_id, "node_id", required=False)
+            check.volume_id(message.volume_id),
+            common.string(message.node_id, "node_id", required=False),
         )
         return csi.ControllerUnpublishVolumeResponse()
 
@@ -196,15 +204,15 @@ class ControllerService(csi.ControllerBase):
         snap = await self._snapshots.get(common.string(message.snapshot_id, "snapshot_id"))
         return csi.GetSnapshotResponse(snapshot=convert.snapshot(snap))
 
-    async def list_snapshots(
-        self, message: csi.ListSnapshotsRequest
-    ) -> csi.ListSnapshotsResponse:
+    async def list_snapshots(self, message: csi.ListSnapshotsRequest) -> csi.ListSnapshotsResponse:
         after, limit = check.page(message.max_entries, message.starting_token)
         source = common.string(message.source_volume_id, "source_volume_id", required=False)
         snapshot_id = common.string(message.snapshot_id, "snapshot_id", required=False)
         snaps = await self._snapshots.list(
-            after, limit + 1 if limit > 0 else limit,
-            source_volume_id=source, snapshot_id=snapshot_id,
+            after,
+            limit + 1 if limit > 0 else limit,
+            source_volume_id=source,
+            snapshot_id=snapshot_id,
         )
         more = limit > 0 and len(snaps) > limit
         snaps = snaps[:limit] if limit > 0 else snaps

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
+import datetime as dt
 
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.config import TOPOLOGY_KEY
@@ -42,6 +42,6 @@ def snapshot(s: Snapshot) -> csi.Snapshot:
         size_bytes=s.size_bytes,
         snapshot_id=s.id,
         source_volume_id=s.source_volume_id,
-        creation_time=datetime.datetime.fromtimestamp(s.created_at, tz=datetime.UTC),
+        creation_time=dt.datetime.fromtimestamp(s.created_at, tz=dt.UTC),
         ready_to_use=s.ready,
     )

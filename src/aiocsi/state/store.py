@@ -290,9 +290,7 @@ class Store:
 
     async def set_snapshot_ready(self, snapshot_id: str, ready: bool = True) -> None:
         """Mark a snapshot usable, or (before its image goes) not usable any more."""
-        await self._write(
-            "UPDATE snapshots SET ready = ? WHERE id = ?", (int(ready), snapshot_id)
-        )
+        await self._write("UPDATE snapshots SET ready = ? WHERE id = ?", (int(ready), snapshot_id))
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         await self._write("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))

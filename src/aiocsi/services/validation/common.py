@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.engine.requests import CapacityRange
-from aiocsi.errors import InvalidArgument, InvalidToken
+from aiocsi.errors import InvalidArgument
 from aiocsi.models import AccessMode, AccessType, Capability
 
 MAX_STRING_BYTES = 128
@@ -42,8 +42,10 @@ def string(value: str, field: str, *, required: bool = True, limit: int = MAX_ST
 
 
 def string_map(value: Mapping[str, str], field: str) -> dict[str, str]:
-    size = sum(len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass"))
-               for k, v in value.items())
+    size = sum(
+        len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass"))
+        for k, v in value.items()
+    )
     if size > MAX_MAP_BYTES:
         raise InvalidArgument(f"{field} is {size} bytes; at most {MAX_MAP_BYTES} are allowed")
     return dict(value)
@@ -97,15 +99,3 @@ def capabilities(messages: Sequence[csi.VolumeCapability], field: str) -> tuple[
     if not messages:
         raise InvalidArgument(f"{field} is required")
     return tuple(capability(m, f"{field}[{i}]") for i, m in enumerate(messages))
-
-
-def page(max_entries: int, starting_token: str) -> tuple[int, int]:
-    """Return (after_seq, limit) for a List call; a bad token is the spec's ABORTED."""
-    if max_entries < 0:
-        raise InvalidArgument("max_entries must not be negative")
-    after = 0
-    if starting_token:
-        if not starting_token.isdigit() or len(starting_token) > 18:  # noqa: PLR2004 - int64 digits
-            raise InvalidToken(f"starting_token {starting_token!r} is not one this driver issued")
-        after = int(starting_token)
-    return after, (max_entries or -1)

@@ -89,10 +89,12 @@ def create_volume(req: csi.CreateVolumeRequest) -> tuple[CreateVolume, dict[str,
     requirement = None
     if req.accessibility_requirements is not None:
         requirement = TopologyRequirement(
-            requisite=_topologies(req.accessibility_requirements.requisite,
-                                  "accessibility_requirements.requisite"),
-            preferred=_topologies(req.accessibility_requirements.preferred,
-                                  "accessibility_requirements.preferred"),
+            requisite=_topologies(
+                req.accessibility_requirements.requisite, "accessibility_requirements.requisite"
+            ),
+            preferred=_topologies(
+                req.accessibility_requirements.preferred, "accessibility_requirements.preferred"
+            ),
         )
     params = volume_parameters(req.parameters)
     request = CreateVolume(

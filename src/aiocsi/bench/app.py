@@ -1,0 +1,169 @@
+"""One bench run from start to report: work directory, driver, scenario, cleanup.
+
+Phases and what stops them: the scenario runs until its budget is spent, --timeout
+passes, or the first SIGINT/SIGTERM; the cleanup (deleting every volume still held) runs
+within --cleanup-timeout and only a second signal cuts it short; stopping a spawned
+driver and sweeping the work directory always runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import signal
+import time
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import anyio
+
+from aiocsi import __version__
+from aiocsi.bench.client import CsiLifecycles, CsiStubs, grpc_code
+from aiocsi.bench.machine import machine_info
+from aiocsi.bench.raw import RawLifecycles
+from aiocsi.bench.runner import LoopLag
+from aiocsi.bench.scenarios import DriverSide, ProbeCalls, RunState, run_scenario
+from aiocsi.bench.spawn import SetupError, spawned_driver
+from aiocsi.bench.stats import Report
+from aiocsi.bench.workspace import Workspace
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from aiocsi.bench.config import BenchConfig
+    from aiocsi.bench.runner import Progress
+
+_FIRST_PROBE_TIMEOUT_S = 10.0
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupts:
+    """SIGINT/SIGTERM cancel the armed phase once they have arrived `after` times in all."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._scope: anyio.CancelScope | None = None
+        self._after = 1
+
+    def __call__(self) -> None:
+        self.count += 1
+        self._check()
+
+    def arm(self, scope: anyio.CancelScope | None, after: int = 1) -> None:
+        self._scope, self._after = scope, after
+        self._check()
+
+    def _check(self) -> None:
+        if self._scope is not None and self.count >= self._after:
+            self._scope.cancel()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for signum in _SIGNALS:
+            loop.add_signal_handler(signum, self)
+        try:
+            yield
+        finally:
+            for signum in _SIGNALS:
+                loop.remove_signal_handler(signum)
+
+
+async def _connect(config: BenchConfig, socket_path: Path, workspace: Workspace,
+                   stack: AsyncExitStack) -> DriverSide:
+    stubs = CsiStubs.connect(socket_path)
+    stack.callback(stubs.close)
+    stream = CsiStubs.connect(socket_path)
+    stack.callback(stream.close)
+    try:
+        await stubs.probe(min(config.rpc_timeout, _FIRST_PROBE_TIMEOUT_S))
+    except Exception as exc:
+        raise SetupError(
+            f"the driver at {socket_path} does not answer Probe: {grpc_code(exc)} {exc}"
+        ) from exc
+    name_base = f"{config.name_prefix}-{secrets.token_hex(4)}"
+    lifecycles = CsiLifecycles(stubs, config.volume, workspace, name_base, config.rpc_timeout)
+    return DriverSide(lifecycles, ProbeCalls(stubs, config.rpc_timeout),
+                      ProbeCalls(stream, config.rpc_timeout))
+
+
+async def _scenario_phase(state: RunState, interrupts: Interrupts) -> None:
+    with anyio.move_on_after(state.config.timeout) as scope:
+        interrupts.arm(scope)
+        await run_scenario(state)
+    interrupts.arm(None)
+    if scope.cancelled_caught:
+        state.interrupted = "signal" if interrupts.count else "timeout"
+
+
+async def _cleanup_phase(state: RunState, interrupts: Interrupts) -> None:
+    """Release every lifecycle still holding something; a second signal cuts this short."""
+    owners = [state.raw] + ([state.driver.lifecycles] if state.driver else [])
+    with anyio.move_on_after(state.config.cleanup_timeout) as scope:
+        interrupts.arm(scope, after=2)
+        for owner in owners:
+            await owner.release_all()
+    interrupts.arm(None)
+    state.leftovers.extend(left for owner in owners for left in owner.leftovers())
+
+
+async def _run_in(workspace: Workspace, state: RunState, interrupts: Interrupts) -> None:
+    config = state.config
+    async with AsyncExitStack() as stack:
+        if config.scenario.needs_driver:
+            socket_path = config.endpoint
+            if socket_path is None:
+                socket_path = await stack.enter_async_context(spawned_driver(
+                    workspace, config.volume, config.driver_args, config.driver_log
+                ))
+            state.driver = await _connect(config, socket_path, workspace, stack)
+        try:
+            await _scenario_phase(state, interrupts)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _cleanup_phase(state, interrupts)
+
+
+async def _run(config: BenchConfig, progress: Progress, interrupts: Interrupts) -> RunState:
+    try:
+        workspace = await Workspace.create(config.workdir)
+    except OSError as exc:
+        raise SetupError(f"cannot create the work directory: {exc}") from exc
+    state = RunState(config, progress, RawLifecycles(config.volume, workspace))
+    try:
+        await _run_in(workspace, state, interrupts)
+    finally:
+        with anyio.CancelScope(shield=True):
+            if not config.scenario.needs_driver:
+                await workspace.sweep()  # only raw's own mounts and loop devices live there
+            state.leftovers.extend(await workspace.remove())
+    return state
+
+
+async def run_bench(config: BenchConfig, progress: Progress) -> Report:
+    """Run the configured scenario and return its report; SetupError if it cannot start."""
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    started = time.perf_counter()
+    machine = await anyio.to_thread.run_sync(machine_info)
+    lag = LoopLag()
+    interrupts = Interrupts()
+    failure: Exception | None = None
+    with interrupts.installed():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lag.run)
+            try:
+                state = await _run(config, progress, interrupts)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, not as an ExceptionGroup
+                failure = exc
+            tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return Report.build(
+        scenario=config.scenario.value, version=__version__, started_at=started_at,
+        wall_s=time.perf_counter() - started, parameters=config.parameters(), machine=machine,
+        points=[p.result() for p in state.points], churn=state.churn(), loop_lag=lag.samples,
+        interrupted=state.interrupted, leftovers=state.leftovers,
+    )

@@ -1,0 +1,135 @@
+"""The `raw` ceiling: a lifecycle's host work done directly with `aiocsi.host`, no driver.
+
+Mount volumes: sparse image, losetup, mkfs, mount on a staging directory, bind mount on a
+target, (write), unmount both, detach, remove. Block volumes skip mkfs and the staging
+mount and bind the loop device node onto a target file. The directories and files a
+driver or CO would make on the way are made here too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+
+from aiocsi.bench.config import Access, VolumeSpec
+from aiocsi.bench.runner import Lifecycles, local_code, measure
+from aiocsi.bench.workspace import WRITE_FILE, write_and_sync
+from aiocsi.errors import CommandFailed
+from aiocsi.host import files, fs, loop, mount
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from pathlib import Path
+
+    from aiocsi.bench.stats import RunRecorder, Samples
+    from aiocsi.bench.workspace import Workspace
+
+CREATE_IMAGE, ATTACH, MKFS, MOUNT, BIND = "CreateImage", "Attach", "Mkfs", "Mount", "BindMount"
+WRITE, UNBIND, UNMOUNT, DETACH, REMOVE = "Write", "UnmountBind", "Unmount", "Detach", "RemoveImage"
+# Stacked mounts are possible in principle; more than this on one path is not ours.
+_MAX_STACKED = 8
+
+
+def host_code(exc: BaseException) -> str:
+    if isinstance(exc, CommandFailed):
+        return f"{exc.argv[0]} failed"
+    return local_code(exc)
+
+
+async def _timed(samples: Samples, call: Callable[[], Awaitable[None]]) -> None:
+    await measure(samples, call, host_code)
+
+
+@dataclass
+class RawSlot:
+    image: Path
+    staging: Path
+    target: Path
+    device: str | None = None
+
+
+async def _unmount_all(path: Path) -> None:
+    for _ in range(_MAX_STACKED):
+        if not await mount.is_mount_point(path):
+            return
+        await mount.unmount(path)
+    raise RuntimeError(f"{path} still has mounts after {_MAX_STACKED} unmounts")
+
+
+async def _remove_path(path: Path) -> None:
+    """Remove an empty directory or a plain file; gone is fine."""
+    target = anyio.Path(path)
+    with contextlib.suppress(FileNotFoundError):
+        if await target.is_dir():
+            await target.rmdir()
+        else:
+            await target.unlink()
+
+
+class RawLifecycles(Lifecycles[RawSlot]):
+    kind = "raw"
+
+    def __init__(self, spec: VolumeSpec, workspace: Workspace) -> None:
+        super().__init__()
+        self._spec = spec
+        self._workspace = workspace
+        self._block = spec.access is Access.BLOCK
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        setup = (CREATE_IMAGE, ATTACH) + ((BIND,) if self._block else (MKFS, MOUNT, BIND))
+        middle = (WRITE,) if self._spec.write_bytes else ()
+        teardown = (UNBIND,) + (() if self._block else (UNMOUNT,)) + (DETACH, REMOVE)
+        return setup + middle + teardown
+
+    def code_of(self, exc: BaseException) -> str:
+        return host_code(exc)
+
+    def describe(self, slot: RawSlot) -> str:
+        return f"raw image {slot.image} (device {slot.device or '?'})"
+
+    def _new(self, seq: int) -> RawSlot:
+        ws = self._workspace
+        return RawSlot(ws.image(seq), ws.staging(seq), ws.target(seq))
+
+    async def _steps(self, slot: RawSlot, rec: RunRecorder) -> None:
+        await _timed(rec.op(CREATE_IMAGE), lambda: files.create_sparse(slot.image, self._spec.size))
+        slot.device = await measure(rec.op(ATTACH), lambda: loop.attach(slot.image), host_code)
+        device = slot.device
+        if self._block:
+            await anyio.Path(slot.target).touch(mode=0o600)
+            await _timed(rec.op(BIND), lambda: mount.bind_mount(device, slot.target))
+        else:
+            fs_type = self._spec.fs_type
+            await anyio.Path(slot.staging).mkdir(exist_ok=True)
+            await _timed(rec.op(MKFS), lambda: fs.make_fs(device, fs_type))
+            await _timed(rec.op(MOUNT), lambda: mount.mount(device, slot.staging, fs_type=fs_type))
+            await anyio.Path(slot.target).mkdir(mode=0o750, exist_ok=True)
+            await _timed(rec.op(BIND), lambda: mount.bind_mount(slot.staging, slot.target))
+        if self._spec.write_bytes:
+            await _timed(rec.op(WRITE), lambda: self._write(slot))
+        await _timed(rec.op(UNBIND), lambda: mount.unmount(slot.target))
+        await _remove_path(slot.target)
+        if not self._block:
+            await _timed(rec.op(UNMOUNT), lambda: mount.unmount(slot.staging))
+            await _remove_path(slot.staging)
+        await _timed(rec.op(DETACH), lambda: loop.detach(device))
+        await _timed(rec.op(REMOVE), lambda: files.remove_file(slot.image))
+
+    async def _write(self, slot: RawSlot) -> None:
+        path = slot.target if self._block else slot.target / WRITE_FILE
+        size = self._spec.write_bytes
+        await anyio.to_thread.run_sync(lambda: write_and_sync(path, size, create=not self._block))
+
+    async def _release(self, slot: RawSlot, rec: RunRecorder) -> None:
+        await _timed(rec.cleanup_op(UNBIND), lambda: _unmount_all(slot.target))
+        await _remove_path(slot.target)
+        await _timed(rec.cleanup_op(UNMOUNT), lambda: _unmount_all(slot.staging))
+        await _remove_path(slot.staging)
+        for device in await loop.find_loop_devices(slot.image):
+            await _timed(rec.cleanup_op(DETACH), functools.partial(loop.detach, device))
+        await _timed(rec.cleanup_op(REMOVE), lambda: files.remove_file(slot.image))

@@ -1,0 +1,305 @@
+"""What a person sees: progress while running, tables at the end, an optional plot.
+
+rich is optional (`pip install aiocsi[bench]`): without it the same tables are printed as
+plain text. matplotlib is optional too (`aiocsi[plot]`), for `sweep --plot` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+    from typing import TextIO
+
+    from aiocsi.bench.runner import Progress
+    from aiocsi.bench.stats import Latency, OpStats, Point, Report, Series
+
+try:
+    from rich import box
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.progress import Progress as RichBar
+    from rich.table import Table as RichTable
+except ImportError:  # the `bench` extra is not installed: plain text
+    HAVE_RICH = False
+else:
+    HAVE_RICH = True
+
+_GIB = 1024**3
+_PLAIN_WIDTH = 160
+_LATENCY_HEADERS = ("p50 ms", "p90 ms", "p99 ms", "max ms")
+
+
+# -- progress -------------------------------------------------------------------------------
+
+
+class _Quiet:
+    def phase(self, label: str, total: int | None) -> None:
+        pass
+
+    def advance(self, *, ok: bool) -> None:
+        pass
+
+
+class _Lines:
+    """One line per phase on stderr: for logs and terminals without rich."""
+
+    def phase(self, label: str, total: int | None) -> None:
+        sys.stderr.write(f"bench: {label}" + (f" ({total})" if total else "") + "\n")
+
+    def advance(self, *, ok: bool) -> None:
+        pass
+
+
+class _Bar:
+    def __init__(self, bar: RichBar) -> None:
+        self._bar = bar
+        self._task: Any = None
+        self._failed = 0
+
+    def phase(self, label: str, total: int | None) -> None:
+        if self._task is not None:
+            self._bar.stop_task(self._task)
+        self._failed = 0
+        self._task = self._bar.add_task(label, total=total, failed="")
+
+    def advance(self, *, ok: bool) -> None:
+        if self._task is None:
+            return
+        self._failed += not ok
+        failed = f"[red]{self._failed} failed" if self._failed else ""
+        self._bar.update(self._task, advance=1, failed=failed)
+
+
+@contextlib.contextmanager
+def progress(enabled: bool | None) -> Iterator[Progress]:
+    """A rich bar when asked for (or, by default, when stdout is a terminal), else lines."""
+    wanted = sys.stdout.isatty() if enabled is None else enabled
+    if not wanted:
+        yield _Quiet() if enabled is False else _Lines()
+        return
+    if not HAVE_RICH:
+        yield _Lines()
+        return
+    bar = RichBar(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[failed]}"))
+    with bar:
+        yield _Bar(bar)
+
+
+# -- tables ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    headers: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _latency(lat: Latency | None) -> tuple[str, ...]:
+    if lat is None:
+        return ("-",) * len(_LATENCY_HEADERS)
+    return (_num(lat.p50), _num(lat.p90), _num(lat.p99), _num(lat.max))
+
+
+def _codes(errors: dict[str, int]) -> str:
+    return ", ".join(f"{code} {n}" for code, n in errors.items()) or "-"
+
+
+def _series_row(concurrency: int, series: Series, ratio: str) -> tuple[str, ...]:
+    runs = series.runs
+    per_run = " ".join(_num(r.throughput_per_s) for r in runs) if len(runs) > 1 else ""
+    failed = sum(r.failed for r in runs)
+    return (
+        str(concurrency), series.kind, _num(series.throughput_median, 2), per_run,
+        *_latency(series.latency_ms), str(sum(r.succeeded for r in runs)), str(failed), ratio,
+    )
+
+
+def throughput_table(points: list[Point]) -> Table:
+    unit = next((s.unit for p in points for s in (p.main, p.raw) if s), "units")
+    rows: list[tuple[str, ...]] = []
+    for point in points:
+        if point.main is not None:
+            rows.append(_series_row(point.concurrency, point.main, _num(point.main_to_raw, 2)))
+        if point.raw is not None:
+            rows.append(_series_row(point.concurrency, point.raw, ""))
+    headers = ("conc", "kind", f"{unit}/s", "per run", *_LATENCY_HEADERS, "ok", "failed",
+               "vs raw")
+    return Table(f"Throughput ({unit}/s: median of runs; latency of whole {unit})", headers, rows)
+
+
+def steps_table(title: str, ops: list[OpStats]) -> Table:
+    rows = [
+        (op.name, str(op.calls), str(op.ok), _codes(op.errors), *_latency(op.latency_ms))
+        for op in ops
+    ]
+    return Table(title, ("step", "calls", "ok", "errors", *_LATENCY_HEADERS), rows)
+
+
+def p99_matrix(title: str, points: list[Point], pick: str) -> Table:
+    """Rows: steps; columns: concurrencies; cells: the step's p99 in ms."""
+    names: dict[str, dict[int, str]] = {}
+    for point in points:
+        series = point.main if pick == "main" else point.raw
+        for op in series.operations if series else ():
+            names.setdefault(op.name, {})[point.concurrency] = _num(
+                op.latency_ms.p99 if op.latency_ms else None
+            )
+    concurrencies = [p.concurrency for p in points]
+    rows = [(name, *(cells.get(c, "-") for c in concurrencies)) for name, cells in names.items()]
+    return Table(title, ("step", *(f"c={c}" for c in concurrencies)), rows)
+
+
+def _step_tables(points: list[Point]) -> list[Table]:
+    if len(points) == 1:
+        point = points[0]
+        return [
+            steps_table(f"Steps of {series.kind} at concurrency {point.concurrency} "
+                        "(latency of successful calls)", series.operations)
+            for series in (point.main, point.raw) if series is not None
+        ]
+    tables = [p99_matrix("p99 ms of each step by concurrency", points, "main")]
+    if any(p.raw for p in points):
+        tables.append(p99_matrix("raw: p99 ms of each step by concurrency", points, "raw"))
+    return tables
+
+
+def _cleanup_table(points: list[Point]) -> Table | None:
+    ops = [
+        op for p in points for s in (p.main, p.raw) if s for r in s.runs for op in r.cleanup
+        if op.calls
+    ]
+    if not ops:
+        return None
+    return steps_table("Cleanup calls after failed or interrupted lifecycles", ops)
+
+
+def churn_table(report: Report) -> Table | None:
+    churn = report.churn
+    if churn is None:
+        return None
+    rows = [
+        (label, str(op.calls), _codes(op.errors), *_latency(op.latency_ms))
+        for label, op in (("idle", churn.idle), ("under load", churn.under_load))
+    ]
+    title = (f"Probe at {churn.rate_per_s:g}/s: p99 under load / idle = "
+             f"{_num(churn.p99_ratio, 2)}")
+    return Table(title, ("Probe", "calls", "errors", *_LATENCY_HEADERS), rows)
+
+
+def tables(report: Report) -> list[Table]:
+    found = [throughput_table(report.points), *_step_tables(report.points)]
+    found += [t for t in (churn_table(report), _cleanup_table(report.points)) if t is not None]
+    if report.errors:
+        found.append(Table("Errors by code", ("code", "count"),
+                           [(code, str(n)) for code, n in report.errors.items()]))
+    return found
+
+
+def header(report: Report) -> str:
+    m = report.machine
+    memory = m.get("memory_bytes")
+    mem = f"{memory / _GIB:.1f} GiB" if isinstance(memory, int) else "? GiB"
+    return (f"aiocsi bench {report.scenario} (aiocsi {report.aiocsi_version}) on "
+            f"{m.get('nproc')} CPUs, {mem}, kernel {m.get('kernel')}")
+
+
+def footer(report: Report) -> list[str]:
+    lines = []
+    if report.client_loop_lag_ms is not None:
+        lag = report.client_loop_lag_ms
+        lines.append(f"client event loop lag: p99 {lag.p99:.1f} ms, max {lag.max:.1f} ms")
+    if report.interrupted:
+        lines.append(f"INTERRUPTED by {report.interrupted}: the figures cover a partial run")
+    lines.extend(f"LEFT OVER: {item}" for item in report.leftovers)
+    verdict = "no errors" if report.clean else (
+        f"{report.error_count} failed calls, {report.failed_units} failed units"
+    )
+    lines.append(f"{verdict}; wall time {report.wall_s:.1f} s")
+    return lines
+
+
+def _plain(table: Table) -> str:
+    cells = [table.headers, *table.rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(table.headers))]
+    lines = [table.title]
+    for n, row in enumerate(cells):
+        lines.append("  ".join(cell.rjust(w) if i else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render(report: Report, out: TextIO) -> None:
+    if not HAVE_RICH:
+        blocks = [header(report), *(_plain(t) for t in tables(report)), "\n".join(footer(report))]
+        out.write("\n\n".join(blocks) + "\n")
+        return
+    # Not a terminal (a file, CI log): wide enough that no column is cut.
+    console = Console(file=out, width=None if out.isatty() else _PLAIN_WIDTH)
+    console.print(header(report), style="bold", highlight=False)
+    for table in tables(report):
+        rich_table = RichTable(title=table.title, box=box.SIMPLE_HEAD, title_justify="left")
+        for i, name in enumerate(table.headers):
+            rich_table.add_column(name, justify="left" if i == 0 else "right")
+        for row in table.rows:
+            rich_table.add_row(*row)
+        console.print(rich_table)
+    for line in footer(report):
+        console.print(line, highlight=False)
+
+
+# -- plot -----------------------------------------------------------------------------------
+
+
+def plot_available() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def plot_sweep(report: Report, path: Path) -> None:
+    """Throughput and whole-lifecycle p99 against concurrency; raw drawn when measured."""
+    matplotlib: Any = importlib.import_module("matplotlib")
+    matplotlib.use("Agg")  # files only, never a window
+    pyplot: Any = importlib.import_module("matplotlib.pyplot")
+    figure, (rate_axis, p99_axis) = pyplot.subplots(1, 2, figsize=(11, 4.5))
+    for pick, style in (("main", "o-"), ("raw", "s--")):
+        drawn = [(p.concurrency, s) for p in report.points
+                 if (s := p.main if pick == "main" else p.raw) is not None]
+        if not drawn:
+            continue
+        label = drawn[0][1].kind
+        xs = [c for c, _ in drawn]
+        rate_axis.plot(xs, [s.throughput_median for _, s in drawn], style, label=label)
+        p99_axis.plot(xs, [s.latency_ms.p99 if s.latency_ms else float("nan") for _, s in drawn],
+                      style, label=label)
+    unit = next((s.unit for p in report.points for s in (p.main, p.raw) if s), "units")
+    for axis, ylabel in ((rate_axis, f"{unit}/s (median)"), (p99_axis, f"p99 ms per {unit}")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrency")
+        axis.set_ylabel(ylabel)
+        axis.grid(visible=True, alpha=0.3)
+        axis.legend()
+    figure.suptitle(header(report), fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)

@@ -1,0 +1,122 @@
+"""`--spawn`: run `aiocsi serve` as a child process on the run's own pool and socket.
+
+The child gets its own session, so a Ctrl-C on the terminal reaches only the bench, which
+then deletes its volumes through the still-running driver before stopping it by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+from aiocsi.config import MAX_SOCKET_PATH_BYTES
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+    from pathlib import Path
+
+    from anyio.abc import Process
+
+    from aiocsi.bench.config import VolumeSpec
+    from aiocsi.bench.workspace import Workspace
+
+START_TIMEOUT_S = 30.0
+SHUTDOWN_GRACE_S = 10
+# The driver's own grace plus room for its exit.
+STOP_TIMEOUT_S = SHUTDOWN_GRACE_S + 10.0
+_POLL_S = 0.02
+_LOG_TAIL_LINES = 20
+
+
+class SetupError(Exception):
+    """The run could not start: no driver, no socket, no work directory."""
+
+
+def driver_argv(workspace: Workspace, socket_path: Path, spec: VolumeSpec,
+                extra: Sequence[str]) -> list[str]:
+    """Our flags first, so that a repeated flag in `extra` (--driver-arg) wins."""
+    return [
+        sys.executable, "-m", "aiocsi", "serve",
+        "--endpoint", f"unix://{socket_path}",
+        "--pool", str(workspace.driver_dir / "pool"),
+        "--node-id", "bench-node",
+        "--allowed-path-root", str(workspace.root),
+        "--default-volume-size", str(spec.size),
+        "--shutdown-grace", str(SHUTDOWN_GRACE_S),
+        "--log-format", "json",
+        *extra,
+    ]
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+
+async def _answers(socket_path: Path) -> bool:
+    try:
+        stream = await anyio.connect_unix(socket_path)
+    except OSError:
+        return False
+    await stream.aclose()
+    return True
+
+
+async def _wait_until_serving(process: Process, socket_path: Path, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not await _answers(socket_path):
+        if process.returncode is not None or time.monotonic() > deadline:
+            state = (f"exited with {process.returncode}" if process.returncode is not None
+                     else f"did not serve within {START_TIMEOUT_S:.0f}s")
+            tail = await anyio.to_thread.run_sync(_tail, log)
+            raise SetupError(f"the spawned driver {state}; its last output:\n{tail}")
+        await anyio.sleep(_POLL_S)
+
+
+async def _stop(process: Process) -> None:
+    """SIGTERM by PID, wait for the drain, SIGKILL if it does not end."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        with anyio.move_on_after(STOP_TIMEOUT_S):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+    await process.aclose()
+
+
+@contextlib.asynccontextmanager
+async def spawned_driver(
+    workspace: Workspace, spec: VolumeSpec, extra: Sequence[str], log_path: Path | None
+) -> AsyncIterator[Path]:
+    """Yield the socket of a fresh driver; afterwards stop it and sweep what it left."""
+    socket_path = workspace.driver_dir / "csi.sock"
+    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH_BYTES:
+        raise SetupError(f"socket path {socket_path} is too long; use a shorter --workdir")
+    log = log_path or workspace.driver_dir / "driver.log"
+    argv = driver_argv(workspace, socket_path, spec, extra)
+    output = await anyio.to_thread.run_sync(lambda: log.open("ab"))
+    try:
+        process = await anyio.open_process(
+            argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        output.close()
+    try:
+        await _wait_until_serving(process, socket_path, log)
+        yield socket_path
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _stop(process)
+            # The driver is gone: whatever it still had mounted or attached is ours to undo.
+            await workspace.sweep()
