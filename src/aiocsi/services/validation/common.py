@@ -9,18 +9,15 @@ from collections.abc import Mapping, Sequence
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.engine.requests import CapacityRange
 from aiocsi.errors import InvalidArgument
+from aiocsi.host.fs import SUPPORTED_FS_TYPES
 from aiocsi.models import AccessMode, AccessType, Capability
 
 MAX_STRING_BYTES = 128
 MAX_MAP_BYTES = 4096
 MAX_PATH_BYTES = 4096
-SUPPORTED_FS_TYPES = ("ext4", "xfs", "btrfs")
-_MODES = {
-    csi.VolumeCapabilityAccessModeMode.SINGLE_NODE_WRITER: AccessMode.SINGLE_NODE_WRITER,
-    csi.VolumeCapabilityAccessModeMode.SINGLE_NODE_READER_ONLY: AccessMode.SINGLE_NODE_READER_ONLY,
-    csi.VolumeCapabilityAccessModeMode.SINGLE_NODE_SINGLE_WRITER: AccessMode.SINGLE_NODE_SINGLE_WRITER,
-    csi.VolumeCapabilityAccessModeMode.SINGLE_NODE_MULTI_WRITER: AccessMode.SINGLE_NODE_MULTI_WRITER,
-}
+Mode = csi.VolumeCapabilityAccessModeMode
+# Our AccessMode values carry the spec's enum names.
+_MODES = {Mode[mode.value]: mode for mode in AccessMode}
 _MULTI_NODE = {
     csi.VolumeCapabilityAccessModeMode.MULTI_NODE_READER_ONLY,
     csi.VolumeCapabilityAccessModeMode.MULTI_NODE_SINGLE_WRITER,
@@ -89,7 +86,7 @@ def capability(message: csi.VolumeCapability | None, field: str) -> Capability:
     if fs_type and fs_type not in SUPPORTED_FS_TYPES:
         raise InvalidArgument(
             f"{field}.mount.fs_type {fs_type!r} is not supported "
-            f"(supported: {', '.join(SUPPORTED_FS_TYPES)})"
+            f"(supported: {', '.join(sorted(SUPPORTED_FS_TYPES))})"
         )
     flags = tuple(string(f, f"{field}.mount.mount_flags") for f in message.mount.mount_flags)
     return Capability(AccessType.MOUNT, mode, fs_type, flags)
