@@ -114,17 +114,7 @@ class NodeService:
 
     async def _device(self, volume: Volume) -> str | None:
         """The loop device backed by the volume's image, even if the image was deleted."""
-        image = self._pool.volume_image(volume.id)
-        devices = await loop.find_loop_devices(image)
-        if devices:
-            return devices[0]
-        # A deleted image still backs its device: finding it lets unpublish and unstage
-        # release what is left instead of refusing to touch an "unknown" mount.
-        deleted = await anyio.to_thread.run_sync(os.path.realpath, image) + DELETED_SUFFIX
-        for device, backing in (await loop.loop_backing_files()).items():
-            if backing == deleted:
-                return device
-        return None
+        return await anyio.to_thread.run_sync(_device_backed_by, self._pool.volume_image(volume.id))
 
     async def _top_mount(self, path: Path) -> mount.MountEntry | None:
         entries = await mount.mounts_at(path)
@@ -559,6 +549,19 @@ class NodeService:
                     await fs.grow_fs(device, Path(stage.path), top.fs_type)
                 return
         raise FailedPrecondition(f"volume {volume.id} is not mounted on this node")
+
+
+def _device_backed_by(image: Path) -> str | None:
+    key = os.path.realpath(image)
+    # A deleted image still backs its device: finding it lets unpublish and unstage
+    # release what is left instead of refusing to touch an "unknown" mount.
+    deleted: str | None = None
+    for device, backing in loop.all_loop_backing_files().items():
+        if backing == key:
+            return device
+        if backing == key + DELETED_SUFFIX and deleted is None:
+            deleted = device
+    return deleted
 
 
 def _same_block_device(path: Path, device: str) -> bool:

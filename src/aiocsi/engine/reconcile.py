@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import stat
 from collections import Counter
-from pathlib import Path
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 import anyio
 
@@ -22,7 +26,7 @@ from aiocsi.logging import get_logger
 from aiocsi.models import AccessType, Publication, PublicationKind, VolumeState
 
 log = get_logger("aiocsi.engine")
-_DEV = "/dev/"
+_LOOP_NODE = re.compile(r"loop[0-9]+")
 
 
 def _our_devices(pool: Pool, backing_files: dict[str, str]) -> dict[str, str]:
@@ -38,13 +42,28 @@ def _our_devices(pool: Pool, backing_files: dict[str, str]) -> dict[str, str]:
     return found
 
 
-def _device_users(mounts: list[mount.MountEntry]) -> set[str]:
-    """Devices that some mount uses: as a filesystem, or bound as a device node (block)."""
-    users = {m.source for m in mounts}
-    # A bound device node shows the filesystem holding /dev as its source and the node's
-    # path inside it as its root ("/loop3"): counted, so a block publication stays attached.
-    users.update(_DEV + m.root.lstrip("/") for m in mounts if m.fs_type == "devtmpfs")
-    return users
+def _bound_devices(mounts: list[mount.MountEntry], devices: Collection[str]) -> dict[str, str]:
+    """Mount point -> our loop device bound there as a device node (a block publication).
+
+    Such a mount's source is the filesystem holding /dev (devtmpfs, or a tmpfs in a
+    container), so the device is recognised by its number. Only mounts whose root names
+    a loop device node are looked at: a stat of an unrelated (network) mount could hang.
+    """
+    numbers: dict[int, str] = {}
+    for device in devices:
+        with contextlib.suppress(OSError):
+            numbers[Path(device).stat().st_rdev] = device
+    bound: dict[str, str] = {}
+    for entry in mounts:
+        if not _LOOP_NODE.fullmatch(PurePosixPath(entry.root).name):
+            continue
+        try:
+            info = Path(entry.mount_point).stat()
+        except OSError:
+            continue
+        if stat.S_ISBLK(info.st_mode) and info.st_rdev in numbers:
+            bound[entry.mount_point] = numbers[info.st_rdev]
+    return bound
 
 
 def _mount_points(pubs: list[Publication]) -> dict[str, str]:
@@ -52,25 +71,45 @@ def _mount_points(pubs: list[Publication]) -> dict[str, str]:
     return {pub.path: os.path.realpath(pub.path) for pub in pubs}
 
 
-def _still_mounted(pub: Publication, device: str | None, entries: list[mount.MountEntry]) -> bool:
-    if device is None:
-        return False  # no loop device means nothing of this volume can be mounted anywhere
-    is_block = pub.capability is not None and pub.capability.access_type is AccessType.BLOCK
-    if is_block and pub.kind is PublicationKind.STAGE:
-        return True  # a block stage is the attached device itself
-    if is_block:
-        return any(m.fs_type == "devtmpfs" and _DEV + m.root.lstrip("/") == device
-                   for m in entries)
-    return any(m.source == device for m in entries)
+@dataclass(frozen=True)
+class _HostView:
+    """What the host shows at start: mounts by point, and block publications' devices."""
+
+    mounts: list[mount.MountEntry]
+    by_point: dict[str, list[mount.MountEntry]]
+    bound: dict[str, str]
+
+    @property
+    def devices_in_use(self) -> set[str]:
+        return {m.source for m in self.mounts} | set(self.bound.values())
+
+    def still_mounted(self, pub: Publication, point: str, device: str | None) -> bool:
+        if device is None:
+            return False  # no loop device means nothing of this volume is mounted anywhere
+        is_block = pub.capability is not None and pub.capability.access_type is AccessType.BLOCK
+        if is_block and pub.kind is PublicationKind.STAGE:
+            return True  # a block stage is the attached device itself
+        if is_block:
+            return self.bound.get(point) == device
+        return any(m.source == device for m in self.by_point.get(point, []))
+
+
+async def _host_view(devices: Collection[str]) -> _HostView:
+    mounts = await mount.read_mounts()
+    by_point: dict[str, list[mount.MountEntry]] = {}
+    for entry in mounts:
+        by_point.setdefault(entry.mount_point, []).append(entry)
+    bound = await anyio.to_thread.run_sync(_bound_devices, mounts, devices)
+    return _HostView(mounts, by_point, bound)
 
 
 async def reconcile(ctx: EngineContext) -> Counter[str]:
     repaired: Counter[str] = Counter()
-    mounts = await mount.read_mounts()
     devices = _our_devices(ctx.pool, await loop.loop_backing_files())
-    await _forget_lost_publications(ctx, mounts, devices, repaired)
+    view = await _host_view(devices.values())
+    await _forget_lost_publications(ctx, view, devices, repaired)
     known_volumes, known_snapshots = await _roll_back_unfinished(ctx, repaired)
-    await _detach_unused(ctx, mounts, devices, repaired)
+    await _detach_unused(ctx, view, devices, repaired)
     await _remove_orphans(ctx, known_volumes, known_snapshots, repaired)
     log.info("reconciled", repaired=dict(repaired), volumes=len(known_volumes),
              snapshots=len(known_snapshots))
@@ -78,18 +117,14 @@ async def reconcile(ctx: EngineContext) -> Counter[str]:
 
 
 async def _forget_lost_publications(
-    ctx: EngineContext, mounts: list[mount.MountEntry], devices: dict[str, str],
-    repaired: Counter[str],
+    ctx: EngineContext, view: _HostView, devices: dict[str, str], repaired: Counter[str]
 ) -> None:
     """Publications whose mount or device vanished (reboot, crash, a hand unmount) are
     forgotten: the CO stages and publishes again."""
-    by_point: dict[str, list[mount.MountEntry]] = {}
-    for entry in mounts:
-        by_point.setdefault(entry.mount_point, []).append(entry)
     pubs = [p for p in await ctx.store.publications() if p.kind is not PublicationKind.CONTROLLER]
     points = await anyio.to_thread.run_sync(_mount_points, pubs)
     for pub in pubs:
-        if _still_mounted(pub, devices.get(pub.volume_id), by_point.get(points[pub.path], [])):
+        if view.still_mounted(pub, points[pub.path], devices.get(pub.volume_id)):
             continue
         await ctx.store.remove_publication(pub.volume_id, pub.kind, pub.path)
         repaired[f"{pub.kind.value}_forgotten"] += 1
@@ -120,12 +155,11 @@ async def _roll_back_unfinished(
 
 
 async def _detach_unused(
-    ctx: EngineContext, mounts: list[mount.MountEntry], devices: dict[str, str],
-    repaired: Counter[str],
+    ctx: EngineContext, view: _HostView, devices: dict[str, str], repaired: Counter[str]
 ) -> None:
     """Loop devices backed by our images that nothing uses any more are detached."""
     staged = {p.volume_id for p in await ctx.store.publications(kind=PublicationKind.STAGE)}
-    in_use = _device_users(mounts)
+    in_use = view.devices_in_use
     for volume_id, device in devices.items():
         if volume_id in staged or device in in_use:
             continue
