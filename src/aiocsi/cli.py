@@ -82,6 +82,14 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     )
     _flag(
         p,
+        "--controller-expand",
+        "AIOCSI_CONTROLLER_EXPAND",
+        "true",
+        "serve ControllerExpandVolume (false for per-node deployments: the resizer then "
+        "leaves growth to NodeExpandVolume on the volume's node)",
+    )
+    _flag(
+        p,
         "--max-volumes-per-node",
         "AIOCSI_MAX_VOLUMES_PER_NODE",
         "0",
@@ -152,6 +160,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
             log_level=_parse_log_level(args.log_level),
             shutdown_grace=_convert("--shutdown-grace", args.shutdown_grace, float),
             enable_attach=_convert("--enable-attach", args.enable_attach, _parse_bool),
+            controller_expand=_convert(
+                "--controller-expand", args.controller_expand, _parse_bool
+            ),
             max_volumes_per_node=_convert("--max-volumes-per-node", args.max_volumes_per_node, int),
             overcommit=_convert("--overcommit", args.overcommit, float),
             max_operations=_convert("--max-operations", args.max_operations, int),

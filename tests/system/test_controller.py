@@ -1046,3 +1046,25 @@ async def test_restart_keeps_every_record(cleanup: Path) -> None:
         await d.client.controller.controller_unpublish_volume(
             csi.ControllerUnpublishVolumeRequest(volume_id=restored.volume_id, node_id=NODE))
 
+
+
+async def test_controller_expansion_can_be_turned_off_for_node_local_deployments(
+    cleanup: Path,
+) -> None:
+    config = driver_config(cleanup, controller_expand=False)
+    async with running_driver(config, cleanup) as drv:
+        response = await drv.client.controller.controller_get_capabilities(
+            csi.ControllerGetCapabilitiesRequest()
+        )
+        rpcs = {c.rpc.type for c in response.capabilities if c.rpc is not None}
+        assert rpcs == ALWAYS - {Rpc.EXPAND_VOLUME}
+        volume = await create(drv, "no-expand")
+        await fails(
+            Status.UNIMPLEMENTED,
+            drv.client.controller.controller_expand_volume(
+                csi.ControllerExpandVolumeRequest(
+                    volume_id=volume.volume_id,
+                    capacity_range=csi.CapacityRange(required_bytes=64 * MiB),
+                )
+            ),
+        )

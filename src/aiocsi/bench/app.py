@@ -147,11 +147,11 @@ async def run_bench(config: BenchConfig, progress: Progress) -> Report:
     """Run the configured scenario and return its report; SetupError if it cannot start."""
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.perf_counter()
-    machine = await anyio.to_thread.run_sync(machine_info)
     lag = LoopLag()
     interrupts = Interrupts()
     failure: Exception | None = None
     with interrupts.installed():
+        machine = await anyio.to_thread.run_sync(machine_info)
         async with anyio.create_task_group() as tg:
             tg.start_soon(lag.run)
             try:

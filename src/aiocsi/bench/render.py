@@ -293,8 +293,12 @@ def plot_sweep(report: Report, path: Path) -> None:
         p99_axis.plot(xs, [s.latency_ms.p99 if s.latency_ms else float("nan") for _, s in drawn],
                       style, label=label)
     unit = next((s.unit for p in report.points for s in (p.main, p.raw) if s), "units")
-    for axis, ylabel in ((rate_axis, f"{unit}/s (median)"), (p99_axis, f"p99 ms per {unit}")):
+    ticks = [p.concurrency for p in report.points]
+    per_unit = unit.removesuffix("s")
+    for axis, ylabel in ((rate_axis, f"{unit}/s (median)"), (p99_axis, f"p99 ms per {per_unit}")):
         axis.set_xscale("log", base=2)
+        axis.set_xticks(ticks, [str(t) for t in ticks])
+        axis.minorticks_off()
         axis.set_xlabel("concurrency")
         axis.set_ylabel(ylabel)
         axis.grid(visible=True, alpha=0.3)

@@ -169,18 +169,22 @@ class RunRecorder:
             return 0.0
         return (self._stopped or time.perf_counter()) - self._started
 
+    def _step_order(self, samples: Samples) -> int:
+        names = list(self.ops)
+        return names.index(samples.name) if samples.name in names else len(names)
+
     def result(self) -> RunResult:
-        elapsed = self.elapsed
+        elapsed = round(self.elapsed, _DIGITS + 3)
         succeeded = len(self.units.latencies)
         return RunResult(
             kind=self.kind, unit=self.unit, concurrency=self.concurrency,
-            elapsed_s=round(elapsed, _DIGITS + 3), attempted=self.units.calls,
+            elapsed_s=elapsed, attempted=self.units.calls,
             succeeded=succeeded, failed=self.units.errors.total(),
             throughput_per_s=round(succeeded / elapsed, _DIGITS) if elapsed > 0 else 0.0,
             latency_ms=Latency.of(self.units.latencies),
             errors=dict(sorted(self.units.errors.items())),
             operations=[s.stats() for s in self.ops.values()],
-            cleanup=[s.stats() for s in self.cleanup_ops.values()],
+            cleanup=[s.stats() for s in sorted(self.cleanup_ops.values(), key=self._step_order)],
         )
 
 

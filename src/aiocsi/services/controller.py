@@ -24,7 +24,6 @@ def controller_capabilities(config: Config) -> list[Rpc]:
         Rpc.CREATE_DELETE_SNAPSHOT,
         Rpc.LIST_SNAPSHOTS,
         Rpc.CLONE_VOLUME,
-        Rpc.EXPAND_VOLUME,
         Rpc.LIST_VOLUMES_PUBLISHED_NODES,
         Rpc.VOLUME_CONDITION,
         Rpc.GET_VOLUME,
@@ -34,6 +33,8 @@ def controller_capabilities(config: Config) -> list[Rpc]:
     ]
     if config.enable_attach:
         rpcs += [Rpc.PUBLISH_UNPUBLISH_VOLUME, Rpc.PUBLISH_READONLY]
+    if config.controller_expand:
+        rpcs.append(Rpc.EXPAND_VOLUME)
     return rpcs
 
 
@@ -133,6 +134,8 @@ class ControllerService(csi.ControllerBase):
     async def controller_expand_volume(
         self, message: csi.ControllerExpandVolumeRequest
     ) -> csi.ControllerExpandVolumeResponse:
+        if not self._config.controller_expand:
+            raise Unimplemented("ControllerExpandVolume is off (--controller-expand false)")
         volume_id = check.volume_id(message.volume_id)
         if message.capacity_range is None:
             raise InvalidArgument("capacity_range is required")
