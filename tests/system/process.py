@@ -51,6 +51,15 @@ def slow_tool_dir(root: Path, tool: str, delay: float) -> Path:
     return bindir
 
 
+async def wait_until_started(bindir: Path, timeout: float = 10.0) -> None:
+    """Wait until a slow tool from `bindir` has been started by the driver."""
+    deadline = time.monotonic() + timeout
+    while not (bindir / "started").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the slow tool never started")
+        await asyncio.sleep(0.01)
+
+
 async def wait_for_slow_tools(bindir: Path, timeout: float = 30.0) -> None:
     """Wait until every slow tool that started has finished: an orphan left running by a
     killed driver must not write to a loop device after the test released it."""

@@ -14,7 +14,7 @@ from aiocsi._proto.csi import v1 as csi
 from aiocsi.host.loop import all_loop_backing_files
 
 from .conftest import Csi, Driver, LoopWatchdog, mount_capability, volume_id_of
-from .process import slow_tool_dir, wait_for_slow_tools
+from .process import slow_tool_dir, wait_for_slow_tools, wait_until_started
 
 MiB = 1024 * 1024
 
@@ -113,7 +113,7 @@ async def test_unstage_racing_publish_is_aborted(
             )
         )
     )
-    await _until_started(slowbin)
+    await wait_until_started(slowbin)
     with pytest.raises(GRPCError) as refused:
         await driver.client.node.node_unstage_volume(
             csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(staging))
@@ -216,11 +216,3 @@ def _same_content(a: Path, b: Path) -> bool:
                 return False
             if not chunk:
                 return True
-
-
-async def _until_started(bindir: Path) -> None:
-    for _ in range(500):
-        if (bindir / "started").exists():
-            return
-        await asyncio.sleep(0.01)
-    raise TimeoutError("the slow tool never started")

@@ -18,7 +18,13 @@ from aiocsi import __version__
 from aiocsi._proto.csi import v1 as csi
 
 from .conftest import Csi, mount_capability, volume_id_of
-from .process import run_cli, serve_process, slow_tool_dir, wait_for_slow_tools
+from .process import (
+    run_cli,
+    serve_process,
+    slow_tool_dir,
+    wait_for_slow_tools,
+    wait_until_started,
+)
 
 MiB = 1024 * 1024
 
@@ -111,36 +117,37 @@ async def test_a_second_driver_on_the_same_pool_is_refused(cleanup: Path) -> Non
     assert not (cleanup / "two.sock").exists()
 
 
+async def _stage_during_slow_mkfs(client: Csi, root: Path, slowbin: Path) -> asyncio.Task[object]:
+    """Start a NodeStage and return once it is inside the (slow) mkfs."""
+    created = await client.controller.create_volume(
+        csi.CreateVolumeRequest(
+            name="slow",
+            volume_capabilities=[mount_capability()],
+            capacity_range=csi.CapacityRange(required_bytes=16 * MiB),
+        )
+    )
+    staging = root / "staging"
+    staging.mkdir()
+    stage = asyncio.create_task(
+        client.node.node_stage_volume(
+            csi.NodeStageVolumeRequest(
+                volume_id=volume_id_of(created),
+                staging_target_path=str(staging),
+                volume_capability=mount_capability(),
+            )
+        )
+    )
+    await wait_until_started(slowbin)
+    return stage
+
+
 async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(cleanup: Path) -> None:
     slowbin = slow_tool_dir(cleanup, "mkfs.ext4", 1.5)
     env = {"PATH": f"{slowbin}:{os.environ['PATH']}"}
     async with serve_process(cleanup, "--shutdown-grace", "20", env=env) as server:
         client = Csi.connect(server.socket_path)
         try:
-            created = await client.controller.create_volume(
-                csi.CreateVolumeRequest(
-                    name="drain",
-                    volume_capabilities=[mount_capability()],
-                    capacity_range=csi.CapacityRange(required_bytes=16 * MiB),
-                )
-            )
-            staging = cleanup / "staging"
-            staging.mkdir()
-            slow = asyncio.create_task(
-                client.node.node_stage_volume(
-                    csi.NodeStageVolumeRequest(
-                        volume_id=volume_id_of(created),
-                        staging_target_path=str(staging),
-                        volume_capability=mount_capability(),
-                    )
-                )
-            )
-            await _until(
-                lambda: any(
-                    e.get("event") == "host_command" or e.get("method") for e in server.log_lines()
-                )
-            )
-            await asyncio.sleep(0.3)  # let the stage reach the slow mkfs
+            slow = await _stage_during_slow_mkfs(client, cleanup, slowbin)
             server.signal(signal.SIGTERM)
             await _until(lambda: any(e.get("event") == "draining" for e in server.log_lines()))
             with pytest.raises(GRPCError) as refused:
@@ -162,20 +169,7 @@ async def test_a_second_signal_cuts_the_drain_short(cleanup: Path) -> None:
     async with serve_process(cleanup, "--shutdown-grace", "60", env=env) as server:
         client = Csi.connect(server.socket_path)
         try:
-            created = await client.controller.create_volume(
-                csi.CreateVolumeRequest(name="cut", volume_capabilities=[mount_capability()])
-            )
-            (cleanup / "st").mkdir()
-            slow = asyncio.create_task(
-                client.node.node_stage_volume(
-                    csi.NodeStageVolumeRequest(
-                        volume_id=volume_id_of(created),
-                        staging_target_path=str(cleanup / "st"),
-                        volume_capability=mount_capability(),
-                    )
-                )
-            )
-            await asyncio.sleep(0.5)
+            slow = await _stage_during_slow_mkfs(client, cleanup, slowbin)
             server.signal(signal.SIGTERM)
             await _until(lambda: any(e.get("event") == "draining" for e in server.log_lines()))
             server.signal(signal.SIGTERM)
