@@ -32,9 +32,10 @@ def _mount_points() -> list[str]:
 
 
 def _leftovers(root: str) -> list[str]:
-    loops = [
-        f"loop {dev} -> {f}" for dev, f in all_loop_backing_files().items() if f.startswith(root)
-    ]
+    backing = all_loop_backing_files()
+    ours = {dev for dev, f in backing.items() if f.startswith(root)}
+    # ... and read-only views stacked on them.
+    loops = [f"loop {dev} -> {f}" for dev, f in backing.items() if dev in ours or f in ours]
     mounts = [f"mount {m}" for m in _mount_points() if m.startswith(root)]
     return loops + mounts
 

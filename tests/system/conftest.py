@@ -29,9 +29,12 @@ def release_under(root: Path) -> None:
     ours = [m for m in mounts if m.mount_point == str(root) or m.mount_point.startswith(f"{root}/")]
     for entry in sorted(ours, key=lambda m: m.mount_id, reverse=True):
         subprocess.run(["umount", entry.mount_point], check=False, capture_output=True)
-    for device, backing in all_loop_backing_files().items():
-        if backing.startswith(f"{root}/"):
-            subprocess.run(["losetup", "-d", device], check=False, capture_output=True)
+    backing = all_loop_backing_files()
+    devices = [dev for dev, file in backing.items() if file.startswith(f"{root}/")]
+    # Read-only views are stacked on those devices: they go first.
+    views = [dev for dev, below in backing.items() if below in devices]
+    for device in views + devices:
+        subprocess.run(["losetup", "-d", device], check=False, capture_output=True)
 
 
 @pytest.fixture

@@ -1,14 +1,16 @@
 """The host layer against the real thing: loop devices, mkfs, mounts and image copies.
 
 Every test works under its own `workdir` and undoes what it made through `Scratch`, even
-when it fails: mounts newest first, then loop devices (only while still backed by our
-image), then image files.
+when it fails: mounts newest first, then loop devices newest first (read-only views before
+the devices they sit on; each only while still backed by what it was given), then image
+files.
 """
 
 from __future__ import annotations
 
 import errno
 import filecmp
+import mmap
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +19,7 @@ import anyio
 import pytest
 
 from aiocsi.errors import CommandFailed, FailedPrecondition
-from aiocsi.host import files, fs, loop, mount
+from aiocsi.host import files, fs, loop, mount, superblock
 from aiocsi.host.process import run
 
 if TYPE_CHECKING:
@@ -40,6 +42,19 @@ def _has_capability(bit: int) -> bool:
     return False
 
 
+# Online ext4 growth (EXT4_IOC_RESIZE_FS) needs it; some machines drop it even for root.
+CAN_GROW_EXT4_ONLINE = _has_capability(CAP_SYS_RESOURCE)
+
+
+def _ext4_blocks(device: str) -> int:
+    offset, length = superblock.LOCATION["ext4"]
+    fd = os.open(device, os.O_RDONLY)
+    try:
+        return superblock.parse_ext4(os.pread(fd, length, offset)).blocks
+    finally:
+        os.close(fd)
+
+
 class Scratch:
     """Creates images, loop devices and mounts for one test, and undoes exactly those."""
 
@@ -59,6 +74,11 @@ class Scratch:
         device = await loop.attach(image, read_only=read_only)
         self._devices.append((device, (await loop.loop_backing_files())[device]))
         return device
+
+    async def view(self, device: str) -> str:
+        view = await loop.attach_view(device)
+        self._devices.append((view, device))
+        return view
 
     def directory(self, name: str) -> Path:
         path = self.root / name
@@ -196,16 +216,26 @@ async def test_detach_of_a_mounted_device_is_refused(scratch: Scratch) -> None:
     assert device not in await loop.loop_backing_files()
 
 
-async def test_deleted_backing_file_never_matches_a_new_image(scratch: Scratch) -> None:
+async def test_a_deleted_image_is_found_until_a_new_one_takes_its_path(scratch: Scratch) -> None:
     old = await scratch.image("a.img", 16 * MIB)
     old_device = await scratch.attach(old)
     await files.remove_file(old)
     assert (await loop.loop_backing_files())[old_device] == str(old) + DELETED
-    assert await loop.find_loop_devices(old) == []
+    # Still attached, so still found: it must be released like any other.
+    assert await loop.find_loop_devices(old) == [old_device]
+    # ... but never handed out again.
+    with pytest.raises(loop.ImageMissing, match=old_device):
+        await scratch.attach(old)
     new = await scratch.image("a.img", 16 * MIB)
+    assert await loop.find_loop_devices(new) == [], "the old device holds another file"
     new_device = await scratch.attach(new)
     assert new_device != old_device
     assert await loop.find_loop_devices(new) == [new_device]
+
+
+async def test_attach_of_a_missing_image_is_refused(scratch: Scratch) -> None:
+    with pytest.raises(loop.ImageMissing, match="does not exist"):
+        await scratch.attach(scratch.root / "never.img")
 
 
 async def test_refresh_size_follows_the_grown_image(scratch: Scratch) -> None:
@@ -220,6 +250,65 @@ async def test_refresh_size_follows_the_grown_image(scratch: Scratch) -> None:
 def test_not_a_loop_device_is_refused() -> None:
     with pytest.raises(ValueError, match="not a loop device"):
         loop.device_size_bytes("/dev/vda")
+
+
+async def test_view_reads_through_and_refuses_writes(scratch: Scratch) -> None:
+    image = await scratch.image("a.img", 16 * MIB)
+    device = await scratch.attach(image)
+    view = await scratch.view(device)
+    # Not synced: the view holds the device open, so this stays in the device's cache.
+    _write_at(Path(device), {MIB: b"written before"})
+    assert loop.is_read_only(view)
+    assert loop.backing_file(view) == device
+    assert loop.views_on(device, await loop.loop_backing_files()) == [view]
+    assert _read_at(Path(view), MIB, 14) == b"written before"
+    with pytest.raises(OSError, match="not permitted") as caught:
+        _write_at(Path(view), {0: b"x"})
+    assert caught.value.errno == errno.EPERM
+    # A view keeps a page cache of its own: a reader that stays open reads with O_DIRECT.
+    _write_at(Path(device), {MIB: b"written after!"})
+    assert _read_direct(view, MIB)[:14] == b"written after!"
+
+
+async def test_view_follows_a_grown_device(scratch: Scratch) -> None:
+    image = await scratch.image("a.img", 16 * MIB)
+    device = await scratch.attach(image)
+    view = await scratch.view(device)
+    await files.grow_file(image, 24 * MIB)
+    await loop.refresh_size(device)
+    await loop.refresh_size(view)
+    assert await loop.device_size(view) == 24 * MIB
+
+
+async def test_a_device_holding_a_view_detaches_after_it(scratch: Scratch) -> None:
+    image = await scratch.image("a.img", 16 * MIB)
+    device = await scratch.attach(image)
+    view = await scratch.view(device)
+    with pytest.raises(loop.LoopDeviceBusy):
+        await loop.detach(device)  # the view holds it open; it goes with the view
+    await loop.detach(view)
+    backing_files = await loop.loop_backing_files()
+    assert device not in backing_files
+    assert view not in backing_files
+
+
+async def test_bound_loop_devices_are_found_by_number(scratch: Scratch) -> None:
+    device = await scratch.attach(await scratch.image("a.img", 16 * MIB))
+    view = await scratch.view(device)
+    targets = {name: scratch.root / name for name in ("rw-node", "ro-node")}
+    for target in targets.values():
+        target.touch()
+    await scratch.mounted(targets["rw-node"], mount.bind_mount(device, targets["rw-node"]))
+    await scratch.mounted(
+        targets["ro-node"], mount.bind_mount(view, targets["ro-node"], read_only=True)
+    )
+    bound = loop.bound_loop_devices(await mount.read_mounts())
+    assert {point: dev for point, dev in bound.items() if point.startswith(str(scratch.root))} == {
+        str(targets["rw-node"]): device,
+        str(targets["ro-node"]): view,
+    }
+    assert loop.loop_device_of(targets["ro-node"]) == view
+    assert loop.loop_device_of(scratch.root) is None
 
 
 # --- filesystems -------------------------------------------------------------------------
@@ -247,32 +336,89 @@ async def test_unsupported_fs_type() -> None:
         await fs.make_fs("/dev/null", "vfat")
     with pytest.raises(ValueError, match="unsupported"):
         await fs.grow_fs("/dev/null", Path("/"), "vfat")
+    with pytest.raises(ValueError, match="unsupported"):
+        await fs.can_grow("/dev/null", "vfat")
 
 
 @pytest.mark.parametrize("fs_type", FS_TYPES)
 async def test_grow_online(scratch: Scratch, fs_type: str) -> None:
-    if fs_type == "ext4" and not _has_capability(CAP_SYS_RESOURCE):
-        # EXT4_IOC_RESIZE_FS needs it; some sandboxes drop it even for root.
-        pytest.skip("online ext4 resize needs CAP_SYS_RESOURCE")
     image, device, target = await scratch.volume(fs_type, SMALL[fs_type])
+    (target / "data").write_bytes(b"kept")
     before = await fs.fs_stats(target)
     await files.grow_file(image, SMALL[fs_type] + 64 * MIB)
     await loop.refresh_size(device)
-    await fs.grow_fs(device, target, fs_type)
+    assert await fs.can_grow(device, fs_type)
+    if fs_type == "ext4" and not CAN_GROW_EXT4_ONLINE:
+        # The refusal is told apart from other failures; unmounted, the grow works.
+        with pytest.raises(fs.OnlineGrowRefused, match="Permission denied"):
+            await fs.grow_fs(device, target, fs_type)
+        assert (await fs.fs_stats(target)).total_bytes == before.total_bytes
+        await mount.unmount(target)
+        await fs.grow_offline(device, fs_type)
+        await scratch.mounted(target, mount.mount(device, target, fs_type=fs_type))
+    else:
+        await fs.grow_fs(device, target, fs_type)
     after = await fs.fs_stats(target)
     assert after.total_bytes > before.total_bytes + 48 * MIB
     assert after.available_bytes > before.available_bytes
+    assert (target / "data").read_bytes() == b"kept"
+    # Unmounted, so that xfs has written back the superblock it grew in its log.
+    await mount.unmount(target)
+    assert not await fs.can_grow(device, fs_type)
 
 
-async def test_grow_ext4_offline(scratch: Scratch) -> None:
-    image = await scratch.image("a.img", 16 * MIB)
-    device = await scratch.attach(image)
-    await fs.make_fs(device, "ext4")
+async def test_grow_ext4_offline_after_it_was_mounted(scratch: Scratch) -> None:
+    # resize2fs alone refuses a filesystem mounted since its last check: grow_offline
+    # checks it first.
+    image, device, target = await scratch.volume("ext4", 16 * MIB)
+    (target / "data").write_bytes(b"kept")
+    await mount.unmount(target)
     await files.grow_file(image, 48 * MIB)
     await loop.refresh_size(device)
-    await fs.grow_fs(device, scratch.root, "ext4")
-    target = await scratch.mount(device, "mnt", fs_type="ext4")
+    await fs.grow_offline(device, "ext4")
+    await scratch.mounted(target, mount.mount(device, target, fs_type="ext4"))
     assert (await fs.fs_stats(target)).total_bytes > 40 * MIB
+    assert (target / "data").read_bytes() == b"kept"
+
+
+@pytest.mark.parametrize("fs_type", ["xfs", "btrfs"])
+async def test_grow_offline_is_refused_for_filesystems_that_grow_mounted(fs_type: str) -> None:
+    with pytest.raises(ValueError, match="only be grown while mounted"):
+        await fs.grow_offline("/dev/null", fs_type)
+
+
+@pytest.mark.parametrize("fs_type", FS_TYPES)
+async def test_a_fresh_filesystem_cannot_grow(scratch: Scratch, fs_type: str) -> None:
+    device = await scratch.attach(await scratch.image("a.img", SMALL[fs_type]))
+    await fs.make_fs(device, fs_type)
+    assert not await fs.can_grow(device, fs_type)
+
+
+# (formatted size, grown size): mke2fs leaves a last block group too small for its own
+# metadata unused, and resize2fs does the same, so such a tail is no room to grow into.
+EXT4_TAILS = [
+    (1025 * MIB, 1025 * MIB),  # mke2fs left 1 MiB past the last 128 MiB group unused
+    (1024 * MIB, 1026 * MIB),  # 2 MiB into a new group: too small, resize2fs drops it
+    (1024 * MIB, 1027 * MIB),  # 3 MiB: enough for a group of its own
+    (130 * MIB, 131 * MIB),  # 1 KiB blocks, 8 MiB groups: a partial last group grows
+    (16 * MIB, 16 * MIB + 4096),  # one page more
+]
+
+
+@pytest.mark.parametrize(("formatted", "grown"), EXT4_TAILS)
+async def test_ext4_can_grow_agrees_with_resize2fs(
+    scratch: Scratch, formatted: int, grown: int
+) -> None:
+    image = await scratch.image("a.img", formatted)
+    device = await scratch.attach(image)
+    await fs.make_fs(device, "ext4")
+    await files.grow_file(image, grown)
+    await loop.refresh_size(device)
+    predicted = await fs.can_grow(device, "ext4")
+    before = _ext4_blocks(device)
+    await fs.grow_offline(device, "ext4")
+    assert predicted == (_ext4_blocks(device) > before)
+    assert not await fs.can_grow(device, "ext4")
 
 
 @pytest.mark.parametrize("fs_type", FS_TYPES)
@@ -397,6 +543,18 @@ def _read_at(path: Path, offset: int, length: int) -> bytes:
         return os.pread(fd, length, offset)
     finally:
         os.close(fd)
+
+
+def _read_direct(device: str, offset: int) -> bytes:
+    """One page at `offset` (page aligned), past any page cache."""
+    buffer = mmap.mmap(-1, mmap.PAGESIZE)  # O_DIRECT wants an aligned buffer
+    fd = os.open(device, os.O_RDONLY | os.O_DIRECT)
+    try:
+        os.preadv(fd, [buffer], offset)
+        return bytes(buffer)
+    finally:
+        os.close(fd)
+        buffer.close()
 
 
 async def _sparse_source(scratch: Scratch) -> Path:

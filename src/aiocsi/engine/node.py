@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import errno
 import os
-import stat
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -49,8 +48,6 @@ log = get_logger("aiocsi.engine")
 EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral"
 EPHEMERAL_PREFIX = "ephemeral:"
 DEFAULT_EPHEMERAL_SIZE = "1Gi"
-# The kernel appends this to a loop device's backing file once the file is unlinked.
-DELETED_SUFFIX = " (deleted)"
 _NO_FS_STATS = FsStats(0, 0, 0, 0, 0, 0)
 
 
@@ -66,9 +63,19 @@ def is_ephemeral(context: dict[str, str]) -> bool:
     return context.get(EPHEMERAL_KEY, "").lower() == "true"
 
 
-def _host_failure(what: str, exc: CommandFailed) -> Internal | ResourceExhausted:
+def _host_failure(
+    what: str, exc: CommandFailed
+) -> Internal | ResourceExhausted | FailedPrecondition:
     if isinstance(exc, loop.LoopDevicesExhausted):
         return ResourceExhausted(f"{what}: no free loop device on this node")
+    if isinstance(exc, fs.OnlineGrowRefused):
+        # The spec's "volume in use" case: kubelet then stops retrying on this node and
+        # expands again after the next stage, which grows the filesystem unmounted.
+        return FailedPrecondition(
+            f"{what}: the kernel refused to grow the mounted ext4 filesystem because this "
+            "driver lacks CAP_SYS_RESOURCE. The device has grown; the filesystem will be "
+            "grown to fill it when the volume is next staged (unpublish and unstage it)"
+        )
     return Internal(f"{what}: {exc}")
 
 
@@ -113,8 +120,13 @@ class NodeService:
     # -- helpers --------------------------------------------------------------------------
 
     async def _device(self, volume: Volume) -> str | None:
-        """The loop device backed by the volume's image, even if the image was deleted."""
-        return await anyio.to_thread.run_sync(_device_backed_by, self._pool.volume_image(volume.id))
+        """The loop device backed by the volume's image, even if the image was deleted.
+
+        Finding a deleted image's device lets unpublish and unstage release what is left
+        instead of refusing to touch an "unknown" mount.
+        """
+        devices = await loop.find_loop_devices(self._pool.volume_image(volume.id))
+        return devices[0] if devices else None
 
     async def _top_mount(self, path: Path) -> mount.MountEntry | None:
         entries = await mount.mounts_at(path)
@@ -126,9 +138,9 @@ class NodeService:
             return False
         if entry.source == device:
             return True
-        # A block publication binds the device node: its source is the filesystem holding
-        # /dev (devtmpfs), so compare the device numbers instead.
-        return await anyio.to_thread.run_sync(_same_block_device, path, device)
+        # A block publication binds the device node (or a read-only view's): its source is
+        # the filesystem holding /dev (devtmpfs), so look at the node itself instead.
+        return await anyio.to_thread.run_sync(_shows_device, path, device)
 
     async def _our_top_mount(
         self, path: Path, device: str | None
@@ -158,7 +170,9 @@ class NodeService:
         staging = Path(request.staging_path)
         await self._check_resolved_path(staging, "staging_target_path")
         await self._ctx.operations.run(
-            f"volume:{volume.id}", ("stage", request), "NodeStageVolume",
+            f"volume:{volume.id}",
+            ("stage", request),
+            "NodeStageVolume",
             lambda: self._stage(volume, staging, request.capability),
         )
 
@@ -177,8 +191,13 @@ class NodeService:
             if capability.access_type is AccessType.MOUNT:
                 await self._ensure_mounted(volume, device, staging, capability, undo)
             await self._store.add_publication(
-                Publication(volume.id, PublicationKind.STAGE, str(staging),
-                            self._ctx.config.node_id, capability=capability)
+                Publication(
+                    volume.id,
+                    PublicationKind.STAGE,
+                    str(staging),
+                    self._ctx.config.node_id,
+                    capability=capability,
+                )
             )
             undo.pop_all()
         log.info("volume_staged", volume_id=volume.id, device=device, path=str(staging))
@@ -207,7 +226,11 @@ class NodeService:
             await loop.detach(device)
 
     async def _ensure_mounted(
-        self, volume: Volume, device: str, staging: Path, capability: Capability,
+        self,
+        volume: Volume,
+        device: str,
+        staging: Path,
+        capability: Capability,
         undo: AsyncExitStack,
     ) -> None:
         top, ours = await self._our_top_mount(staging, device)
@@ -225,6 +248,7 @@ class NodeService:
         wanted = capability.fs_type or DEFAULT_FS
         async with _host_step(f"formatting volume {volume.id}"):
             found = await fs.probe_fs_type(device)
+            formatted = found is None
             if found is None:
                 async with self._ctx.mkfs_slots:
                     await fs.make_fs(device, wanted)
@@ -235,15 +259,28 @@ class NodeService:
                 f"volume {volume.id} holds a {found} filesystem, not {capability.fs_type}; "
                 "it is never reformatted"
             )
-        if await _ensure_dir(staging):
-            undo.push_async_callback(_remove_path, staging)
         options = list(capability.mount_flags)
         if capability.access_mode is AccessMode.SINGLE_NODE_READER_ONLY:
             options.append("ro")
+        # Smaller than its device when the image grew while unstaged, or when an online
+        # grow was refused: staging presents the full size (mkfs fills the device itself).
+        # A read-only stage changes nothing; the next read-write one grows it.
+        grow = (
+            not formatted
+            and "ro" not in options
+            and found in fs.SUPPORTED_FS_TYPES
+            and await fs.can_grow(device, found)
+        )
+        if grow and found in fs.GROWS_OFFLINE:
+            await self._grow_filesystem_at(volume, device, found, None)
+        if await _ensure_dir(staging):
+            undo.push_async_callback(_remove_path, staging)
         # Pushed before mounting: a mount that fails halfway may still leave one behind.
         undo.push_async_callback(self._unmount_quietly, staging, device)
         async with _host_step(f"mounting volume {volume.id} at {staging}"):
             await mount.mount(device, staging, fs_type=found, options=options)
+        if grow and found not in fs.GROWS_OFFLINE:  # xfs and btrfs grow only while mounted
+            await self._grow_filesystem_at(volume, device, found, staging)
 
     async def _unmount_quietly(self, path: Path, device: str) -> None:
         with contextlib.suppress(CommandFailed, FailedPrecondition):
@@ -254,7 +291,9 @@ class NodeService:
     async def unstage(self, volume_id: str, staging_path: str) -> None:
         volume = await self._volumes.get(volume_id)
         await self._ctx.operations.run(
-            f"volume:{volume.id}", ("unstage", staging_path), "NodeUnstageVolume",
+            f"volume:{volume.id}",
+            ("unstage", staging_path),
+            "NodeUnstageVolume",
             lambda: self._unstage(volume, Path(staging_path)),
         )
 
@@ -277,13 +316,38 @@ class NodeService:
     async def _release_device(self, volume: Volume, device: str) -> None:
         # losetup -d on a mounted device only marks it for detach at its last close: look
         # first, so that a mount nobody recorded is reported instead of silently kept alive.
-        elsewhere = [m.mount_point for m in await mount.read_mounts() if m.source == device]
+        elsewhere, unused_views = await self._device_use(device)
         if elsewhere:
             raise FailedPrecondition(
                 f"volume {volume.id} ({device}) is still mounted at {', '.join(elsewhere)}"
             )
         async with _host_step(f"detaching volume {volume.id}"):
+            # A view left by a crash holds the device open: it goes first.
+            for view in unused_views:
+                await loop.detach(view)
             await loop.detach(device)
+
+    async def _device_use(self, device: str) -> tuple[list[str], list[str]]:
+        """Where `device` or a read-only view of it is mounted or bound, and the views that
+        nothing shows any more."""
+        views = loop.views_on(device, await loop.loop_backing_files())
+        mounts = await mount.read_mounts()
+        bound = await anyio.to_thread.run_sync(loop.bound_loop_devices, mounts)
+        uses = [(m.mount_point, m.source) for m in mounts] + list(bound.items())
+        ours = {device, *views}
+        points = [point for point, used in uses if used in ours]
+        busy = {used for _, used in uses}
+        return points, [view for view in views if view not in busy]
+
+    async def _detach_unused_views(self, device: str) -> None:
+        _, unused = await self._device_use(device)
+        for view in unused:
+            async with _host_step(f"detaching read-only view {view} of {device}"):
+                try:
+                    await loop.detach(view)
+                except loop.LoopDeviceBusy:
+                    # Still held open by a process; the kernel detaches it at its last close.
+                    log.warning("loop_view_busy", device=device, view=view)
 
     async def _unmount_ours(self, path: Path, device: str | None) -> None:
         """Unmount every mount of `device` stacked at `path`; refuse to touch anything else."""
@@ -302,7 +366,9 @@ class NodeService:
             return
         volume = await self._volumes.get(request.volume_id)
         await self._ctx.operations.run(
-            f"volume:{volume.id}", ("publish", request), "NodePublishVolume",
+            f"volume:{volume.id}",
+            ("publish", request),
+            "NodePublishVolume",
             lambda: self._publish(volume, request),
         )
 
@@ -365,17 +431,32 @@ class NodeService:
                 source = request.staging_path
                 created = await _ensure_dir(target)
             else:
-                source = device
                 created = await _ensure_file(target)
             if created:
                 undo.push_async_callback(_remove_path, target)
+            if capability.access_type is AccessType.BLOCK:
+                source = device
+                if request.read_only:
+                    # A read-only bind of a device node still lets writes through it.
+                    source = await self._read_only_view(volume, device, undo)
             undo.push_async_callback(self._unmount_quietly, target, device)
             async with _host_step(f"publishing volume {volume.id} at {target}"):
                 await mount.bind_mount(source, target, read_only=request.read_only)
             await self._record_publication(volume, request)
             undo.pop_all()
-        log.info("volume_published", volume_id=volume.id, path=str(target),
-                 read_only=request.read_only)
+        log.info(
+            "volume_published", volume_id=volume.id, path=str(target), read_only=request.read_only
+        )
+
+    async def _read_only_view(self, volume: Volume, device: str, undo: AsyncExitStack) -> str:
+        """A read-only view of `device` for one publication; one nothing uses is reused."""
+        _, unused = await self._device_use(device)
+        if unused:  # left by a try that stopped before binding it
+            return unused[0]
+        async with _host_step(f"attaching a read-only view of volume {volume.id}"):
+            view = await loop.attach_view(device)
+        undo.push_async_callback(self._detach_quietly, view)
+        return view
 
     async def _already_bound(
         self, volume: Volume, request: PublishVolume, device: str, *, recorded: bool
@@ -387,7 +468,7 @@ class NodeService:
             return False
         if not ours:
             raise FailedPrecondition(f"{target} already has a foreign mount of {top.source}")
-        if request.read_only and not top.read_only:
+        if request.read_only and not await anyio.to_thread.run_sync(_refuses_writes, top, target):
             raise AlreadyExists(f"{target} already has a read-write mount of {volume.id}")
         if not recorded:  # mounted by a try that stopped before recording it
             await self._record_publication(volume, request)
@@ -395,8 +476,14 @@ class NodeService:
 
     async def _record_publication(self, volume: Volume, request: PublishVolume) -> None:
         await self._store.add_publication(
-            Publication(volume.id, PublicationKind.PUBLISH, request.target_path,
-                        self._ctx.config.node_id, request.read_only, request.capability)
+            Publication(
+                volume.id,
+                PublicationKind.PUBLISH,
+                request.target_path,
+                self._ctx.config.node_id,
+                request.read_only,
+                request.capability,
+            )
         )
 
     # -- unpublish ------------------------------------------------------------------------
@@ -411,14 +498,20 @@ class NodeService:
                 return
             raise
         await self._ctx.operations.run(
-            f"volume:{volume.id}", ("unpublish", target_path), "NodeUnpublishVolume",
+            f"volume:{volume.id}",
+            ("unpublish", target_path),
+            "NodeUnpublishVolume",
             lambda: self._unpublish(volume, Path(target_path)),
         )
 
     async def _unpublish(self, volume: Volume, target: Path) -> None:
         device = await self._device(volume)
+        pub = await self._find(volume.id, PublicationKind.PUBLISH, str(target))
         async with _host_step(f"unpublishing volume {volume.id} from {target}"):
             await self._unmount_ours(target, device)
+        # No record: a retry after a crash that may have left a read-only view behind.
+        if device is not None and (pub is None or _access_type(pub) is AccessType.BLOCK):
+            await self._detach_unused_views(device)
         await _remove_target(target)
         await self._store.remove_publication(volume.id, PublicationKind.PUBLISH, str(target))
         log.info("volume_unpublished", volume_id=volume.id, path=str(target))
@@ -444,11 +537,14 @@ class NodeService:
                 capacity=CapacityRange(required_bytes=size),
                 capabilities=(request.capability,),
             ),
-            {}, ephemeral=True,
+            {},
+            ephemeral=True,
         )
         # One operation for stage + publish, so that an unpublish cannot slip in between.
         await self._ctx.operations.run(
-            f"volume:{volume.id}", ("publish-ephemeral", request), "NodePublishVolume",
+            f"volume:{volume.id}",
+            ("publish-ephemeral", request),
+            "NodePublishVolume",
             lambda: self._stage_and_publish_ephemeral(volume, request),
         )
 
@@ -510,12 +606,12 @@ class NodeService:
             )
         return VolumeStats(access, condition, fs=await fs.fs_stats(path))
 
-    async def expand(
-        self, volume_id: str, volume_path: str, capacity: CapacityRange
-    ) -> int:
+    async def expand(self, volume_id: str, volume_path: str, capacity: CapacityRange) -> int:
         volume, pub = await self._user_at(volume_id, volume_path)
         return await self._ctx.operations.run(
-            f"volume:{volume.id}", ("node-expand", capacity), "NodeExpandVolume",
+            f"volume:{volume.id}",
+            ("node-expand", capacity),
+            "NodeExpandVolume",
             lambda: self._expand(volume, pub, capacity),
         )
 
@@ -529,6 +625,8 @@ class NodeService:
             raise FailedPrecondition(f"volume {volume.id} is not attached on this node")
         async with _host_step(f"growing volume {volume.id}"):
             await loop.refresh_size(device)
+            for view in loop.views_on(device, await loop.loop_backing_files()):
+                await loop.refresh_size(view)
         if _access_type(pub) is AccessType.MOUNT:
             await self._grow_filesystem(volume, device)
         log.info("volume_node_expanded", volume_id=volume.id, bytes=size)
@@ -545,32 +643,44 @@ class NodeService:
                         f"volume {volume.id} holds a {top.fs_type} filesystem, which aiocsi "
                         "cannot grow"
                     )
-                async with _host_step(f"growing the filesystem of volume {volume.id}"):
-                    await fs.grow_fs(device, Path(stage.path), top.fs_type)
+                # Already as large as the device allows (grown at stage, or a retry): done,
+                # without a process, and without asking a refusing kernel again.
+                if await fs.can_grow(device, top.fs_type):
+                    await self._grow_filesystem_at(volume, device, top.fs_type, Path(stage.path))
                 return
         raise FailedPrecondition(f"volume {volume.id} is not mounted on this node")
 
+    async def _grow_filesystem_at(
+        self, volume: Volume, device: str, fs_type: str, mount_point: Path | None
+    ) -> None:
+        """Grow the filesystem to fill the device: mounted at `mount_point`, or unmounted."""
+        async with _host_step(f"growing the filesystem of volume {volume.id}"):
+            if mount_point is not None:
+                await fs.grow_fs(device, mount_point, fs_type)
+            else:
+                # Whole-device work like mkfs (e2fsck reads every group): the same limit.
+                async with self._ctx.mkfs_slots:
+                    await fs.grow_offline(device, fs_type)
+        log.info(
+            "volume_filesystem_grown",
+            volume_id=volume.id,
+            fs_type=fs_type,
+            mounted=mount_point is not None,
+        )
 
-def _device_backed_by(image: Path) -> str | None:
-    key = os.path.realpath(image)
-    # A deleted image still backs its device: finding it lets unpublish and unstage
-    # release what is left instead of refusing to touch an "unknown" mount.
-    deleted: str | None = None
-    for device, backing in loop.all_loop_backing_files().items():
-        if backing == key:
-            return device
-        if backing == key + DELETED_SUFFIX and deleted is None:
-            deleted = device
-    return deleted
+
+def _shows_device(path: Path, device: str) -> bool:
+    """Whether `path` is the node of `device`, or of a read-only view stacked on it."""
+    shown = loop.loop_device_of(path)
+    return shown is not None and (shown == device or loop.backing_file(shown) == device)
 
 
-def _same_block_device(path: Path, device: str) -> bool:
-    try:
-        at_path = path.stat()
-        node = Path(device).stat()
-    except OSError:
+def _refuses_writes(entry: mount.MountEntry, path: Path) -> bool:
+    """Whether the mount `entry` at `path` refuses writes: for a device node, the device must."""
+    if not entry.read_only:
         return False
-    return stat.S_ISBLK(at_path.st_mode) and at_path.st_rdev == node.st_rdev
+    shown = loop.loop_device_of(path)
+    return shown is None or loop.is_read_only(shown)
 
 
 def _resolves_under(path: Path, roots: Sequence[Path]) -> bool:
@@ -607,6 +717,7 @@ async def _ensure_file(path: Path) -> bool:
 
 async def _remove_path(path: Path) -> None:
     """Remove an empty directory or a plain file; gone is fine."""
+
     def remove() -> None:
         with contextlib.suppress(FileNotFoundError):
             if path.is_dir() and not path.is_symlink():

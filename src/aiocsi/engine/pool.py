@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from aiocsi.models import SNAPSHOT_ID_RE, VOLUME_ID_RE
@@ -44,9 +45,19 @@ class Pool:
         return self.root / "staging"
 
     def prepare(self) -> None:
-        """Create the layout (blocking: call from a thread)."""
+        """Create the layout and resolve the root (blocking: call from a thread)."""
         for directory in (self.root, self.volumes_dir, self.snapshots_dir, self.staging_dir):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _ = self.real_image_dirs
+
+    @cached_property
+    def real_image_dirs(self) -> tuple[Path, Path]:
+        """The volume and snapshot directories with every symlink resolved.
+
+        Resolved once, by `prepare`: resolving walks the filesystem, which must not happen
+        on the event loop.
+        """
+        return self.volumes_dir.resolve(), self.snapshots_dir.resolve()
 
     def volume_image(self, volume_id: str) -> Path:
         if not is_volume_id(volume_id):
@@ -64,6 +75,10 @@ class Pool:
         return self.staging_dir / volume_id
 
     def owns_image(self, backing_file: str) -> bool:
-        """True when a loop device's backing file is one of this pool's images."""
+        """True when a loop device's backing file is one of this pool's images.
+
+        sysfs shows the resolved path an image was attached by, so the comparison is with the
+        resolved directories: a pool reached through a symlink still owns its images.
+        """
         path = Path(os.path.normpath(backing_file))
-        return path.parent in (self.volumes_dir, self.snapshots_dir) and path.suffix == ".img"
+        return path.parent in self.real_image_dirs and path.suffix == ".img"

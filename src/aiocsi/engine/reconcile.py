@@ -1,24 +1,21 @@
 """Start-up reconcile: make the database, the pool, loop devices and mounts agree again.
 
 Only our own resources are touched: images in this pool, loop devices backed by them,
-and mounts of those loop devices recorded as ours.
+read-only views stacked on those devices, and mounts of those devices recorded as ours.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
-import stat
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import anyio
 
 from aiocsi.engine.context import EngineContext
-from aiocsi.engine.node import DELETED_SUFFIX
 from aiocsi.engine.pool import Pool, is_snapshot_id, is_volume_id
 from aiocsi.errors import CommandFailed, FailedPrecondition
 from aiocsi.host import files, loop, mount
@@ -26,44 +23,29 @@ from aiocsi.logging import get_logger
 from aiocsi.models import AccessType, Publication, PublicationKind, VolumeState
 
 log = get_logger("aiocsi.engine")
-_LOOP_NODE = re.compile(r"loop[0-9]+")
 
 
-def _our_devices(pool: Pool, backing_files: dict[str, str]) -> dict[str, str]:
+def _our_devices(pool: Pool, backing_files: Mapping[str, str]) -> dict[str, str]:
     """Map volume id -> loop device for every loop device backed by one of our images.
 
     An image deleted while attached still counts: its device must be released too.
     """
     found: dict[str, str] = {}
     for device, backing in backing_files.items():
-        image = backing.removesuffix(DELETED_SUFFIX)
+        image = loop.attached_path(backing)
         if pool.owns_image(image) and is_volume_id(Path(image).stem):
             found.setdefault(Path(image).stem, device)
     return found
 
 
-def _bound_devices(mounts: list[mount.MountEntry], devices: Collection[str]) -> dict[str, str]:
-    """Mount point -> our loop device bound there as a device node (a block publication).
+def _our_views(backing_files: Mapping[str, str], devices: Mapping[str, str]) -> dict[str, str]:
+    """Map view -> volume device for every read-only view stacked on one of our devices.
 
-    Such a mount's source is the filesystem holding /dev (devtmpfs, or a tmpfs in a
-    container), so the device is recognised by its number. Only mounts whose root names
-    a loop device node are looked at: a stat of an unrelated (network) mount could hang.
+    A loop device backed by anything else (a foreign image, a foreign loop device) is not
+    ours, whatever its shape.
     """
-    numbers: dict[int, str] = {}
-    for device in devices:
-        with contextlib.suppress(OSError):
-            numbers[Path(device).stat().st_rdev] = device
-    bound: dict[str, str] = {}
-    for entry in mounts:
-        if not _LOOP_NODE.fullmatch(PurePosixPath(entry.root).name):
-            continue
-        try:
-            info = Path(entry.mount_point).stat()
-        except OSError:
-            continue
-        if stat.S_ISBLK(info.st_mode) and info.st_rdev in numbers:
-            bound[entry.mount_point] = numbers[info.st_rdev]
-    return bound
+    ours = set(devices.values())
+    return {view: backing for view, backing in backing_files.items() if backing in ours}
 
 
 def _mount_points(pubs: list[Publication]) -> dict[str, str]:
@@ -73,11 +55,15 @@ def _mount_points(pubs: list[Publication]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class _HostView:
-    """What the host shows at start: mounts by point, and block publications' devices."""
+    """What the host shows at start: mounts by point, and block publications' devices.
+
+    `bound` maps a bound node to our volume device, through the view when it is one.
+    """
 
     mounts: list[mount.MountEntry]
     by_point: dict[str, list[mount.MountEntry]]
     bound: dict[str, str]
+    views_in_use: frozenset[str]
 
     @property
     def devices_in_use(self) -> set[str]:
@@ -94,37 +80,48 @@ class _HostView:
         return any(m.source == device for m in self.by_point.get(point, []))
 
 
-async def _host_view(devices: Collection[str]) -> _HostView:
+async def _host_view(devices: Mapping[str, str], views: Mapping[str, str]) -> _HostView:
     mounts = await mount.read_mounts()
     by_point: dict[str, list[mount.MountEntry]] = {}
     for entry in mounts:
         by_point.setdefault(entry.mount_point, []).append(entry)
-    bound = await anyio.to_thread.run_sync(_bound_devices, mounts, devices)
-    return _HostView(mounts, by_point, bound)
+    nodes = await anyio.to_thread.run_sync(loop.bound_loop_devices, mounts)
+    ours = set(devices.values())
+    bound = {point: views.get(node, node) for point, node in nodes.items()}
+    bound = {point: device for point, device in bound.items() if device in ours}
+    in_use = {m.source for m in mounts} | set(nodes.values())
+    return _HostView(mounts, by_point, bound, frozenset(in_use & views.keys()))
 
 
 async def reconcile(ctx: EngineContext) -> Counter[str]:
     repaired: Counter[str] = Counter()
-    devices = _our_devices(ctx.pool, await loop.loop_backing_files())
-    view = await _host_view(devices.values())
-    await _forget_lost_publications(ctx, view, devices, repaired)
+    backing_files = await loop.loop_backing_files()
+    devices = _our_devices(ctx.pool, backing_files)
+    views = _our_views(backing_files, devices)
+    host = await _host_view(devices, views)
+    await _forget_lost_publications(ctx, host, devices, repaired)
     known_volumes, known_snapshots = await _roll_back_unfinished(ctx, repaired)
-    await _detach_unused(ctx, view, devices, repaired)
+    held = await _detach_unused_views(host, views, repaired)
+    await _detach_unused(ctx, host, devices, held, repaired)
     await _remove_orphans(ctx, known_volumes, known_snapshots, repaired)
-    log.info("reconciled", repaired=dict(repaired), volumes=len(known_volumes),
-             snapshots=len(known_snapshots))
+    log.info(
+        "reconciled",
+        repaired=dict(repaired),
+        volumes=len(known_volumes),
+        snapshots=len(known_snapshots),
+    )
     return repaired
 
 
 async def _forget_lost_publications(
-    ctx: EngineContext, view: _HostView, devices: dict[str, str], repaired: Counter[str]
+    ctx: EngineContext, host: _HostView, devices: dict[str, str], repaired: Counter[str]
 ) -> None:
     """Publications whose mount or device vanished (reboot, crash, a hand unmount) are
     forgotten: the CO stages and publishes again."""
     pubs = [p for p in await ctx.store.publications() if p.kind is not PublicationKind.CONTROLLER]
     points = await anyio.to_thread.run_sync(_mount_points, pubs)
     for pub in pubs:
-        if view.still_mounted(pub, points[pub.path], devices.get(pub.volume_id)):
+        if host.still_mounted(pub, points[pub.path], devices.get(pub.volume_id)):
             continue
         await ctx.store.remove_publication(pub.volume_id, pub.kind, pub.path)
         repaired[f"{pub.kind.value}_forgotten"] += 1
@@ -154,12 +151,38 @@ async def _roll_back_unfinished(
     return known_volumes, known_snapshots
 
 
+async def _detach_unused_views(
+    host: _HostView, views: dict[str, str], repaired: Counter[str]
+) -> set[str]:
+    """Views that nothing shows any more (their publication is gone) are detached.
+
+    Returns the volume devices that still have a view stacked on them.
+    """
+    held: set[str] = set()
+    for view, device in views.items():
+        if view in host.views_in_use:
+            held.add(device)
+            continue
+        try:
+            await loop.detach(view)
+        except (CommandFailed, FailedPrecondition):
+            # Held open by a process: the kernel detaches it at its last close.
+            held.add(device)
+        else:
+            repaired["loop_view_detached"] += 1
+    return held
+
+
 async def _detach_unused(
-    ctx: EngineContext, view: _HostView, devices: dict[str, str], repaired: Counter[str]
+    ctx: EngineContext,
+    host: _HostView,
+    devices: dict[str, str],
+    held: set[str],
+    repaired: Counter[str],
 ) -> None:
     """Loop devices backed by our images that nothing uses any more are detached."""
     staged = {p.volume_id for p in await ctx.store.publications(kind=PublicationKind.STAGE)}
-    in_use = view.devices_in_use
+    in_use = host.devices_in_use | held
     for volume_id, device in devices.items():
         if volume_id in staged or device in in_use:
             continue
@@ -170,7 +193,9 @@ async def _detach_unused(
 
 
 async def _remove_orphans(
-    ctx: EngineContext, known_volumes: set[str], known_snapshots: set[str],
+    ctx: EngineContext,
+    known_volumes: set[str],
+    known_snapshots: set[str],
     repaired: Counter[str],
 ) -> None:
     """Image files with no record (a crash between file and record) are removed."""

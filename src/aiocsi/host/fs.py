@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from aiocsi.errors import CommandFailed
+from aiocsi.host import superblock
 from aiocsi.host.process import run
 
 if TYPE_CHECKING:
@@ -75,6 +77,19 @@ async def make_fs(device: str, fs_type: str) -> None:
     await run([*_MKFS_ARGV[fs_type], device])
 
 
+# e2fsck's exit codes for "nothing wrong" and "errors fixed".
+_FSCK_CLEAN = (0, 1)
+# resize2fs's words for EPERM from EXT4_IOC_RESIZE_FS (commands run in the C locale).
+_RESIZE_NOT_PERMITTED = "Permission denied to resize filesystem"
+
+
+class OnlineGrowRefused(CommandFailed):
+    """The kernel refused to grow a mounted ext4: the caller lacks CAP_SYS_RESOURCE.
+
+    Growing it unmounted (`grow_offline`) needs no such capability.
+    """
+
+
 def _grow_argv(device: str, mount_point: Path, fs_type: str) -> list[str]:
     # resize2fs works on the device; the xfs and btrfs tools only on the mounted path.
     match fs_type:
@@ -89,8 +104,55 @@ def _grow_argv(device: str, mount_point: Path, fs_type: str) -> list[str]:
 
 
 async def grow_fs(device: str, mount_point: Path, fs_type: str) -> None:
-    """Grow a mounted filesystem to fill its (already refreshed) device."""
-    await run(_grow_argv(device, mount_point, fs_type))
+    """Grow a mounted filesystem to fill its (already refreshed) device.
+
+    Raises `OnlineGrowRefused` when the kernel refuses an ext4 for lack of privilege.
+    """
+    done = await run(_grow_argv(device, mount_point, fs_type), check=False)
+    if done.returncode == 0:
+        return
+    if fs_type == "ext4" and _RESIZE_NOT_PERMITTED in done.stderr:
+        raise OnlineGrowRefused(done.argv, done.returncode, done.stderr)
+    raise CommandFailed(done.argv, done.returncode, done.stderr)
+
+
+# Filesystems whose grow tool also works unmounted; the others grow only while mounted.
+GROWS_OFFLINE = frozenset({"ext4"})
+
+
+async def grow_offline(device: str, fs_type: str) -> None:
+    """Grow an unmounted filesystem to fill its device.
+
+    resize2fs refuses a filesystem mounted since its last full check, so it is checked
+    first; a check that fixed something is fine, one that could not is a failure.
+    """
+    if fs_type not in GROWS_OFFLINE:
+        raise ValueError(f"{fs_type!r} can only be grown while mounted")
+    await run(["e2fsck", "-f", "-p", device], ok_codes=_FSCK_CLEAN)
+    await run(["resize2fs", device])
+
+
+def _can_grow_sync(device: str, fs_type: str) -> bool:
+    if fs_type not in superblock.LOCATION:
+        raise ValueError(f"unsupported filesystem type {fs_type!r}")
+    offset, length = superblock.LOCATION[fs_type]
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        raw = os.pread(fd, length, offset)
+        size = os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+    return superblock.can_grow(fs_type, raw, size, os.sysconf("SC_PAGESIZE"))
+
+
+async def can_grow(device: str, fs_type: str) -> bool:
+    """Whether growing the filesystem on `device` would give it more of the device.
+
+    Read from the superblock, so it costs no process. On a mounted xfs or btrfs the
+    on-disk superblock may lag a grow just done: the answer can then be a needless "yes",
+    never a wrong "no".
+    """
+    return await anyio.to_thread.run_sync(_can_grow_sync, device, fs_type)
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,32 @@
 
 Sysfs is read instead of running `losetup -j`/`-l`: reading a few small files in a thread
 is much cheaper than spawning a process from the event loop.
+
+A *view* is a read-only loop device stacked on another loop device. A read-only bind of a
+device node does not stop writes through it, a read-only device does. A view reads through
+the page cache of the device below, so it sees writes made there at once; but it has a page
+cache of its own, so a reader that keeps the view open across someone else's writes must
+read with O_DIRECT to see them (as with any block device shared between two hosts).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
 
 from aiocsi.errors import CommandFailed, FailedPrecondition
 from aiocsi.host.process import run
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from aiocsi.host.mount import MountEntry
 
 _log = structlog.get_logger("aiocsi.host")
 
@@ -42,6 +55,10 @@ class LoopDevicesExhausted(CommandFailed):
 
 class LoopDeviceBusy(FailedPrecondition):
     """The device is still open (mounted?): the kernel will detach it at its last close."""
+
+
+class ImageMissing(FailedPrecondition):
+    """The image to attach does not exist (a device may still hold its deleted inode)."""
 
 
 def _loop_number(entry: Path) -> int:
@@ -79,6 +96,16 @@ async def loop_backing_files() -> dict[str, str]:
     return await anyio.to_thread.run_sync(all_loop_backing_files)
 
 
+def backing_file(device: str) -> str | None:
+    """The file (or device, for a view) backing `device`; None when it is not attached."""
+    return _backing_file_of(_sysfs_dir(device))
+
+
+def attached_path(backing: str) -> str:
+    """The path a backing file was attached by, also once it has been unlinked."""
+    return backing.removesuffix(_DELETED_SUFFIX)
+
+
 def _image_key(image: Path) -> str:
     key = str(image.resolve())
     if key.endswith(_DELETED_SUFFIX):
@@ -88,17 +115,59 @@ def _image_key(image: Path) -> str:
 
 
 def loop_devices_for(image: Path) -> list[str]:
-    """The loop devices backed by `image` (normally zero or one)."""
+    """The loop devices backed by `image` (normally zero or one).
+
+    An image unlinked while attached still backs its device, which sysfs then shows as
+    "<path> (deleted)": such a device counts as long as nothing new sits at the path. A new
+    file there is another image, which the device of the old one never matches.
+    """
     key = _image_key(image)
-    return [dev for dev, backing in all_loop_backing_files().items() if backing == key]
+    backing_files = all_loop_backing_files()
+    # Looked at after sysfs: an image removed in between shows there still as itself.
+    wanted = {key} if os.path.lexists(key) else {key, key + _DELETED_SUFFIX}
+    return [dev for dev, backing in backing_files.items() if backing in wanted]
 
 
 async def find_loop_devices(image: Path) -> list[str]:
     return await anyio.to_thread.run_sync(loop_devices_for, image)
 
 
-def _is_read_only(device: str) -> bool:
+def is_read_only(device: str) -> bool:
     return (_sysfs_dir(device) / "ro").read_text().strip() == "1"
+
+
+def views_on(device: str, backing_files: Mapping[str, str]) -> list[str]:
+    """The views (read-only loop devices) stacked on `device`, from a backing-file map."""
+    return [view for view, backing in backing_files.items() if backing == device]
+
+
+def loop_device_of(path: Path) -> str | None:
+    """The loop device whose node sits at `path` (a bind of one, say), or None."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    if not stat.S_ISBLK(info.st_mode):
+        return None
+    number = f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
+    name = Path(os.path.realpath(f"/sys/dev/block/{number}")).name
+    return f"/dev/{name}" if _LOOP_NAME.fullmatch(name) else None
+
+
+def bound_loop_devices(mounts: Iterable[MountEntry]) -> dict[str, str]:
+    """Mount point -> loop device, for every bind of a loop device node (a block publication).
+
+    Only mounts whose root names a loop device node are looked at: a stat of an unrelated
+    (network) mount point could hang. The device is told by its number, not by that name.
+    """
+    bound: dict[str, str] = {}
+    for entry in mounts:
+        if _LOOP_NAME.fullmatch(Path(entry.root).name) is None:
+            continue
+        device = loop_device_of(Path(entry.mount_point))
+        if device is not None:
+            bound[entry.mount_point] = device
+    return bound
 
 
 async def _existing_device(image: Path, *, read_only: bool) -> str | None:
@@ -108,7 +177,7 @@ async def _existing_device(image: Path, *, read_only: bool) -> str | None:
     if len(devices) > 1:
         _log.warning("loop_attached_twice", image=str(image), devices=devices)
     device = devices[0]
-    if await anyio.to_thread.run_sync(_is_read_only, device) != read_only:
+    if await anyio.to_thread.run_sync(is_read_only, device) != read_only:
         existing_mode = "read-write" if read_only else "read-only"
         raise FailedPrecondition(f"{image} is already attached as {device} {existing_mode}")
     return device
@@ -123,17 +192,11 @@ async def _backing_settles(sysfs_dir: Path, expected: str | None) -> bool:
     return False
 
 
-async def attach(image: Path, *, read_only: bool = False) -> str:
-    """Ensure `image` is attached to a loop device and return the device ("/dev/loopN").
-
-    An image that already backs a loop device is never attached a second time.
-    """
-    key = await anyio.to_thread.run_sync(_image_key, image)
-    existing = await _existing_device(Path(key), read_only=read_only)
-    if existing is not None:
-        return existing
+async def _attach_new(backing: str, *, read_only: bool) -> str:
+    """Attach `backing` to a free loop device, whatever else it already backs."""
     mode = ["--read-only"] if read_only else []
-    argv = ["losetup", "--find", "--show", *mode, "--direct-io=off", key]
+    # Buffered: a view must read through the page cache of the device below it.
+    argv = ["losetup", "--find", "--show", *mode, "--direct-io=off", backing]
     try:
         done = await run(argv)
     except CommandFailed as exc:
@@ -141,9 +204,38 @@ async def attach(image: Path, *, read_only: bool = False) -> str:
             raise LoopDevicesExhausted(exc.argv, exc.returncode, exc.stderr) from exc
         raise
     device = done.stdout.strip()
-    if not await _backing_settles(_sysfs_dir(device), key):
-        _log.warning("loop_sysfs_not_settled", device=device, image=key)
+    if not await _backing_settles(_sysfs_dir(device), backing):
+        _log.warning("loop_sysfs_not_settled", device=device, backing=backing)
     return device
+
+
+def _attachable_key(image: Path) -> str:
+    key = _image_key(image)
+    if not Path(key).exists():
+        leftovers = loop_devices_for(Path(key))
+        held = f" (deleted, still held by {', '.join(leftovers)})" if leftovers else ""
+        raise ImageMissing(f"cannot attach {key}: it does not exist{held}")
+    return key
+
+
+async def attach(image: Path, *, read_only: bool = False) -> str:
+    """Ensure `image` is attached to a loop device and return the device ("/dev/loopN").
+
+    An image that already backs a loop device is never attached a second time. A missing
+    image is refused, even while a device still holds it deleted: that device serves a file
+    nobody can reach any more, and must be released, not handed out again.
+    """
+    key = await anyio.to_thread.run_sync(_attachable_key, image)
+    existing = await _existing_device(Path(key), read_only=read_only)
+    if existing is not None:
+        return existing
+    return await _attach_new(key, read_only=read_only)
+
+
+async def attach_view(device: str) -> str:
+    """Attach a new read-only view of loop device `device` and return it."""
+    _sysfs_dir(device)  # refuses anything but a loop device
+    return await _attach_new(device, read_only=True)
 
 
 async def detach(device: str) -> None:
@@ -165,7 +257,10 @@ async def detach(device: str) -> None:
 
 
 async def refresh_size(device: str) -> None:
-    """Make the loop device pick up a grown backing file (always on the device, not the file)."""
+    """Make the loop device pick up a grown backing file (always on the device, not the file).
+
+    Views follow a grown device the same way: refresh the device first, then its views.
+    """
     await run(["losetup", "--set-capacity", device])
 
 
