@@ -32,9 +32,9 @@ RUN_TIMEOUT_S = 120
 SMALL = ["--size", "16Mi"]
 
 
-def bench_argv(workdir: Path, *args: str) -> list[str]:
+def bench_argv(workdir: Path, *args: str, timeout: float = 90) -> list[str]:
     return [*aiocsi_argv(), "bench", *args, "--workdir", str(workdir),
-            "--json", str(workdir / "report.json"), "--timeout", "90"]
+            "--json", str(workdir / "report.json"), "--timeout", str(timeout)]
 
 
 def run_bench(workdir: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Report]:
@@ -258,6 +258,23 @@ def test_interrupt_deletes_every_volume(cleanup: Path) -> None:
     assert report["interrupted"] == "signal"
     assert report["leftovers"] == []
     assert "INTERRUPTED" in out
+    assert_nothing_left(cleanup)
+
+
+def test_timeout_stops_the_run_and_cleans_up(cleanup: Path) -> None:
+    result = subprocess.run(
+        bench_argv(cleanup, "lifecycle", "--spawn", "--duration", "60", "--concurrency", "4",
+                   *SMALL, timeout=2),
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads((cleanup / "report.json").read_text())
+    assert report["interrupted"] == "timeout"
+    assert report["leftovers"] == []
+    (run,) = report["points"][0]["main"]["runs"]
+    assert run["attempted"] == run["succeeded"] + run["failed"]
+    assert run["succeeded"] > 0
+    assert run["elapsed_s"] < 10
     assert_nothing_left(cleanup)
 
 

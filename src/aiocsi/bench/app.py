@@ -146,7 +146,7 @@ async def _run(config: BenchConfig, progress: Progress, interrupts: Interrupts) 
 async def run_bench(config: BenchConfig, progress: Progress) -> Report:
     """Run the configured scenario and return its report; SetupError if it cannot start."""
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     lag = LoopLag()
     interrupts = Interrupts()
     failure: Exception | None = None
@@ -166,4 +166,5 @@ async def run_bench(config: BenchConfig, progress: Progress) -> Report:
         wall_s=time.perf_counter() - started, parameters=config.parameters(), machine=machine,
         points=[p.result() for p in state.points], churn=state.churn(), loop_lag=lag.samples,
         interrupted=state.interrupted, leftovers=state.leftovers,
+        client_cpu_s=time.process_time() - cpu_started,
     )

@@ -7,6 +7,7 @@ plain text. matplotlib is optional too (`aiocsi[plot]`), for `sweep --plot` only
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import sys
@@ -185,8 +186,8 @@ def _step_tables(points: list[Point]) -> list[Table]:
 
 def _cleanup_table(points: list[Point]) -> Table | None:
     ops = [
-        op for p in points for s in (p.main, p.raw) if s for r in s.runs for op in r.cleanup
-        if op.calls
+        dataclasses.replace(op, name=f"{s.kind} c={p.concurrency}: {op.name}")
+        for p in points for s in (p.main, p.raw) if s for op in s.cleanup
     ]
     if not ops:
         return None
@@ -224,10 +225,12 @@ def header(report: Report) -> str:
 
 
 def footer(report: Report) -> list[str]:
-    lines = []
+    cores = report.client_cpu_s / report.wall_s if report.wall_s > 0 else 0.0
+    client = f"client (this process): {report.client_cpu_s:.1f} s CPU = {cores:.2f} cores"
     if report.client_loop_lag_ms is not None:
         lag = report.client_loop_lag_ms
-        lines.append(f"client event loop lag: p99 {lag.p99:.1f} ms, max {lag.max:.1f} ms")
+        client += f"; its event loop lag p99 {lag.p99:.1f} ms, max {lag.max:.1f} ms"
+    lines = [client]
     if report.interrupted:
         lines.append(f"INTERRUPTED by {report.interrupted}: the figures cover a partial run")
     lines.extend(f"LEFT OVER: {item}" for item in report.leftovers)

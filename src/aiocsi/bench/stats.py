@@ -169,7 +169,7 @@ class RunRecorder:
             return 0.0
         return (self._stopped or time.perf_counter()) - self._started
 
-    def _step_order(self, samples: Samples) -> int:
+    def step_order(self, samples: Samples) -> int:
         names = list(self.ops)
         return names.index(samples.name) if samples.name in names else len(names)
 
@@ -184,7 +184,7 @@ class RunRecorder:
             latency_ms=Latency.of(self.units.latencies),
             errors=dict(sorted(self.units.errors.items())),
             operations=[s.stats() for s in self.ops.values()],
-            cleanup=[s.stats() for s in sorted(self.cleanup_ops.values(), key=self._step_order)],
+            cleanup=[s.stats() for s in sorted(self.cleanup_ops.values(), key=self.step_order)],
         )
 
 
@@ -198,6 +198,7 @@ class Series:
     throughput_median: float
     latency_ms: Latency | None
     operations: list[OpStats]
+    cleanup: list[OpStats]
 
     @classmethod
     def of(cls, recorders: Sequence[RunRecorder]) -> Series | None:
@@ -209,6 +210,10 @@ class Series:
             throughput_median=round(statistics.median(r.throughput_per_s for r in runs), _DIGITS),
             latency_ms=Latency.of(s for r in recorders for s in r.units.latencies),
             operations=[s.stats() for s in _merge_named(r.ops for r in recorders)],
+            cleanup=[
+                s.stats() for s in sorted(_merge_named(r.cleanup_ops for r in recorders),
+                                          key=recorders[0].step_order)
+            ],
         )
 
 
@@ -278,6 +283,7 @@ class Report:
     points: list[Point]
     churn: ChurnProbe | None
     client_loop_lag_ms: Latency | None
+    client_cpu_s: float
     errors: dict[str, int]
     error_count: int
     failed_units: int
@@ -289,7 +295,7 @@ class Report:
         cls, *, scenario: str, version: str, started_at: str, wall_s: float,
         parameters: dict[str, object], machine: dict[str, object], points: Sequence[Point],
         churn: ChurnProbe | None, loop_lag: Sequence[float], interrupted: str | None,
-        leftovers: Sequence[str],
+        leftovers: Sequence[str], client_cpu_s: float = 0.0,
     ) -> Report:
         errors = _all_errors(points, churn)
         failed = sum(
@@ -299,6 +305,7 @@ class Report:
             scenario=scenario, aiocsi_version=version, started_at=started_at,
             wall_s=round(wall_s, _DIGITS), parameters=parameters, machine=machine,
             points=list(points), churn=churn, client_loop_lag_ms=Latency.of(loop_lag),
+            client_cpu_s=round(client_cpu_s, _DIGITS),
             errors=dict(sorted(errors.items())), error_count=errors.total(),
             failed_units=failed, interrupted=interrupted, leftovers=list(leftovers),
         )
