@@ -57,6 +57,7 @@ async def test_probe_is_ready_when_pool_and_tools_are_there(driver: Driver) -> N
 
 
 async def test_probe_explains_why_it_is_not_ready(driver: Driver) -> None:
+    driver.server.engine.health.max_age = 0
     moved = driver.pool.with_name("pool-away")
     driver.pool.rename(moved)
     try:
@@ -79,6 +80,7 @@ async def test_probe_not_ready_when_a_node_tool_is_missing(
         assert found is not None
         (bindir / tool).symlink_to(found)
     monkeypatch.setenv("PATH", str(bindir))
+    driver.server.engine.health.max_age = 0
     with capture_logs() as logs:
         reply = await driver.client.identity.probe(csi.ProbeRequest())
     assert reply.ready is False
@@ -145,3 +147,19 @@ async def test_secret_values_never_reach_logs_or_error_messages(driver: Driver) 
     assert err.value.status is Status.INVALID_ARGUMENT
     assert secret not in str(err.value.message)
     assert secret not in repr(logs)
+
+
+async def test_probe_reuses_a_fresh_report(driver: Driver) -> None:
+    health = driver.server.engine.health
+    health.max_age = 60
+    assert (await driver.client.identity.probe(csi.ProbeRequest())).ready is True
+    moved = driver.pool.with_name("pool-away")
+    driver.pool.rename(moved)
+    try:
+        cached = await driver.client.identity.probe(csi.ProbeRequest())
+        health.max_age = 0
+        fresh = await driver.client.identity.probe(csi.ProbeRequest())
+    finally:
+        moved.rename(driver.pool)
+    assert cached.ready is True
+    assert fresh.ready is False

@@ -90,7 +90,8 @@ def _read_mounts_sync() -> list[MountEntry]:
 
 
 async def read_mounts() -> list[MountEntry]:
-    return await anyio.to_thread.run_sync(_read_mounts_sync)
+    # procfs is kernel memory: reading it takes microseconds and never waits for a disk.
+    return _read_mounts_sync()
 
 
 def _mounts_at_sync(path: Path) -> list[MountEntry]:
