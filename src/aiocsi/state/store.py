@@ -6,6 +6,7 @@ limiter of one, so the event loop never waits on disk and SQLite sees one writer
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -126,10 +127,21 @@ def _publication(row: sqlite3.Row) -> Publication:
 
 
 class Store:
+    """Durable state with an in-memory mirror of volumes and publications.
+
+    This process is the database's only writer (the pool lock sees to that), so reads of
+    the hot tables are answered from memory: every RPC looks its volume up several times,
+    and each look-up through a worker thread cost more than the RPC's own work. Writes go
+    to SQLite first and reach the mirror only once they are durable.
+    """
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
+        self._volumes: dict[str, Volume] = {}
+        self._volume_ids: dict[str, str] = {}  # name -> id
+        self._publications: list[Publication] = []  # in insertion order, like rowid
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -147,7 +159,21 @@ class Store:
             )
         for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
             db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={target};\nCOMMIT;")
+        for row in db.execute("SELECT * FROM volumes ORDER BY seq"):
+            self._remember(_volume(row))
+        self._publications = [
+            _publication(r) for r in db.execute("SELECT * FROM publications ORDER BY rowid")
+        ]
         self._db = db
+
+    def _remember(self, volume: Volume) -> Volume:
+        self._volumes[volume.id] = volume
+        self._volume_ids[volume.name] = volume.id
+        return volume
+
+    def _update(self, volume_id: str, change: Callable[[Volume], Volume]) -> None:
+        if (volume := self._volumes.get(volume_id)) is not None:
+            self._volumes[volume_id] = change(volume)
 
     async def open(self) -> None:
         await anyio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
@@ -204,18 +230,18 @@ class Store:
             row = db.execute("SELECT * FROM volumes WHERE seq = ?", (cur.lastrowid,)).fetchone()
             return _volume(row)
 
-        return await self._call(insert)
+        return self._remember(await self._call(insert))
 
     async def get_volume(self, volume_id: str) -> Volume | None:
-        row = await self._row("SELECT * FROM volumes WHERE id = ?", (volume_id,))
-        return _volume(row) if row else None
+        return self._volumes.get(volume_id)
 
     async def get_volume_by_name(self, name: str) -> Volume | None:
-        row = await self._row("SELECT * FROM volumes WHERE name = ?", (name,))
-        return _volume(row) if row else None
+        volume_id = self._volume_ids.get(name)
+        return None if volume_id is None else self._volumes.get(volume_id)
 
     async def set_volume_state(self, volume_id: str, state: VolumeState) -> None:
         await self._write("UPDATE volumes SET state = ? WHERE id = ?", (state.value, volume_id))
+        self._update(volume_id, lambda v: dataclasses.replace(v, state=state))
 
     async def set_volume_capacity(
         self, volume_id: str, capacity: int, *, budget: int | None = None
@@ -231,15 +257,19 @@ class Store:
             db.execute("UPDATE volumes SET capacity_bytes = ? WHERE id = ?", (capacity, volume_id))
 
         await self._call(update)
+        self._update(volume_id, lambda v: dataclasses.replace(v, capacity_bytes=capacity))
 
     async def set_mutable_parameters(self, volume_id: str, params: dict[str, str]) -> None:
         await self._write(
             "UPDATE volumes SET mutable_parameters = ? WHERE id = ?",
             (json.dumps(params, sort_keys=True), volume_id),
         )
+        self._update(volume_id, lambda v: dataclasses.replace(v, mutable_parameters=dict(params)))
 
     async def delete_volume(self, volume_id: str) -> None:
         await self._write("DELETE FROM volumes WHERE id = ?", (volume_id,))
+        if (volume := self._volumes.pop(volume_id, None)) is not None:
+            self._volume_ids.pop(volume.name, None)
 
     async def list_volumes(self, after_seq: int = 0, limit: int = -1) -> list[Volume]:
         rows = await self._rows(
@@ -249,7 +279,7 @@ class Store:
         return [_volume(r) for r in rows]
 
     async def all_volumes(self) -> list[Volume]:
-        return [_volume(r) for r in await self._rows("SELECT * FROM volumes ORDER BY seq")]
+        return sorted(self._volumes.values(), key=lambda v: v.seq)
 
     async def provisioned_bytes(self) -> int:
         """Bytes promised to every volume and snapshot image, whatever its state."""
@@ -332,21 +362,29 @@ class Store:
                 _capability_json(p.capability),
             ),
         )
+        # INSERT OR REPLACE gives the row a new rowid: it moves to the end.
+        self._forget_publication(p.volume_id, p.kind, p.path)
+        self._publications.append(p)
 
     async def remove_publication(self, volume_id: str, kind: PublicationKind, path: str) -> None:
         await self._write(
             "DELETE FROM publications WHERE volume_id = ? AND kind = ? AND path = ?",
             (volume_id, kind.value, path),
         )
+        self._forget_publication(volume_id, kind, path)
+
+    def _forget_publication(self, volume_id: str, kind: PublicationKind, path: str) -> None:
+        self._publications = [
+            p
+            for p in self._publications
+            if (p.volume_id, p.kind, p.path) != (volume_id, kind, path)
+        ]
 
     async def publications(
         self, volume_id: str | None = None, kind: PublicationKind | None = None
     ) -> list[Publication]:
-        sql, args = "SELECT * FROM publications WHERE 1=1", []
-        if volume_id is not None:
-            sql += " AND volume_id = ?"
-            args.append(volume_id)
-        if kind is not None:
-            sql += " AND kind = ?"
-            args.append(kind.value)
-        return [_publication(r) for r in await self._rows(sql + " ORDER BY rowid", args)]
+        return [
+            p
+            for p in self._publications
+            if (volume_id is None or p.volume_id == volume_id) and (kind is None or p.kind is kind)
+        ]
