@@ -62,12 +62,13 @@ class Pool:
     def volume_image(self, volume_id: str) -> Path:
         if not is_volume_id(volume_id):
             raise ValueError(f"not a volume id: {volume_id!r}")
-        return self.volumes_dir / f"{volume_id}.img"
+        # Canonical: loop look-ups compare it with sysfs as a string, without resolving.
+        return self.real_image_dirs[0] / f"{volume_id}.img"
 
     def snapshot_image(self, snapshot_id: str) -> Path:
         if not is_snapshot_id(snapshot_id):
             raise ValueError(f"not a snapshot id: {snapshot_id!r}")
-        return self.snapshots_dir / f"{snapshot_id}.img"
+        return self.real_image_dirs[1] / f"{snapshot_id}.img"
 
     def ephemeral_staging(self, volume_id: str) -> Path:
         if not is_volume_id(volume_id):

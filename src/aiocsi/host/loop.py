@@ -133,7 +133,9 @@ def attached_path(backing: str) -> str:
 
 
 def _image_key(image: Path) -> str:
-    key = str(image.resolve())
+    """The string sysfs shows for `image`. Callers pass canonical paths (the pool resolves its
+    directories once): resolving here walked the filesystem on every look-up."""
+    key = os.path.normpath(os.path.abspath(image))
     if key.endswith(_DELETED_SUFFIX):
         # sysfs could not tell this live file from a deleted one, so it cannot be tracked.
         raise ValueError(f"image names must not end with {_DELETED_SUFFIX!r}: {key}")
