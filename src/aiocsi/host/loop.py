@@ -100,7 +100,8 @@ def _sized_loop_names() -> list[str]:
             lines = handle.read().decode().splitlines()
     except OSError:
         return [entry.name for entry in os.scandir(_SYS_BLOCK)]
-    return [fields[3] for fields in (line.split() for line in lines[2:]) if len(fields) == 4]
+    # "major minor #blocks name", after a header line and a blank one.
+    return [fields[-1] for fields in (line.split() for line in lines[2:]) if fields]
 
 
 def all_loop_backing_files() -> dict[str, str]:
@@ -135,7 +136,7 @@ def attached_path(backing: str) -> str:
 def _image_key(image: Path) -> str:
     """The string sysfs shows for `image`. Callers pass canonical paths (the pool resolves its
     directories once): resolving here walked the filesystem on every look-up."""
-    key = os.path.normpath(os.path.abspath(image))
+    key = os.path.normpath(image)  # absolute: callers build it from the pool's root
     if key.endswith(_DELETED_SUFFIX):
         # sysfs could not tell this live file from a deleted one, so it cannot be tracked.
         raise ValueError(f"image names must not end with {_DELETED_SUFFIX!r}: {key}")
