@@ -112,6 +112,13 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
         "size of a volume whose request names none",
     )
     p.add_argument(
+        "--allow-mount-flag",
+        action="append",
+        default=None,
+        help="one more mount flag volumes may ask for (exact text, e.g. exec); repeatable "
+        "[env AIOCSI_ALLOWED_MOUNT_FLAGS, comma-separated; default none]",
+    )
+    p.add_argument(
         "--allowed-path-root",
         action="append",
         default=None,
@@ -144,6 +151,18 @@ def _parse_log_level(value: str) -> str:
     return value.lower()
 
 
+def _mount_flags(args: argparse.Namespace) -> frozenset[str]:
+    from aiocsi.services.validation.node import operator_mount_flag  # noqa: PLC0415 - heavy
+
+    flags = args.allow_mount_flag or [
+        f for f in _env("AIOCSI_ALLOWED_MOUNT_FLAGS", "").split(",") if f
+    ]
+    try:
+        return frozenset(operator_mount_flag(f) for f in flags)
+    except ValueError as exc:
+        raise ConfigError(f"--allow-mount-flag: {exc}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     roots = args.allowed_path_root or [
         r for r in _env("AIOCSI_ALLOWED_PATH_ROOTS", "/var/lib/kubelet").split(":") if r
@@ -160,9 +179,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             log_level=_parse_log_level(args.log_level),
             shutdown_grace=_convert("--shutdown-grace", args.shutdown_grace, float),
             enable_attach=_convert("--enable-attach", args.enable_attach, _parse_bool),
-            controller_expand=_convert(
-                "--controller-expand", args.controller_expand, _parse_bool
-            ),
+            controller_expand=_convert("--controller-expand", args.controller_expand, _parse_bool),
             max_volumes_per_node=_convert("--max-volumes-per-node", args.max_volumes_per_node, int),
             overcommit=_convert("--overcommit", args.overcommit, float),
             max_operations=_convert("--max-operations", args.max_operations, int),
@@ -171,6 +188,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
                 "--default-volume-size", args.default_volume_size, parse_size
             ),
             allowed_path_roots=tuple(Path(r) for r in roots),
+            allowed_mount_flags=_mount_flags(args),
         )
     )
 

@@ -62,6 +62,8 @@ class Config:
     max_mkfs: int = 4
     default_volume_size: int = GiB
     allowed_path_roots: tuple[Path, ...] = field(default=(Path("/var/lib/kubelet"),))
+    # Mount flags the operator allows beyond the built-in list (docs/security.md).
+    allowed_mount_flags: frozenset[str] = frozenset()
 
 
 def parse_endpoint(endpoint: str) -> Path:

@@ -39,12 +39,20 @@ def set_call(call: CallContext) -> None:
     _current.set(call)
 
 
+def _spellings(value: str) -> tuple[str, ...]:
+    """The value as it is, and as a message quoting it with !r shows it (escapes and all)."""
+    quoted = repr(value)[1:-1]
+    return (value, quoted) if quoted != value else (value,)
+
+
 def scrub(text: str, secrets: frozenset[str] | None = None) -> str:
     """Replace every secret value of the current call that occurs in `text`."""
     if secrets is None:
         call = _current.get()
         secrets = call.secret_values if call else frozenset()
-    for value in secrets:
-        if value:
-            text = text.replace(value, "***")
+    # Longest first: a secret that contains another must not be left half replaced.
+    for value in sorted(secrets, key=len, reverse=True):
+        for spelling in _spellings(value):
+            if spelling:
+                text = text.replace(spelling, "***")
     return text

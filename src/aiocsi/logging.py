@@ -14,12 +14,17 @@ from aiocsi.context import current_call, scrub
 
 REDACTED = "***"
 SECRET_KEYS = frozenset({"secrets"})
+# Libraries whose debug output is every HTTP/2 header of every call: noise that costs time
+# per request and would put any metadata value a client sends into the log.
+QUIET_LIBRARIES = ("hpack", "h2")
 
 
 def _redact(value: object, secrets: frozenset[str]) -> object:
     if isinstance(value, Mapping):
+        # Keys too: a secret value sent as a parameter name must not survive as one.
         return {
-            k: (REDACTED if k in SECRET_KEYS else _redact(v, secrets)) for k, v in value.items()
+            _redact(k, secrets): (REDACTED if k in SECRET_KEYS else _redact(v, secrets))
+            for k, v in value.items()
         }
     if isinstance(value, list | tuple):
         return [_redact(v, secrets) for v in value]
@@ -64,13 +69,13 @@ def configure(log_format: str = "json", level: str = "info", stream: TextIO | No
     ]
     renderer: Processor
     if log_format == "console":
+        # Tracebacks are rendered to text before redaction in both formats: the console
+        # renderer's own (rich) tracebacks would show local variables after it, secrets too.
         renderer = structlog.dev.ConsoleRenderer(colors=False)
-        tail: list[Processor] = [redact_secrets, renderer]
     else:
         renderer = structlog.processors.JSONRenderer()
-        tail = [structlog.processors.format_exc_info, redact_secrets, renderer]
     structlog.configure(
-        processors=[*shared, *tail],
+        processors=[*shared, structlog.processors.format_exc_info, redact_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
         logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,
@@ -81,6 +86,8 @@ def configure(log_format: str = "json", level: str = "info", stream: TextIO | No
             root.removeHandler(handler)
     root.addHandler(_StdlibBridge())
     root.setLevel(level_no)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(level_no, logging.INFO))
     logging.captureWarnings(capture=True)
 
 

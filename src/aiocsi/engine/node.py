@@ -160,6 +160,13 @@ class NodeService:
         if roots and not await anyio.to_thread.run_sync(_resolves_under, path, roots):
             raise InvalidArgument(f"{field} {path} resolves outside the allowed path roots")
 
+    async def _refuse_path_of_another(self, volume: Volume, path: Path) -> None:
+        """One staging or target path serves one volume: otherwise either one's unstage or
+        unpublish would meet the other's mount."""
+        for pub in await self._store.publications():
+            if pub.path == str(path) and pub.volume_id != volume.id:
+                raise FailedPrecondition(f"{path} is in use by volume {pub.volume_id}")
+
     async def _volume_or_ephemeral(self, volume_id: str) -> Volume:
         return await self._ephemeral_volume(volume_id) or await self._volumes.get(volume_id)
 
@@ -177,6 +184,7 @@ class NodeService:
         )
 
     async def _stage(self, volume: Volume, staging: Path, capability: Capability) -> None:
+        await self._refuse_path_of_another(volume, staging)
         for pub in await self._store.publications(volume.id, PublicationKind.STAGE):
             if pub.path != str(staging):
                 raise FailedPrecondition(
@@ -290,6 +298,7 @@ class NodeService:
 
     async def unstage(self, volume_id: str, staging_path: str) -> None:
         volume = await self._volumes.get(volume_id)
+        await self._check_resolved_path(Path(staging_path), "staging_target_path")
         await self._ctx.operations.run(
             f"volume:{volume.id}",
             ("unstage", staging_path),
@@ -365,6 +374,7 @@ class NodeService:
             await self._publish_ephemeral(request)
             return
         volume = await self._volumes.get(request.volume_id)
+        await self._check_resolved_path(Path(request.staging_path), "staging_target_path")
         await self._ctx.operations.run(
             f"volume:{volume.id}",
             ("publish", request),
@@ -403,6 +413,7 @@ class NodeService:
     async def _publish(self, volume: Volume, request: PublishVolume) -> None:
         target = Path(request.target_path)
         capability = request.capability
+        await self._refuse_path_of_another(volume, target)
         recorded = await self._check_publish_conflicts(volume, request)
         stage = await self._find(volume.id, PublicationKind.STAGE, request.staging_path)
         device = await self._device(volume)
@@ -497,6 +508,7 @@ class NodeService:
             if not await anyio.to_thread.run_sync(os.path.lexists, target_path):
                 return
             raise
+        await self._check_resolved_path(Path(target_path), "target_path")
         await self._ctx.operations.run(
             f"volume:{volume.id}",
             ("unpublish", target_path),
@@ -722,8 +734,11 @@ async def _remove_path(path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             if path.is_dir() and not path.is_symlink():
                 path.rmdir()
-            else:
+            elif path.is_symlink() or path.stat().st_size == 0:
                 path.unlink()
+            else:
+                # Block targets are empty files we made: a file with content is not ours.
+                raise OSError(errno.ENOTEMPTY, "not empty", str(path))
 
     await anyio.to_thread.run_sync(remove)
 

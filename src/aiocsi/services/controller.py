@@ -56,7 +56,7 @@ class ControllerService(csi.ControllerBase):
         )
 
     async def create_volume(self, message: csi.CreateVolumeRequest) -> csi.CreateVolumeResponse:
-        request, params = check.create_volume(message)
+        request, params = check.create_volume(message, self._config.allowed_mount_flags)
         volume = await self._volumes.create(request, params)
         return csi.CreateVolumeResponse(volume=convert.volume(volume))
 

@@ -12,7 +12,10 @@ from aiocsi.services.validation import node as check
 
 Rpc = csi.NodeServiceCapabilityRpcType
 NODE_CAPABILITIES = (
-    Rpc.STAGE_UNSTAGE_VOLUME, Rpc.GET_VOLUME_STATS, Rpc.EXPAND_VOLUME, Rpc.VOLUME_CONDITION,
+    Rpc.STAGE_UNSTAGE_VOLUME,
+    Rpc.GET_VOLUME_STATS,
+    Rpc.EXPAND_VOLUME,
+    Rpc.VOLUME_CONDITION,
     Rpc.SINGLE_NODE_MULTI_WRITER,
 )
 
@@ -44,7 +47,9 @@ class NodeService(csi.NodeBase):
     async def node_stage_volume(
         self, message: csi.NodeStageVolumeRequest
     ) -> csi.NodeStageVolumeResponse:
-        await self._node.stage(check.stage(message, self._config.allowed_path_roots))
+        await self._node.stage(
+            check.stage(message, self._config.allowed_path_roots, self._config.allowed_mount_flags)
+        )
         return csi.NodeStageVolumeResponse()
 
     async def node_unstage_volume(
@@ -60,7 +65,11 @@ class NodeService(csi.NodeBase):
     async def node_publish_volume(
         self, message: csi.NodePublishVolumeRequest
     ) -> csi.NodePublishVolumeResponse:
-        await self._node.publish(check.publish(message, self._config.allowed_path_roots))
+        await self._node.publish(
+            check.publish(
+                message, self._config.allowed_path_roots, self._config.allowed_mount_flags
+            )
+        )
         return csi.NodePublishVolumeResponse()
 
     async def node_unpublish_volume(
@@ -82,10 +91,18 @@ class NodeService(csi.NodeBase):
         else:
             assert stats.fs is not None  # noqa: S101 - mount stats always carry fs figures
             usage = [
-                csi.VolumeUsage(available=stats.fs.available_bytes, total=stats.fs.total_bytes,
-                                used=stats.fs.used_bytes, unit=csi.VolumeUsageUnit.BYTES),
-                csi.VolumeUsage(available=stats.fs.free_inodes, total=stats.fs.total_inodes,
-                                used=stats.fs.used_inodes, unit=csi.VolumeUsageUnit.INODES),
+                csi.VolumeUsage(
+                    available=stats.fs.available_bytes,
+                    total=stats.fs.total_bytes,
+                    used=stats.fs.used_bytes,
+                    unit=csi.VolumeUsageUnit.BYTES,
+                ),
+                csi.VolumeUsage(
+                    available=stats.fs.free_inodes,
+                    total=stats.fs.total_inodes,
+                    used=stats.fs.used_inodes,
+                    unit=csi.VolumeUsageUnit.INODES,
+                ),
             ]
         return csi.NodeGetVolumeStatsResponse(
             usage=usage, volume_condition=convert.condition(stats.condition)
@@ -98,6 +115,6 @@ class NodeService(csi.NodeBase):
         path = check.lookup_path(message.volume_path, "volume_path")
         # capacity_range is optional: without one the filesystem grows to fill the device.
         if message.volume_capability is not None:
-            check.node_capability(message.volume_capability)
+            check.node_capability(message.volume_capability, self._config.allowed_mount_flags)
         size = await self._node.expand(volume_id, path, common.capacity(message.capacity_range))
         return csi.NodeExpandVolumeResponse(capacity_bytes=size)

@@ -16,7 +16,7 @@ from aiocsi.engine.requests import CreateVolume, Topology, TopologyRequirement
 from aiocsi.errors import InvalidArgument, InvalidToken
 from aiocsi.models import Capability, ContentSource, SourceKind
 from aiocsi.services.validation.common import capabilities, capacity, string, string_map
-from aiocsi.services.validation.node import mount_flag
+from aiocsi.services.validation.node import mount_flags
 
 # The tokens ListVolumes/ListSnapshots hand out: a positive sequence number, no sign, no
 # leading zero, ASCII digits only (str.isdigit would let "²" through to int()).
@@ -42,13 +42,14 @@ def page(max_entries: int, starting_token: str) -> tuple[int, int]:
 
 
 def volume_capabilities(
-    messages: Sequence[csi.VolumeCapability], field: str = "volume_capabilities"
+    messages: Sequence[csi.VolumeCapability],
+    field: str = "volume_capabilities",
+    operator_allowed: frozenset[str] = frozenset(),
 ) -> tuple[Capability, ...]:
     """Capabilities a volume must serve: refused now if NodeStage could never honour them."""
     caps = capabilities(messages, field)
-    for cap in caps:
-        for flag in cap.mount_flags:
-            mount_flag(flag)
+    for index, cap in enumerate(caps):
+        mount_flags(cap, f"{field}[{index}]", operator_allowed)
     return caps
 
 
@@ -84,7 +85,9 @@ def _content_source(source: csi.VolumeContentSource | None) -> ContentSource | N
     raise InvalidArgument("volume_content_source names neither a snapshot nor a volume")
 
 
-def create_volume(req: csi.CreateVolumeRequest) -> tuple[CreateVolume, dict[str, str]]:
+def create_volume(
+    req: csi.CreateVolumeRequest, operator_allowed: frozenset[str] = frozenset()
+) -> tuple[CreateVolume, dict[str, str]]:
     string_map(req.secrets, "secrets")
     requirement = None
     if req.accessibility_requirements is not None:
@@ -100,7 +103,9 @@ def create_volume(req: csi.CreateVolumeRequest) -> tuple[CreateVolume, dict[str,
     request = CreateVolume(
         name=string(req.name, "name"),
         capacity=capacity(req.capacity_range),
-        capabilities=volume_capabilities(req.volume_capabilities),
+        capabilities=volume_capabilities(
+            req.volume_capabilities, operator_allowed=operator_allowed
+        ),
         parameters=params,
         mutable_parameters=mutable_parameters(req.mutable_parameters),
         source=_content_source(req.volume_content_source),
