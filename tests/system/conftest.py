@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from grpclib.client import Channel
 
 from aiocsi._proto.csi import v1 as csi
+from aiocsi.bench.client import CsiStubs
 from aiocsi.config import Config
 from aiocsi.host.loop import all_loop_backing_files
 from aiocsi.host.mount import parse_mountinfo
@@ -46,21 +45,8 @@ def cleanup(workdir: Path) -> Iterator[Path]:
         release_under(workdir)
 
 
-@dataclass
-class Csi:
-    """Generated grpclib clients for one driver socket."""
-
-    channel: Channel
-    identity: csi.IdentityStub
-    controller: csi.ControllerStub
-    node: csi.NodeStub
-
-    @classmethod
-    def connect(cls, socket_path: Path) -> Csi:
-        channel = Channel(path=os.fspath(socket_path))
-        return cls(
-            channel, csi.IdentityStub(channel), csi.ControllerStub(channel), csi.NodeStub(channel)
-        )
+# The tests drive the driver through the same stubs the bench uses.
+Csi = CsiStubs
 
 
 @dataclass
