@@ -13,7 +13,7 @@ nox.options.reuse_existing_virtualenvs = True
 def tests(session: nox.Session) -> None:
     """The whole suite, system tests included (root, loop devices, real mounts)."""
     session.run("bash", "tools/host-packages.sh", external=True)
-    session.install("-e", ".[test,protos]")
+    session.install("-e", ".[test,protos,bench]")
     session.run("pytest", *session.posargs)
 
 
