@@ -26,6 +26,7 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
+from structlog.testing import capture_logs
 
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.host.loop import all_loop_backing_files
@@ -740,6 +741,42 @@ async def test_paths_that_leave_the_allowed_root_are_refused(cleanup: Path, acce
         assert loops_under(cleanup) == []
         assert list((cleanup / "outside").iterdir()) == []
         assert not (ETC / f"aiocsi-{token}-dangling").exists()
+
+
+async def test_an_inline_volume_with_an_escaping_target_is_refused_before_it_is_made(
+    cleanup: Path,
+) -> None:
+    """Refused before any side effect: not made, formatted, staged and then rolled back."""
+    token = secrets.token_hex(4)
+    async with confined_driver(cleanup) as d:
+        plant_symlinks(cleanup, token)
+        with (
+            no_new_mounts_outside(cleanup),
+            nothing_new_in_etc(token),
+            capture_logs() as logs,
+        ):
+            for target in (
+                cleanup / "allowed" / "etc-link" / f"aiocsi-{token}",
+                cleanup / "allowed" / "outside-link" / "pod",
+            ):
+                await fails(
+                    Status.INVALID_ARGUMENT,
+                    d.client.node.node_publish_volume(
+                        csi.NodePublishVolumeRequest(
+                            volume_id=f"csi-{token}",
+                            target_path=str(target),
+                            volume_capability=mount_capability(),
+                            volume_context={
+                                "csi.storage.k8s.io/ephemeral": "true",
+                                "size": "16Mi",
+                            },
+                        )
+                    ),
+                )
+        side_effects = [e["event"] for e in logs if e["event"].startswith("volume_")]
+        assert side_effects == []
+        assert images(d.pool) == []
+        assert list((cleanup / "outside").iterdir()) == []
 
 
 async def test_unpublish_never_removes_what_lies_outside_or_is_not_the_volumes(

@@ -370,6 +370,9 @@ class NodeService:
     # -- publish --------------------------------------------------------------------------
 
     async def publish(self, request: PublishVolume) -> None:
+        # Checked before anything is made: an inline volume would otherwise be created,
+        # formatted and staged, only to be rolled back.
+        await self._check_resolved_path(Path(request.target_path), "target_path")
         if is_ephemeral(request.volume_context):
             await self._publish_ephemeral(request)
             return
