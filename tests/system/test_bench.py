@@ -33,13 +33,25 @@ SMALL = ["--size", "16Mi"]
 
 
 def bench_argv(workdir: Path, *args: str, timeout: float = 90) -> list[str]:
-    return [*aiocsi_argv(), "bench", *args, "--workdir", str(workdir),
-            "--json", str(workdir / "report.json"), "--timeout", str(timeout)]
+    return [
+        *aiocsi_argv(),
+        "bench",
+        *args,
+        "--workdir",
+        str(workdir),
+        "--json",
+        str(workdir / "report.json"),
+        "--timeout",
+        str(timeout),
+    ]
 
 
 def run_bench(workdir: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Report]:
     result = subprocess.run(
-        bench_argv(workdir, *args), capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        bench_argv(workdir, *args),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
         check=False,
     )
     report_path = workdir / "report.json"
@@ -57,7 +69,8 @@ def assert_nothing_left(workdir: Path) -> None:
         if backing.startswith(f"{workdir}/"):
             loops.append(f"{entry.name} -> {backing}")
     mounts = [
-        line.split(" ")[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        line.split(" ")[4]
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
         if line.split(" ")[4].startswith(f"{workdir}/")
     ]
     assert not loops, loops
@@ -135,8 +148,7 @@ def assert_exit_matches(result: subprocess.CompletedProcess[str], report: Report
 
 
 def test_probe(cleanup: Path) -> None:
-    result, report = run_bench(cleanup, "probe", "--spawn", "--count", "300",
-                               "--concurrency", "4")
+    result, report = run_bench(cleanup, "probe", "--spawn", "--count", "300", "--concurrency", "4")
     assert_consistent(report)
     assert_exit_matches(result, report)
     (point,) = report["points"]
@@ -148,15 +160,33 @@ def test_probe(cleanup: Path) -> None:
 
 
 def test_lifecycle_mount_with_raw_ceiling(cleanup: Path) -> None:
-    result, report = run_bench(cleanup, "lifecycle", "--spawn", "--count", "4",
-                               "--concurrency", "2", "--size", "32Mi", "--write", "1Mi",
-                               "--compare-raw")
+    result, report = run_bench(
+        cleanup,
+        "lifecycle",
+        "--spawn",
+        "--count",
+        "4",
+        "--concurrency",
+        "2",
+        "--size",
+        "32Mi",
+        "--write",
+        "1Mi",
+        "--compare-raw",
+    )
     assert_consistent(report)
     assert_exit_matches(result, report)
     (point,) = report["points"]
     steps = [op["name"] for op in point["main"]["operations"]]
-    assert steps == ["CreateVolume", "NodeStageVolume", "NodePublishVolume", "Write",
-                     "NodeUnpublishVolume", "NodeUnstageVolume", "DeleteVolume"]
+    assert steps == [
+        "CreateVolume",
+        "NodeStageVolume",
+        "NodePublishVolume",
+        "Write",
+        "NodeUnpublishVolume",
+        "NodeUnstageVolume",
+        "DeleteVolume",
+    ]
     assert "Mkfs" in [op["name"] for op in point["raw"]["operations"]]
     assert point["main_to_raw"] == pytest.approx(
         point["main"]["throughput_median"] / point["raw"]["throughput_median"], abs=1e-3
@@ -166,8 +196,20 @@ def test_lifecycle_mount_with_raw_ceiling(cleanup: Path) -> None:
 
 
 def test_lifecycle_block(cleanup: Path) -> None:
-    result, report = run_bench(cleanup, "lifecycle", "--spawn", "--access", "block",
-                               "--count", "4", "--concurrency", "4", "--write", "1Mi", *SMALL)
+    result, report = run_bench(
+        cleanup,
+        "lifecycle",
+        "--spawn",
+        "--access",
+        "block",
+        "--count",
+        "4",
+        "--concurrency",
+        "4",
+        "--write",
+        "1Mi",
+        *SMALL,
+    )
     assert_consistent(report)
     assert_exit_matches(result, report)
     assert report["parameters"]["access"] == "block"
@@ -175,8 +217,20 @@ def test_lifecycle_block(cleanup: Path) -> None:
 
 
 def test_churn_measures_probe_idle_and_under_load(cleanup: Path) -> None:
-    result, report = run_bench(cleanup, "churn", "--spawn", "--count", "6", "--concurrency",
-                               "3", "--idle-probes", "30", "--probe-rate", "100", *SMALL)
+    result, report = run_bench(
+        cleanup,
+        "churn",
+        "--spawn",
+        "--count",
+        "6",
+        "--concurrency",
+        "3",
+        "--idle-probes",
+        "30",
+        "--probe-rate",
+        "100",
+        *SMALL,
+    )
     assert_consistent(report)
     assert_exit_matches(result, report)
     churn = report["churn"]
@@ -191,8 +245,19 @@ def test_churn_measures_probe_idle_and_under_load(cleanup: Path) -> None:
 def test_sweep_repeats_each_concurrency(cleanup: Path) -> None:
     plot = importlib.util.find_spec("matplotlib") is not None
     extra = ["--plot", str(cleanup / "sweep.png")] if plot else []
-    result, report = run_bench(cleanup, "sweep", "--spawn", "--concurrencies", "1,3",
-                               "--count", "3", "--repeat", "2", *SMALL, *extra)
+    result, report = run_bench(
+        cleanup,
+        "sweep",
+        "--spawn",
+        "--concurrencies",
+        "1,3",
+        "--count",
+        "3",
+        "--repeat",
+        "2",
+        *SMALL,
+        *extra,
+    )
     assert_consistent(report)
     assert_exit_matches(result, report)
     assert [p["concurrency"] for p in report["points"]] == [1, 3]
@@ -204,8 +269,19 @@ def test_sweep_repeats_each_concurrency(cleanup: Path) -> None:
 
 @pytest.mark.parametrize("access", ["mount", "block"])
 def test_raw(cleanup: Path, access: str) -> None:
-    result, report = run_bench(cleanup, "raw", "--access", access, "--count", "4",
-                               "--concurrency", "2", "--write", "64Ki", *SMALL)
+    result, report = run_bench(
+        cleanup,
+        "raw",
+        "--access",
+        access,
+        "--count",
+        "4",
+        "--concurrency",
+        "2",
+        "--write",
+        "64Ki",
+        *SMALL,
+    )
     assert_consistent(report)
     assert_exit_matches(result, report)
     steps = [op["name"] for op in report["points"][0]["main"]["operations"]]
@@ -221,8 +297,9 @@ def test_raw(cleanup: Path, access: str) -> None:
     ],
 )
 def test_refusals_are_counted_by_code(cleanup: Path, args: list[str], code: str) -> None:
-    result, report = run_bench(cleanup, "lifecycle", "--spawn", "--count", "3",
-                               "--concurrency", "2", *args)
+    result, report = run_bench(
+        cleanup, "lifecycle", "--spawn", "--count", "3", "--concurrency", "2", *args
+    )
     assert_consistent(report)
     assert result.returncode == 1
     (run,) = report["points"][0]["main"]["runs"]
@@ -236,9 +313,12 @@ def test_refusals_are_counted_by_code(cleanup: Path, args: list[str], code: str)
 def test_interrupt_deletes_every_volume(cleanup: Path) -> None:
     """SIGINT mid-run: the bench deletes what it holds, reports a partial run, exits 130."""
     proc = subprocess.Popen(
-        bench_argv(cleanup, "lifecycle", "--spawn", "--duration", "30", "--concurrency", "4",
-                   *SMALL),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        bench_argv(
+            cleanup, "lifecycle", "--spawn", "--duration", "30", "--concurrency", "4", *SMALL
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 20
@@ -263,9 +343,21 @@ def test_interrupt_deletes_every_volume(cleanup: Path) -> None:
 
 def test_timeout_stops_the_run_and_cleans_up(cleanup: Path) -> None:
     result = subprocess.run(
-        bench_argv(cleanup, "lifecycle", "--spawn", "--duration", "60", "--concurrency", "4",
-                   *SMALL, timeout=2),
-        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
+        bench_argv(
+            cleanup,
+            "lifecycle",
+            "--spawn",
+            "--duration",
+            "60",
+            "--concurrency",
+            "4",
+            *SMALL,
+            timeout=2,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
     )
     assert result.returncode == 1, result.stdout + result.stderr
     report = json.loads((cleanup / "report.json").read_text())
@@ -281,8 +373,16 @@ def test_timeout_stops_the_run_and_cleans_up(cleanup: Path) -> None:
 async def test_endpoint_of_a_running_driver(cleanup: Path) -> None:
     async with serve_process(cleanup, "--allowed-path-root", str(cleanup)) as server:
         result, report = await asyncio.to_thread(
-            run_bench, cleanup, "lifecycle", "--endpoint", str(server.socket_path),
-            "--count", "3", "--concurrency", "3", *SMALL,
+            run_bench,
+            cleanup,
+            "lifecycle",
+            "--endpoint",
+            str(server.socket_path),
+            "--count",
+            "3",
+            "--concurrency",
+            "3",
+            *SMALL,
         )
         assert_consistent(report)
         assert_exit_matches(result, report)
@@ -297,14 +397,16 @@ async def test_endpoint_of_a_running_driver(cleanup: Path) -> None:
         (["lifecycle"], "needs --endpoint SOCKET or --spawn"),
         (["raw", "--spawn"], "raw runs without a driver"),
         (["lifecycle", "--spawn", "--write", "2Mi", "--size", "1Mi"], "exceeds --size"),
-        (["probe", "--endpoint", "/tmp/x.sock", "--driver-arg=--max-operations=1"],
-         "need --spawn"),
+        (["probe", "--endpoint", "/tmp/x.sock", "--driver-arg=--max-operations=1"], "need --spawn"),
     ],
 )
 def test_bad_command_line_exits_2(args: list[str], reason: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "aiocsi", "bench", *args], capture_output=True, text=True,
-        timeout=30, check=False,
+        [sys.executable, "-m", "aiocsi", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 2
     assert reason in result.stderr

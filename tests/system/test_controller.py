@@ -34,16 +34,29 @@ NODE = "test-node"
 Rpc = csi.ControllerServiceCapabilityRpcType
 Mode = csi.VolumeCapabilityAccessModeMode
 SINGLE_NODE_MODES = (
-    Mode.SINGLE_NODE_WRITER, Mode.SINGLE_NODE_READER_ONLY,
-    Mode.SINGLE_NODE_SINGLE_WRITER, Mode.SINGLE_NODE_MULTI_WRITER,
+    Mode.SINGLE_NODE_WRITER,
+    Mode.SINGLE_NODE_READER_ONLY,
+    Mode.SINGLE_NODE_SINGLE_WRITER,
+    Mode.SINGLE_NODE_MULTI_WRITER,
 )
 MULTI_NODE_MODES = (
-    Mode.MULTI_NODE_READER_ONLY, Mode.MULTI_NODE_SINGLE_WRITER, Mode.MULTI_NODE_MULTI_WRITER,
+    Mode.MULTI_NODE_READER_ONLY,
+    Mode.MULTI_NODE_SINGLE_WRITER,
+    Mode.MULTI_NODE_MULTI_WRITER,
 )
 ALWAYS = {
-    Rpc.CREATE_DELETE_VOLUME, Rpc.LIST_VOLUMES, Rpc.GET_CAPACITY, Rpc.CREATE_DELETE_SNAPSHOT,
-    Rpc.LIST_SNAPSHOTS, Rpc.CLONE_VOLUME, Rpc.EXPAND_VOLUME, Rpc.LIST_VOLUMES_PUBLISHED_NODES,
-    Rpc.VOLUME_CONDITION, Rpc.GET_VOLUME, Rpc.SINGLE_NODE_MULTI_WRITER, Rpc.MODIFY_VOLUME,
+    Rpc.CREATE_DELETE_VOLUME,
+    Rpc.LIST_VOLUMES,
+    Rpc.GET_CAPACITY,
+    Rpc.CREATE_DELETE_SNAPSHOT,
+    Rpc.LIST_SNAPSHOTS,
+    Rpc.CLONE_VOLUME,
+    Rpc.EXPAND_VOLUME,
+    Rpc.LIST_VOLUMES_PUBLISHED_NODES,
+    Rpc.VOLUME_CONDITION,
+    Rpc.GET_VOLUME,
+    Rpc.SINGLE_NODE_MULTI_WRITER,
+    Rpc.MODIFY_VOLUME,
     Rpc.GET_SNAPSHOT,
 }
 WITH_ATTACH = {Rpc.PUBLISH_UNPUBLISH_VOLUME, Rpc.PUBLISH_READONLY}
@@ -73,9 +86,7 @@ def create_request(
     topology: csi.TopologyRequirement | None = None,
 ) -> csi.CreateVolumeRequest:
     capacity = (
-        csi.CapacityRange(required_bytes=required, limit_bytes=limit)
-        if required or limit
-        else None
+        csi.CapacityRange(required_bytes=required, limit_bytes=limit) if required or limit else None
     )
     return csi.CreateVolumeRequest(
         name=name,
@@ -201,14 +212,20 @@ async def test_capabilities_list_exactly_the_implemented_set(driver: Driver) -> 
     assert set(rpcs) == ALWAYS
     # Attach is off by default: the calls it would need answer UNIMPLEMENTED.
     volume = await create(driver, "no-attach")
-    await fails(Status.UNIMPLEMENTED, driver.client.controller.controller_publish_volume(
-        csi.ControllerPublishVolumeRequest(
-            volume_id=volume.volume_id, node_id=NODE, volume_capability=mount_capability()
-        )
-    ))
-    await fails(Status.UNIMPLEMENTED, driver.client.controller.controller_unpublish_volume(
-        csi.ControllerUnpublishVolumeRequest(volume_id=volume.volume_id, node_id=NODE)
-    ))
+    await fails(
+        Status.UNIMPLEMENTED,
+        driver.client.controller.controller_publish_volume(
+            csi.ControllerPublishVolumeRequest(
+                volume_id=volume.volume_id, node_id=NODE, volume_capability=mount_capability()
+            )
+        ),
+    )
+    await fails(
+        Status.UNIMPLEMENTED,
+        driver.client.controller.controller_unpublish_volume(
+            csi.ControllerUnpublishVolumeRequest(volume_id=volume.volume_id, node_id=NODE)
+        ),
+    )
 
 
 # -- CreateVolume -------------------------------------------------------------------------
@@ -263,9 +280,14 @@ async def test_create_volume_refuses_invalid_requests(driver: Driver) -> None:
         "no access mode": create_request(
             "x", caps=[csi.VolumeCapability(mount=csi.VolumeCapabilityMountVolume())]
         ),
-        "no access type": create_request("x", caps=[csi.VolumeCapability(
-            access_mode=csi.VolumeCapabilityAccessMode(mode=Mode.SINGLE_NODE_WRITER)
-        )]),
+        "no access type": create_request(
+            "x",
+            caps=[
+                csi.VolumeCapability(
+                    access_mode=csi.VolumeCapabilityAccessMode(mode=Mode.SINGLE_NODE_WRITER)
+                )
+            ],
+        ),
         "unknown fs": create_request("x", caps=[mount_capability("zfs")]),
         # A mount flag NodeStage would refuse is refused before anything is provisioned.
         "unsafe mount flag": create_request("x", caps=[mount_capability(flags=("bind",))]),
@@ -299,10 +321,15 @@ async def test_create_volume_accepts_every_single_node_mode(driver: Driver) -> N
 async def test_preallocate_parameter(driver: Driver) -> None:
     sparse = await create(driver, "sparse", required=32 * MiB, params={"preallocate": "false"})
     full = await create(
-        driver, "full", required=32 * MiB,
+        driver,
+        "full",
+        required=32 * MiB,
         # Values are case-insensitive; keys the CO adds itself are accepted and ignored.
-        params={"preallocate": "TRUE", "csi.storage.k8s.io/pvc/name": "claim",
-                "csi.storage.k8s.io/pvc/namespace": "default"},
+        params={
+            "preallocate": "TRUE",
+            "csi.storage.k8s.io/pvc/name": "claim",
+            "csi.storage.k8s.io/pvc/namespace": "default",
+        },
     )
     assert allocated(image(driver, sparse.volume_id)) < MiB
     assert allocated(image(driver, full.volume_id)) >= 32 * MiB
@@ -319,8 +346,11 @@ async def test_capacity_range_is_honoured(driver: Driver) -> None:
         ("default", {"required": 0}, 64 * MiB),  # driver_config's default_volume_size
         ("rounded", {"required": 10 * MiB + 1}, 11 * MiB),
         ("limit-only", {"required": 0, "limit": 20 * MiB}, 20 * MiB),
-        ("limit-caps-rounding", {"required": 10 * MiB + 1, "limit": 10 * MiB + 4096},
-         10 * MiB + 4096),
+        (
+            "limit-caps-rounding",
+            {"required": 10 * MiB + 1, "limit": 10 * MiB + 4096},
+            10 * MiB + 4096,
+        ),
         ("exact", {"required": 5 * MiB + 512, "limit": 5 * MiB + 512}, 5 * MiB + 512),
         ("aligned-below-limit", {"required": 0, "limit": 6 * MiB + 512}, 6 * MiB),
         ("block-tiny", {"required": 1, "caps": [block_capability()]}, MiB),
@@ -349,21 +379,33 @@ async def test_topology_requirements(driver: Driver) -> None:
     placed = [
         await create(driver, "anywhere"),
         await create(driver, "requisite", topology=csi.TopologyRequirement(requisite=[ours])),
-        await create(driver, "one-of", topology=csi.TopologyRequirement(
-            requisite=[other, ours], preferred=[other, ours])),
+        await create(
+            driver,
+            "one-of",
+            topology=csi.TopologyRequirement(requisite=[other, ours], preferred=[other, ours]),
+        ),
         # Preferred alone is a wish, not a constraint (CSI: with no requisite the SP may
         # choose any topology).
         await create(driver, "preferred", topology=csi.TopologyRequirement(preferred=[other])),
     ]
     for volume in placed:
         assert volume.accessible_topology == [topology(NODE)]
-    await fails(Status.RESOURCE_EXHAUSTED, create(
-        driver, "elsewhere", topology=csi.TopologyRequirement(requisite=[other], preferred=[other])
-    ))
-    await fails(Status.RESOURCE_EXHAUSTED, create(
-        driver, "foreign-key",
-        topology=csi.TopologyRequirement(requisite=[csi.Topology(segments={"zone": "a"})]),
-    ))
+    await fails(
+        Status.RESOURCE_EXHAUSTED,
+        create(
+            driver,
+            "elsewhere",
+            topology=csi.TopologyRequirement(requisite=[other], preferred=[other]),
+        ),
+    )
+    await fails(
+        Status.RESOURCE_EXHAUSTED,
+        create(
+            driver,
+            "foreign-key",
+            topology=csi.TopologyRequirement(requisite=[csi.Topology(segments={"zone": "a"})]),
+        ),
+    )
     assert len(await list_all_volume_ids(driver)) == len(placed)
 
 
@@ -375,10 +417,16 @@ async def test_content_source_errors(driver: Driver) -> None:
     await fails(Status.NOT_FOUND, create(driver, "c1", source=from_volume("vol-" + "0" * 32)))
     await fails(Status.NOT_FOUND, create(driver, "c2", source=from_volume("../../etc/passwd")))
     # The new volume must hold the whole source.
-    await fails(Status.OUT_OF_RANGE, create(
-        driver, "r3", required=8 * MiB, limit=8 * MiB, source=from_snapshot(snap.snapshot_id)))
-    await fails(Status.OUT_OF_RANGE, create(
-        driver, "c3", required=8 * MiB, limit=8 * MiB, source=from_volume(source.volume_id)))
+    await fails(
+        Status.OUT_OF_RANGE,
+        create(
+            driver, "r3", required=8 * MiB, limit=8 * MiB, source=from_snapshot(snap.snapshot_id)
+        ),
+    )
+    await fails(
+        Status.OUT_OF_RANGE,
+        create(driver, "c3", required=8 * MiB, limit=8 * MiB, source=from_volume(source.volume_id)),
+    )
     small = await create(driver, "r4", required=8 * MiB, source=from_snapshot(snap.snapshot_id))
     assert small.capacity_bytes == 16 * MiB
     assert small.content_source == from_snapshot(snap.snapshot_id)
@@ -429,8 +477,13 @@ async def test_snapshot_restore_clone_round_trip(driver: Driver) -> None:
         image(driver, source.volume_id)
     )
     # A preallocated clone really has its blocks.
-    full = await create(driver, "full-clone", required=32 * MiB,
-                        source=from_volume(source.volume_id), params={"preallocate": "true"})
+    full = await create(
+        driver,
+        "full-clone",
+        required=32 * MiB,
+        source=from_volume(source.volume_id),
+        params={"preallocate": "true"},
+    )
     assert allocated(image(driver, full.volume_id)) >= 32 * MiB
     assert (await read_all(image(driver, full.volume_id)))[: 16 * MiB] == await read_all(
         image(driver, source.volume_id)
@@ -483,24 +536,23 @@ async def test_pool_exhaustion_leaves_nothing_behind(cleanup: Path) -> None:
                 await delete(d, volume.volume_id)
 
             # A preallocated volume must fit on the disk, not just under the budget.
-            await fails(Status.RESOURCE_EXHAUSTED, create(
-                d, "prealloc", required=60 * MiB, params={"preallocate": "true"}
-            ))
+            await fails(
+                Status.RESOURCE_EXHAUSTED,
+                create(d, "prealloc", required=60 * MiB, params={"preallocate": "true"}),
+            )
 
             # Real ENOSPC half way through a copy: clone and snapshot of 36 MiB of data.
-            await write_at(image(d, data.volume_id),
-                           {i * MiB: os.urandom(MiB) for i in range(36)})
+            await write_at(image(d, data.volume_id), {i * MiB: os.urandom(MiB) for i in range(36)})
             free_before = free_bytes(d.pool)
             assert free_before < 36 * MiB
-            await fails(Status.RESOURCE_EXHAUSTED, create(
-                d, "clone", required=40 * MiB, source=from_volume(data.volume_id)
-            ))
+            await fails(
+                Status.RESOURCE_EXHAUSTED,
+                create(d, "clone", required=40 * MiB, source=from_volume(data.volume_id)),
+            )
             await fails(Status.RESOURCE_EXHAUSTED, snapshot(d, "snap", data.volume_id))
             # Only the database may have grown a little: no partial copy is left.
             assert free_bytes(d.pool) > free_before - MiB
-            assert [p.name for p in (d.pool / "volumes").iterdir()] == [
-                f"{data.volume_id}.img"
-            ]
+            assert [p.name for p in (d.pool / "volumes").iterdir()] == [f"{data.volume_id}.img"]
             assert list((d.pool / "snapshots").iterdir()) == []
             assert await list_all_volume_ids(d) == [data.volume_id]
             listed = await d.client.controller.list_snapshots(csi.ListSnapshotsRequest())
@@ -550,7 +602,8 @@ async def test_delete_volume_in_use_is_refused(driver: Driver) -> None:
                 assert status.published_node_ids == [NODE]
             listed = await driver.client.controller.list_volumes(csi.ListVolumesRequest())
             assert [e.status.published_node_ids for e in listed.entries if e.status] == [
-                [NODE], [NODE]
+                [NODE],
+                [NODE],
             ]
         finally:
             await unstage(driver, block.volume_id, block_at)
@@ -568,13 +621,15 @@ async def test_validate_volume_capabilities(driver: Driver) -> None:
     volume = await create(driver, "v", params={"preallocate": "false"})
     validate = driver.client.controller.validate_volume_capabilities
 
-    caps = [
-        mount_capability(flags=("noatime",)), block_capability(Mode.SINGLE_NODE_READER_ONLY)
-    ]
-    ok = await validate(csi.ValidateVolumeCapabilitiesRequest(
-        volume_id=volume.volume_id, volume_capabilities=caps,
-        parameters={"preallocate": "false"}, volume_context={"a": "b"},
-    ))
+    caps = [mount_capability(flags=("noatime",)), block_capability(Mode.SINGLE_NODE_READER_ONLY)]
+    ok = await validate(
+        csi.ValidateVolumeCapabilitiesRequest(
+            volume_id=volume.volume_id,
+            volume_capabilities=caps,
+            parameters={"preallocate": "false"},
+            volume_context={"a": "b"},
+        )
+    )
     assert ok.confirmed is not None
     assert ok.confirmed.volume_capabilities == caps
     assert ok.confirmed.parameters == {"preallocate": "false"}
@@ -597,14 +652,26 @@ async def test_validate_volume_capabilities(driver: Driver) -> None:
         assert response.confirmed is None, what
         assert response.message, what
 
-    await fails(Status.NOT_FOUND, validate(csi.ValidateVolumeCapabilitiesRequest(
-        volume_id="vol-" + "1" * 32, volume_capabilities=caps)))
-    await fails(Status.INVALID_ARGUMENT, validate(csi.ValidateVolumeCapabilitiesRequest(
-        volume_id=volume.volume_id)))
-    await fails(Status.INVALID_ARGUMENT, validate(csi.ValidateVolumeCapabilitiesRequest(
-        volume_id="vol-" + "1" * 32)))
-    await fails(Status.INVALID_ARGUMENT, validate(csi.ValidateVolumeCapabilitiesRequest(
-        volume_capabilities=caps)))
+    await fails(
+        Status.NOT_FOUND,
+        validate(
+            csi.ValidateVolumeCapabilitiesRequest(
+                volume_id="vol-" + "1" * 32, volume_capabilities=caps
+            )
+        ),
+    )
+    await fails(
+        Status.INVALID_ARGUMENT,
+        validate(csi.ValidateVolumeCapabilitiesRequest(volume_id=volume.volume_id)),
+    )
+    await fails(
+        Status.INVALID_ARGUMENT,
+        validate(csi.ValidateVolumeCapabilitiesRequest(volume_id="vol-" + "1" * 32)),
+    )
+    await fails(
+        Status.INVALID_ARGUMENT,
+        validate(csi.ValidateVolumeCapabilitiesRequest(volume_capabilities=caps)),
+    )
 
 
 # -- ControllerGetVolume and ListVolumes --------------------------------------------------
@@ -677,10 +744,14 @@ async def test_list_volumes_pages_in_a_stable_order(driver: Driver) -> None:
     assert response.next_token == ""
 
     for bad in ("abc", "-1", "0", "007", "99999", "1e3", "²", " 3", "3 ", "9" * 40):
-        await fails(Status.ABORTED, driver.client.controller.list_volumes(
-            csi.ListVolumesRequest(starting_token=bad)))
-    await fails(Status.INVALID_ARGUMENT, driver.client.controller.list_volumes(
-        csi.ListVolumesRequest(max_entries=-1)))
+        await fails(
+            Status.ABORTED,
+            driver.client.controller.list_volumes(csi.ListVolumesRequest(starting_token=bad)),
+        )
+    await fails(
+        Status.INVALID_ARGUMENT,
+        driver.client.controller.list_volumes(csi.ListVolumesRequest(max_entries=-1)),
+    )
 
 
 async def test_list_volumes_under_concurrent_create_and_delete(driver: Driver) -> None:
@@ -752,9 +823,10 @@ async def test_get_capacity(cleanup: Path) -> None:
         assert preallocated.available_capacity <= min(free, int(total * 0.5) - 64 * MiB)
 
         await fails(Status.INVALID_ARGUMENT, capacity(d, parameters={"nope": "1"}))
-        await fails(Status.INVALID_ARGUMENT, capacity(
-            d, volume_capabilities=[mount_capability(mode=Mode.MULTI_NODE_MULTI_WRITER)]
-        ))
+        await fails(
+            Status.INVALID_ARGUMENT,
+            capacity(d, volume_capabilities=[mount_capability(mode=Mode.MULTI_NODE_MULTI_WRITER)]),
+        )
 
 
 # -- ControllerExpandVolume ---------------------------------------------------------------
@@ -764,8 +836,12 @@ async def test_controller_expand_volume(driver: Driver) -> None:
     expand = driver.client.controller.controller_expand_volume
     volume = await create(driver, "grow", required=8 * MiB)
 
-    def request(required: int, limit: int = 0, cap: csi.VolumeCapability | None = None,
-                volume_id: str = volume.volume_id) -> csi.ControllerExpandVolumeRequest:
+    def request(
+        required: int,
+        limit: int = 0,
+        cap: csi.VolumeCapability | None = None,
+        volume_id: str = volume.volume_id,
+    ) -> csi.ControllerExpandVolumeRequest:
         return csi.ControllerExpandVolumeRequest(
             volume_id=volume_id,
             capacity_range=csi.CapacityRange(required_bytes=required, limit_bytes=limit),
@@ -801,8 +877,10 @@ async def test_controller_expand_volume(driver: Driver) -> None:
 
     await fails(Status.NOT_FOUND, expand(request(16 * MiB, volume_id="vol-" + "3" * 32)))
     await fails(Status.INVALID_ARGUMENT, expand(request(16 * MiB, volume_id="")))
-    await fails(Status.INVALID_ARGUMENT, expand(
-        csi.ControllerExpandVolumeRequest(volume_id=volume.volume_id)))
+    await fails(
+        Status.INVALID_ARGUMENT,
+        expand(csi.ControllerExpandVolumeRequest(volume_id=volume.volume_id)),
+    )
     await fails(Status.INVALID_ARGUMENT, expand(request(32 * MiB, limit=16 * MiB)))
 
 
@@ -817,26 +895,55 @@ async def test_controller_modify_volume(driver: Driver) -> None:
     assert allocated(path) < MiB
 
     for _ in range(2):
-        await modify(csi.ControllerModifyVolumeRequest(
-            volume_id=volume.volume_id, mutable_parameters={"preallocate": "true"}))
+        await modify(
+            csi.ControllerModifyVolumeRequest(
+                volume_id=volume.volume_id, mutable_parameters={"preallocate": "true"}
+            )
+        )
         assert allocated(path) >= 16 * MiB
     assert path.stat().st_size == 16 * MiB
     assert (await read_all(path))[MiB : MiB + 7] == b"keep me"
     # Growth after the change is preallocated too.
-    await driver.client.controller.controller_expand_volume(csi.ControllerExpandVolumeRequest(
-        volume_id=volume.volume_id, capacity_range=csi.CapacityRange(required_bytes=24 * MiB)))
+    await driver.client.controller.controller_expand_volume(
+        csi.ControllerExpandVolumeRequest(
+            volume_id=volume.volume_id, capacity_range=csi.CapacityRange(required_bytes=24 * MiB)
+        )
+    )
     assert allocated(path) >= 24 * MiB
-    await modify(csi.ControllerModifyVolumeRequest(
-        volume_id=volume.volume_id, mutable_parameters={"preallocate": "false"}))
+    await modify(
+        csi.ControllerModifyVolumeRequest(
+            volume_id=volume.volume_id, mutable_parameters={"preallocate": "false"}
+        )
+    )
 
-    await fails(Status.INVALID_ARGUMENT, modify(csi.ControllerModifyVolumeRequest(
-        volume_id=volume.volume_id, mutable_parameters={"iops": "5"})))
-    await fails(Status.INVALID_ARGUMENT, modify(csi.ControllerModifyVolumeRequest(
-        volume_id=volume.volume_id, mutable_parameters={"preallocate": "sometimes"})))
-    await fails(Status.INVALID_ARGUMENT, modify(csi.ControllerModifyVolumeRequest(
-        mutable_parameters={"preallocate": "true"})))
-    await fails(Status.NOT_FOUND, modify(csi.ControllerModifyVolumeRequest(
-        volume_id="vol-" + "4" * 32, mutable_parameters={"preallocate": "true"})))
+    await fails(
+        Status.INVALID_ARGUMENT,
+        modify(
+            csi.ControllerModifyVolumeRequest(
+                volume_id=volume.volume_id, mutable_parameters={"iops": "5"}
+            )
+        ),
+    )
+    await fails(
+        Status.INVALID_ARGUMENT,
+        modify(
+            csi.ControllerModifyVolumeRequest(
+                volume_id=volume.volume_id, mutable_parameters={"preallocate": "sometimes"}
+            )
+        ),
+    )
+    await fails(
+        Status.INVALID_ARGUMENT,
+        modify(csi.ControllerModifyVolumeRequest(mutable_parameters={"preallocate": "true"})),
+    )
+    await fails(
+        Status.NOT_FOUND,
+        modify(
+            csi.ControllerModifyVolumeRequest(
+                volume_id="vol-" + "4" * 32, mutable_parameters={"preallocate": "true"}
+            )
+        ),
+    )
 
 
 # -- snapshots ----------------------------------------------------------------------------
@@ -865,13 +972,20 @@ async def test_create_get_delete_snapshot(driver: Driver) -> None:
     await fails(Status.NOT_FOUND, snapshot(driver, "s3", "vol-" + "5" * 32))
     await fails(Status.INVALID_ARGUMENT, snapshot(driver, "", source.volume_id))
     await fails(Status.INVALID_ARGUMENT, snapshot(driver, "s3", ""))
-    await fails(Status.INVALID_ARGUMENT, ctl.create_snapshot(csi.CreateSnapshotRequest(
-        name="s3", source_volume_id=source.volume_id, parameters={"x": "y"})))
+    await fails(
+        Status.INVALID_ARGUMENT,
+        ctl.create_snapshot(
+            csi.CreateSnapshotRequest(
+                name="s3", source_volume_id=source.volume_id, parameters={"x": "y"}
+            )
+        ),
+    )
 
     got = await ctl.get_snapshot(csi.GetSnapshotRequest(snapshot_id=first.snapshot_id))
     assert got.snapshot == first
-    await fails(Status.NOT_FOUND, ctl.get_snapshot(
-        csi.GetSnapshotRequest(snapshot_id="snap-" + "6" * 32)))
+    await fails(
+        Status.NOT_FOUND, ctl.get_snapshot(csi.GetSnapshotRequest(snapshot_id="snap-" + "6" * 32))
+    )
     await fails(Status.NOT_FOUND, ctl.get_snapshot(csi.GetSnapshotRequest(snapshot_id="junk")))
     await fails(Status.INVALID_ARGUMENT, ctl.get_snapshot(csi.GetSnapshotRequest()))
 
@@ -884,10 +998,12 @@ async def test_create_get_delete_snapshot(driver: Driver) -> None:
     for _ in range(2):
         await ctl.delete_snapshot(csi.DeleteSnapshotRequest(snapshot_id=first.snapshot_id))
     assert not snapshot_image(driver, first.snapshot_id).exists()
-    await fails(Status.NOT_FOUND, ctl.get_snapshot(
-        csi.GetSnapshotRequest(snapshot_id=first.snapshot_id)))
-    await fails(Status.NOT_FOUND, create(
-        driver, "from-gone", source=from_snapshot(first.snapshot_id)))
+    await fails(
+        Status.NOT_FOUND, ctl.get_snapshot(csi.GetSnapshotRequest(snapshot_id=first.snapshot_id))
+    )
+    await fails(
+        Status.NOT_FOUND, create(driver, "from-gone", source=from_snapshot(first.snapshot_id))
+    )
     await ctl.delete_snapshot(csi.DeleteSnapshotRequest(snapshot_id="snap-" + "9" * 32))
     await ctl.delete_snapshot(csi.DeleteSnapshotRequest(snapshot_id="../etc"))
     await fails(Status.INVALID_ARGUMENT, ctl.delete_snapshot(csi.DeleteSnapshotRequest()))
@@ -922,7 +1038,8 @@ async def test_list_snapshots(driver: Driver) -> None:
     token = ""
     while True:
         response = await ctl.list_snapshots(
-            csi.ListSnapshotsRequest(max_entries=2, starting_token=token))
+            csi.ListSnapshotsRequest(max_entries=2, starting_token=token)
+        )
         assert len(response.entries) <= 2
         pages += [e.snapshot.snapshot_id for e in response.entries if e.snapshot is not None]
         token = response.next_token
@@ -930,10 +1047,12 @@ async def test_list_snapshots(driver: Driver) -> None:
             break
     assert pages == everything
     for bad in ("nope", "-2", "123456789", "²"):
-        await fails(Status.ABORTED, ctl.list_snapshots(
-            csi.ListSnapshotsRequest(starting_token=bad)))
-    await fails(Status.INVALID_ARGUMENT, ctl.list_snapshots(
-        csi.ListSnapshotsRequest(max_entries=-1)))
+        await fails(
+            Status.ABORTED, ctl.list_snapshots(csi.ListSnapshotsRequest(starting_token=bad))
+        )
+    await fails(
+        Status.INVALID_ARGUMENT, ctl.list_snapshots(csi.ListSnapshotsRequest(max_entries=-1))
+    )
 
     # Deleted snapshots leave the list; the others keep their order.
     await ctl.delete_snapshot(csi.DeleteSnapshotRequest(snapshot_id=everything[0]))
@@ -953,16 +1072,25 @@ async def test_controller_publish_with_attach(cleanup: Path) -> None:
         )
         volumes = [await create(d, name) for name in "abc"]
 
-        def publish(volume_id: str, node: str = NODE, readonly: bool = False,
-                    cap: csi.VolumeCapability | None = None) -> Awaitable[object]:
-            return ctl.controller_publish_volume(csi.ControllerPublishVolumeRequest(
-                volume_id=volume_id, node_id=node, readonly=readonly,
-                volume_capability=cap or mount_capability(),
-            ))
+        def publish(
+            volume_id: str,
+            node: str = NODE,
+            readonly: bool = False,
+            cap: csi.VolumeCapability | None = None,
+        ) -> Awaitable[object]:
+            return ctl.controller_publish_volume(
+                csi.ControllerPublishVolumeRequest(
+                    volume_id=volume_id,
+                    node_id=node,
+                    readonly=readonly,
+                    volume_capability=cap or mount_capability(),
+                )
+            )
 
         def unpublish(volume_id: str, node: str = NODE) -> Awaitable[object]:
             return ctl.controller_unpublish_volume(
-                csi.ControllerUnpublishVolumeRequest(volume_id=volume_id, node_id=node))
+                csi.ControllerUnpublishVolumeRequest(volume_id=volume_id, node_id=node)
+            )
 
         for _ in range(2):
             await publish(volumes[0].volume_id)
@@ -970,14 +1098,17 @@ async def test_controller_publish_with_attach(cleanup: Path) -> None:
         assert status is not None
         assert status.published_node_ids == [NODE]
         await fails(Status.ALREADY_EXISTS, publish(volumes[0].volume_id, readonly=True))
-        await fails(Status.ALREADY_EXISTS, publish(
-            volumes[0].volume_id, cap=block_capability()))
+        await fails(Status.ALREADY_EXISTS, publish(volumes[0].volume_id, cap=block_capability()))
         await fails(Status.NOT_FOUND, publish(volumes[1].volume_id, node="node-b"))
         await fails(Status.NOT_FOUND, publish("vol-" + "a" * 32))
         await fails(Status.INVALID_ARGUMENT, publish(""))
         await fails(Status.INVALID_ARGUMENT, publish(volumes[1].volume_id, node=""))
-        await fails(Status.INVALID_ARGUMENT, ctl.controller_publish_volume(
-            csi.ControllerPublishVolumeRequest(volume_id=volumes[1].volume_id, node_id=NODE)))
+        await fails(
+            Status.INVALID_ARGUMENT,
+            ctl.controller_publish_volume(
+                csi.ControllerPublishVolumeRequest(volume_id=volumes[1].volume_id, node_id=NODE)
+            ),
+        )
         # A published volume is in use.
         await fails(Status.FAILED_PRECONDITION, delete(d, volumes[0].volume_id))
 
@@ -1014,12 +1145,21 @@ async def test_restart_keeps_every_record(cleanup: Path) -> None:
         snap = await snapshot(d, "snap", plain.volume_id)
         restored = await create(d, "restored", source=from_snapshot(snap.snapshot_id))
         grown = await create(d, "grown", required=8 * MiB)
-        await d.client.controller.controller_expand_volume(csi.ControllerExpandVolumeRequest(
-            volume_id=grown.volume_id, capacity_range=csi.CapacityRange(required_bytes=32 * MiB)))
-        await d.client.controller.controller_modify_volume(csi.ControllerModifyVolumeRequest(
-            volume_id=grown.volume_id, mutable_parameters={"preallocate": "true"}))
-        await d.client.controller.controller_publish_volume(csi.ControllerPublishVolumeRequest(
-            volume_id=restored.volume_id, node_id=NODE, volume_capability=mount_capability()))
+        await d.client.controller.controller_expand_volume(
+            csi.ControllerExpandVolumeRequest(
+                volume_id=grown.volume_id, capacity_range=csi.CapacityRange(required_bytes=32 * MiB)
+            )
+        )
+        await d.client.controller.controller_modify_volume(
+            csi.ControllerModifyVolumeRequest(
+                volume_id=grown.volume_id, mutable_parameters={"preallocate": "true"}
+            )
+        )
+        await d.client.controller.controller_publish_volume(
+            csi.ControllerPublishVolumeRequest(
+                volume_id=restored.volume_id, node_id=NODE, volume_capability=mount_capability()
+            )
+        )
         volumes_before = await d.client.controller.list_volumes(csi.ListVolumesRequest())
         snapshots_before = await d.client.controller.list_snapshots(csi.ListSnapshotsRequest())
         capacity_before = await capacity(d)
@@ -1027,25 +1167,28 @@ async def test_restart_keeps_every_record(cleanup: Path) -> None:
     async with running_driver(config, cleanup) as d:
         assert await d.client.controller.list_volumes(csi.ListVolumesRequest()) == volumes_before
         assert (
-            await d.client.controller.list_snapshots(csi.ListSnapshotsRequest())
-            == snapshots_before
+            await d.client.controller.list_snapshots(csi.ListSnapshotsRequest()) == snapshots_before
         )
         assert (await capacity(d)).available_capacity == capacity_before.available_capacity
         status = (await get_volume(d, restored.volume_id)).status
         assert status is not None
         assert status.published_node_ids == [NODE]
         # Idempotency survives the restart: same names, same volumes and snapshots.
-        assert (await create(d, "plain", required=8 * MiB,
-                             params={"preallocate": "false"})).volume_id == plain.volume_id
+        assert (
+            await create(d, "plain", required=8 * MiB, params={"preallocate": "false"})
+        ).volume_id == plain.volume_id
         assert (await snapshot(d, "snap", plain.volume_id)) == snap
         assert (await read_all(image(d, plain.volume_id)))[123:130] == b"persist"
         # The modified parameter is still in force: growth is preallocated.
-        await d.client.controller.controller_expand_volume(csi.ControllerExpandVolumeRequest(
-            volume_id=grown.volume_id, capacity_range=csi.CapacityRange(required_bytes=40 * MiB)))
+        await d.client.controller.controller_expand_volume(
+            csi.ControllerExpandVolumeRequest(
+                volume_id=grown.volume_id, capacity_range=csi.CapacityRange(required_bytes=40 * MiB)
+            )
+        )
         assert allocated(image(d, grown.volume_id)) >= 40 * MiB
         await d.client.controller.controller_unpublish_volume(
-            csi.ControllerUnpublishVolumeRequest(volume_id=restored.volume_id, node_id=NODE))
-
+            csi.ControllerUnpublishVolumeRequest(volume_id=restored.volume_id, node_id=NODE)
+        )
 
 
 async def test_controller_expansion_can_be_turned_off_for_node_local_deployments(

@@ -35,8 +35,9 @@ def test_endpoint_and_driver_args() -> None:
     config = bench_config("lifecycle", "--endpoint", "unix:///run/csi.sock")
     assert config.endpoint == Path("/run/csi.sock")
     assert not config.spawn
-    spawned = bench_config("lifecycle", "--spawn", "--driver-arg=--max-operations 1",
-                           "--driver-arg=--max-mkfs=2")
+    spawned = bench_config(
+        "lifecycle", "--spawn", "--driver-arg=--max-operations 1", "--driver-arg=--max-mkfs=2"
+    )
     assert spawned.driver_args == ("--max-operations", "1", "--max-mkfs=2")
 
 
@@ -66,8 +67,9 @@ def test_parameters_record_the_run() -> None:
     assert params["compare_raw"] is True
 
 
-def _report(*, failures: int = 0, interrupted: str | None = None,
-            leftovers: tuple[str, ...] = ()) -> Report:
+def _report(
+    *, failures: int = 0, interrupted: str | None = None, leftovers: tuple[str, ...] = ()
+) -> Report:
     rec = RunRecorder("driver", "lifecycles", 2, ("CreateVolume", "DeleteVolume"))
     rec.start()
     for _ in range(3):
@@ -81,10 +83,17 @@ def _report(*, failures: int = 0, interrupted: str | None = None,
     idle = Samples("Probe")
     idle.ok(0.001)
     return Report.build(
-        scenario="churn", version="0.1.0", started_at="t", wall_s=2.0, parameters={},
+        scenario="churn",
+        version="0.1.0",
+        started_at="t",
+        wall_s=2.0,
+        parameters={},
         machine={"nproc": 2, "memory_bytes": 2 * 1024**3, "kernel": "6.1"},
-        points=[PointRecorder(2, main=[rec]).result()], churn=ChurnProbe.of(100, idle, idle),
-        loop_lag=[0.001], interrupted=interrupted, leftovers=leftovers,
+        points=[PointRecorder(2, main=[rec]).result()],
+        churn=ChurnProbe.of(100, idle, idle),
+        loop_lag=[0.001],
+        interrupted=interrupted,
+        leftovers=leftovers,
     )
 
 

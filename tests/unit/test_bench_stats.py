@@ -57,7 +57,12 @@ def test_latency_is_in_ms_ordered_and_independent_of_input_order() -> None:
     assert lat == Latency.of(seconds)
     assert lat is not None
     assert (lat.count, lat.min, lat.p50, lat.p90, lat.p99, lat.max) == (
-        1000, 1.0, 500.0, 900.0, 990.0, 1000.0
+        1000,
+        1.0,
+        500.0,
+        900.0,
+        990.0,
+        1000.0,
     )
     assert lat.mean == pytest.approx(500.5)
 
@@ -147,9 +152,17 @@ def test_churn_ratio_compares_p99s() -> None:
 
 def _report(**overrides: object) -> Report:
     arguments: dict[str, object] = {
-        "scenario": "lifecycle", "version": "0", "started_at": "t", "wall_s": 1.0,
-        "parameters": {}, "machine": {}, "points": [], "churn": None, "loop_lag": [],
-        "interrupted": None, "leftovers": [],
+        "scenario": "lifecycle",
+        "version": "0",
+        "started_at": "t",
+        "wall_s": 1.0,
+        "parameters": {},
+        "machine": {},
+        "points": [],
+        "churn": None,
+        "loop_lag": [],
+        "interrupted": None,
+        "leftovers": [],
     }
     arguments.update(overrides)
     return Report.build(**arguments)  # type: ignore[arg-type]
@@ -161,8 +174,9 @@ def test_report_totals_every_error_and_serialises() -> None:
     idle, loaded = Samples("Probe"), Samples("Probe")
     idle.ok(0.001)
     loaded.failed("DEADLINE_EXCEEDED")
-    report = _report(points=[PointRecorder(2, main=[failing]).result()],
-                     churn=ChurnProbe.of(10, idle, loaded))
+    report = _report(
+        points=[PointRecorder(2, main=[failing]).result()], churn=ChurnProbe.of(10, idle, loaded)
+    )
     assert report.errors == {"ABORTED": 1, "DEADLINE_EXCEEDED": 1, "INVALID_ARGUMENT": 2}
     assert report.error_count == 4
     assert report.failed_units == 2

@@ -195,8 +195,12 @@ def test_mutable_preallocate_overrides_the_storage_class() -> None:
 
 def _volume(**changes: object) -> Volume:
     fields: dict[str, object] = {
-        "id": "vol-" + "0" * 32, "name": "pvc", "capacity_bytes": 16 * MiB,
-        "state": VolumeState.READY, "node_id": "me", "parameters": {},
+        "id": "vol-" + "0" * 32,
+        "name": "pvc",
+        "capacity_bytes": 16 * MiB,
+        "state": VolumeState.READY,
+        "node_id": "me",
+        "parameters": {},
     }
     fields.update(changes)
     return Volume(**fields)  # type: ignore[arg-type]
@@ -204,7 +208,9 @@ def _volume(**changes: object) -> Volume:
 
 def _request(**changes: object) -> CreateVolume:
     fields: dict[str, object] = {
-        "name": "pvc", "capacity": CapacityRange(16 * MiB), "capabilities": (EXT4,),
+        "name": "pvc",
+        "capacity": CapacityRange(16 * MiB),
+        "capabilities": (EXT4,),
     }
     fields.update(changes)
     return CreateVolume(**fields)  # type: ignore[arg-type]

@@ -31,9 +31,25 @@ def mount_cap(*flags: str, fs_type: str = "ext4") -> csi.VolumeCapability:
 
 @pytest.mark.parametrize(
     "flag",
-    ["noatime", "nodiratime", "relatime", "ro", "nosuid", "nodev", "noexec", "discard",
-     "commit=30", "data=writeback", "errors=remount-ro", "errors=continue", "compress=zstd:3",
-     "compress=no", "allocsize=64k", "logbsize=256K", "space_cache=v2"],
+    [
+        "noatime",
+        "nodiratime",
+        "relatime",
+        "ro",
+        "nosuid",
+        "nodev",
+        "noexec",
+        "discard",
+        "commit=30",
+        "data=writeback",
+        "errors=remount-ro",
+        "errors=continue",
+        "compress=zstd:3",
+        "compress=no",
+        "allocsize=64k",
+        "logbsize=256K",
+        "space_cache=v2",
+    ],
 )
 def test_allowed_mount_flags(flag: str) -> None:
     assert check.mount_flag(flag) == flag
@@ -43,18 +59,49 @@ def test_allowed_mount_flags(flag: str) -> None:
     "flag",
     [
         # privileges and devices
-        "suid", "dev", "exec", "user", "users", "owner",
+        "suid",
+        "dev",
+        "exec",
+        "user",
+        "users",
+        "owner",
         # other paths, other mounts
-        "bind", "rbind", "remount", "move", "loop", "loop=/dev/loop0", "x-foo", "x-mount.mkdir",
-        "defaults", "auto", "_netdev",
+        "bind",
+        "rbind",
+        "remount",
+        "move",
+        "loop",
+        "loop=/dev/loop0",
+        "x-foo",
+        "x-mount.mkdir",
+        "defaults",
+        "auto",
+        "_netdev",
         # identities and labels
-        "uid=0", "gid=0", "context=system_u:object_r:tmp_t:s0", "fscontext=x",
+        "uid=0",
+        "gid=0",
+        "context=system_u:object_r:tmp_t:s0",
+        "fscontext=x",
         # injection: several options in one flag, or a value that carries more
-        "uid=0,gid=0", "noatime,suid", "data=ordered,suid", "commit=5,dev", "compress=zstd,dev",
+        "uid=0,gid=0",
+        "noatime,suid",
+        "data=ordered,suid",
+        "commit=5,dev",
+        "compress=zstd,dev",
         # values of the wrong shape, or dangerous ones
-        "errors=panic", "commit=5x", "commit=", "commit=-1", "data=/etc", "allocsize=1T",
+        "errors=panic",
+        "commit=5x",
+        "commit=",
+        "commit=-1",
+        "data=/etc",
+        "allocsize=1T",
         # blanks and case
-        "", " noatime", "noatime ", "NOATIME", "=noatime", "noatime=1",
+        "",
+        " noatime",
+        "noatime ",
+        "NOATIME",
+        "=noatime",
+        "noatime=1",
     ],
 )
 def test_refused_mount_flags(flag: str) -> None:
@@ -160,7 +207,8 @@ def test_lookup_path_is_required() -> None:
 
 def test_stage_request() -> None:
     request = csi.NodeStageVolumeRequest(
-        volume_id="vol-1", staging_target_path="/var/lib/kubelet/plugins/x/globalmount/",
+        volume_id="vol-1",
+        staging_target_path="/var/lib/kubelet/plugins/x/globalmount/",
         volume_capability=mount_cap("noatime"),
     )
     staged = check.stage(request, ROOTS)
@@ -173,8 +221,10 @@ def test_stage_request() -> None:
 
 def test_publish_request_needs_a_staging_path_unless_ephemeral() -> None:
     request = csi.NodePublishVolumeRequest(
-        volume_id="csi-abc", target_path="/var/lib/kubelet/pods/p/volumes/v",
-        volume_capability=mount_cap(), readonly=True,
+        volume_id="csi-abc",
+        target_path="/var/lib/kubelet/pods/p/volumes/v",
+        volume_capability=mount_cap(),
+        readonly=True,
     )
     with pytest.raises(InvalidArgument, match="staging_target_path is required"):
         check.publish(request, ROOTS)

@@ -72,8 +72,9 @@ class Interrupts:
                 loop.remove_signal_handler(signum)
 
 
-async def _connect(config: BenchConfig, socket_path: Path, workspace: Workspace,
-                   stack: AsyncExitStack) -> DriverSide:
+async def _connect(
+    config: BenchConfig, socket_path: Path, workspace: Workspace, stack: AsyncExitStack
+) -> DriverSide:
     stubs = CsiStubs.connect(socket_path)
     stack.callback(stubs.close)
     stream = CsiStubs.connect(socket_path)
@@ -86,8 +87,9 @@ async def _connect(config: BenchConfig, socket_path: Path, workspace: Workspace,
         ) from exc
     name_base = f"{config.name_prefix}-{secrets.token_hex(4)}"
     lifecycles = CsiLifecycles(stubs, config.volume, workspace, name_base, config.rpc_timeout)
-    return DriverSide(lifecycles, ProbeCalls(stubs, config.rpc_timeout),
-                      ProbeCalls(stream, config.rpc_timeout))
+    return DriverSide(
+        lifecycles, ProbeCalls(stubs, config.rpc_timeout), ProbeCalls(stream, config.rpc_timeout)
+    )
 
 
 async def _scenario_phase(state: RunState, interrupts: Interrupts) -> None:
@@ -116,9 +118,9 @@ async def _run_in(workspace: Workspace, state: RunState, interrupts: Interrupts)
         if config.scenario.needs_driver:
             socket_path = config.endpoint
             if socket_path is None:
-                socket_path = await stack.enter_async_context(spawned_driver(
-                    workspace, config.volume, config.driver_args, config.driver_log
-                ))
+                socket_path = await stack.enter_async_context(
+                    spawned_driver(workspace, config.volume, config.driver_args, config.driver_log)
+                )
             state.driver = await _connect(config, socket_path, workspace, stack)
         try:
             await _scenario_phase(state, interrupts)
@@ -162,9 +164,16 @@ async def run_bench(config: BenchConfig, progress: Progress) -> Report:
     if failure is not None:
         raise failure
     return Report.build(
-        scenario=config.scenario.value, version=__version__, started_at=started_at,
-        wall_s=time.perf_counter() - started, parameters=config.parameters(), machine=machine,
-        points=[p.result() for p in state.points], churn=state.churn(), loop_lag=lag.samples,
-        interrupted=state.interrupted, leftovers=state.leftovers,
+        scenario=config.scenario.value,
+        version=__version__,
+        started_at=started_at,
+        wall_s=time.perf_counter() - started,
+        parameters=config.parameters(),
+        machine=machine,
+        points=[p.result() for p in state.points],
+        churn=state.churn(),
+        loop_lag=lag.samples,
+        interrupted=state.interrupted,
+        leftovers=state.leftovers,
         client_cpu_s=time.process_time() - cpu_started,
     )

@@ -35,10 +35,19 @@ CREATE, STAGE, PUBLISH, WRITE = "CreateVolume", "NodeStageVolume", "NodePublishV
 UNPUBLISH, UNSTAGE, DELETE = "NodeUnpublishVolume", "NodeUnstageVolume", "DeleteVolume"
 PROBE = "Probe"
 # Refusals: the driver did nothing, so there is nothing to undo.
-_DEFINITIVE = frozenset({
-    "INVALID_ARGUMENT", "OUT_OF_RANGE", "RESOURCE_EXHAUSTED", "ALREADY_EXISTS", "NOT_FOUND",
-    "FAILED_PRECONDITION", "UNIMPLEMENTED", "PERMISSION_DENIED", "UNAUTHENTICATED",
-})
+_DEFINITIVE = frozenset(
+    {
+        "INVALID_ARGUMENT",
+        "OUT_OF_RANGE",
+        "RESOURCE_EXHAUSTED",
+        "ALREADY_EXISTS",
+        "NOT_FOUND",
+        "FAILED_PRECONDITION",
+        "UNIMPLEMENTED",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+    }
+)
 # While releasing, the driver may still be busy with an interrupted call on the same volume.
 _RETRYABLE = frozenset({"ABORTED", "UNAVAILABLE", "DEADLINE_EXCEEDED"})
 _RELEASE_TRIES = 10
@@ -81,8 +90,9 @@ class CsiStubs:
     @classmethod
     def connect(cls, socket_path: Path) -> CsiStubs:
         channel = Channel(path=os.fspath(socket_path))
-        return cls(channel, csi.IdentityStub(channel), csi.ControllerStub(channel),
-                   csi.NodeStub(channel))
+        return cls(
+            channel, csi.IdentityStub(channel), csi.ControllerStub(channel), csi.NodeStub(channel)
+        )
 
     def close(self) -> None:
         self.channel.close()
@@ -137,7 +147,11 @@ class CsiLifecycles(Lifecycles[CsiSlot]):
     kind = "driver"
 
     def __init__(
-        self, stubs: CsiStubs, spec: VolumeSpec, workspace: Workspace, name_base: str,
+        self,
+        stubs: CsiStubs,
+        spec: VolumeSpec,
+        workspace: Workspace,
+        name_base: str,
         rpc_timeout: float,
     ) -> None:
         super().__init__()
@@ -161,8 +175,9 @@ class CsiLifecycles(Lifecycles[CsiSlot]):
         return f"volume {slot.name} (id {slot.volume_id or '?'}; may hold {held or 'nothing'})"
 
     def _new(self, seq: int) -> CsiSlot:
-        return CsiSlot(f"{self._name_base}-{seq}", self._workspace.staging(seq),
-                       self._workspace.target(seq))
+        return CsiSlot(
+            f"{self._name_base}-{seq}", self._workspace.staging(seq), self._workspace.target(seq)
+        )
 
     async def _steps(self, slot: CsiSlot, rec: RunRecorder) -> None:
         await self._create(slot, rec.op(CREATE))
@@ -222,7 +237,9 @@ class CsiLifecycles(Lifecycles[CsiSlot]):
             volume_capabilities=[self._capability],
         )
         response = await self._holding(
-            slot, Held.VOLUME, samples,
+            slot,
+            Held.VOLUME,
+            samples,
             lambda: self._stubs.controller.create_volume(request, timeout=self._timeout),
         )
         volume = response.volume
@@ -233,22 +250,30 @@ class CsiLifecycles(Lifecycles[CsiSlot]):
 
     async def _stage(self, slot: CsiSlot, samples: Samples) -> None:
         request = csi.NodeStageVolumeRequest(
-            volume_id=slot.known_id, staging_target_path=str(slot.staging),
-            volume_capability=self._capability, volume_context=slot.volume_context,
+            volume_id=slot.known_id,
+            staging_target_path=str(slot.staging),
+            volume_capability=self._capability,
+            volume_context=slot.volume_context,
         )
         await self._holding(
-            slot, Held.STAGE, samples,
+            slot,
+            Held.STAGE,
+            samples,
             lambda: self._stubs.node.node_stage_volume(request, timeout=self._timeout),
         )
 
     async def _publish(self, slot: CsiSlot, samples: Samples) -> None:
         request = csi.NodePublishVolumeRequest(
-            volume_id=slot.known_id, staging_target_path=str(slot.staging),
-            target_path=str(slot.target), volume_capability=self._capability,
+            volume_id=slot.known_id,
+            staging_target_path=str(slot.staging),
+            target_path=str(slot.target),
+            volume_capability=self._capability,
             volume_context=slot.volume_context,
         )
         await self._holding(
-            slot, Held.PUBLISH, samples,
+            slot,
+            Held.PUBLISH,
+            samples,
             lambda: self._stubs.node.node_publish_volume(request, timeout=self._timeout),
         )
 

@@ -102,53 +102,115 @@ class BenchConfig:
 
 
 def add_bench_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("scenario", choices=[s.value for s in Scenario],
-                   help="probe, lifecycle, churn, sweep or raw (docs/benchmarks.md)")
+    p.add_argument(
+        "scenario",
+        choices=[s.value for s in Scenario],
+        help="probe, lifecycle, churn, sweep or raw (docs/benchmarks.md)",
+    )
     target = p.add_mutually_exclusive_group()
     target.add_argument("--endpoint", help="socket of a running CSI driver: unix:///abs or /abs")
-    target.add_argument("--spawn", action="store_true",
-                        help="start `aiocsi serve` on a temporary pool and socket, stop it after")
-    p.add_argument("--driver-arg", action="append", default=[], metavar="ARG",
-                   help="extra flag(s) for the spawned driver, e.g. --driver-arg=--max-operations=1"
-                        " (repeatable; shell-split)")
+    target.add_argument(
+        "--spawn",
+        action="store_true",
+        help="start `aiocsi serve` on a temporary pool and socket, stop it after",
+    )
+    p.add_argument(
+        "--driver-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra flag(s) for the spawned driver, e.g. --driver-arg=--max-operations=1"
+        " (repeatable; shell-split)",
+    )
     p.add_argument("--driver-log", type=Path, help="keep the spawned driver's output in this file")
-    p.add_argument("--workdir", type=Path,
-                   help="parent of the run's fresh work directory [default: the system temp dir]")
-    p.add_argument("--concurrency", type=int, help="lifecycles or calls in flight "
-                   f"[default 4; churn {CHURN_CONCURRENCY}]")
-    p.add_argument("--concurrencies", default=",".join(map(str, DEFAULT_CONCURRENCIES)),
-                   help="sweep: comma-separated concurrencies [default %(default)s]")
-    p.add_argument("--count", type=int, help="units per run: lifecycles, or calls for probe "
-                   f"[default {DEFAULT_LIFECYCLES}; probe {DEFAULT_PROBE_CALLS}; no limit "
-                   "with --duration]")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        help="parent of the run's fresh work directory [default: the system temp dir]",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        help=f"lifecycles or calls in flight [default 4; churn {CHURN_CONCURRENCY}]",
+    )
+    p.add_argument(
+        "--concurrencies",
+        default=",".join(map(str, DEFAULT_CONCURRENCIES)),
+        help="sweep: comma-separated concurrencies [default %(default)s]",
+    )
+    p.add_argument(
+        "--count",
+        type=int,
+        help="units per run: lifecycles, or calls for probe "
+        f"[default {DEFAULT_LIFECYCLES}; probe {DEFAULT_PROBE_CALLS}; no limit "
+        "with --duration]",
+    )
     p.add_argument("--duration", type=float, help="seconds per run to keep starting units")
     p.add_argument("--repeat", type=int, default=1, help="runs per concurrency; medians reported")
-    p.add_argument("--timeout", type=float, default=900.0,
-                   help="seconds for the whole run before it stops and cleans up [%(default)s]")
-    p.add_argument("--rpc-timeout", type=float, default=120.0,
-                   help="deadline of each call in seconds [%(default)s]")
-    p.add_argument("--cleanup-timeout", type=float, default=120.0,
-                   help="seconds allowed for deleting what is left after errors [%(default)s]")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="seconds for the whole run before it stops and cleans up [%(default)s]",
+    )
+    p.add_argument(
+        "--rpc-timeout",
+        type=float,
+        default=120.0,
+        help="deadline of each call in seconds [%(default)s]",
+    )
+    p.add_argument(
+        "--cleanup-timeout",
+        type=float,
+        default=120.0,
+        help="seconds allowed for deleting what is left after errors [%(default)s]",
+    )
     p.add_argument("--access", choices=[a.value for a in Access], default="mount")
     p.add_argument("--fs-type", default="ext4", help="filesystem of mount volumes [%(default)s]")
     p.add_argument("--size", default="64Mi", help="volume size, e.g. 64Mi [%(default)s]")
-    p.add_argument("--exact-size", action="store_true",
-                   help="ask for exactly --size (limit_bytes = required_bytes)")
-    p.add_argument("--write", default="0", metavar="BYTES",
-                   help="bytes written and fsynced through each published volume [%(default)s]")
-    p.add_argument("--compare-raw", action="store_true",
-                   help="lifecycle/sweep: also run `raw` at each concurrency; report the ratio")
-    p.add_argument("--probe-rate", type=float, default=100.0,
-                   help="churn: Probe calls per second, idle and under load [%(default)s]")
-    p.add_argument("--idle-probes", type=int, default=500,
-                   help="churn: Probe calls measured before the load starts [%(default)s]")
+    p.add_argument(
+        "--exact-size",
+        action="store_true",
+        help="ask for exactly --size (limit_bytes = required_bytes)",
+    )
+    p.add_argument(
+        "--write",
+        default="0",
+        metavar="BYTES",
+        help="bytes written and fsynced through each published volume [%(default)s]",
+    )
+    p.add_argument(
+        "--compare-raw",
+        action="store_true",
+        help="lifecycle/sweep: also run `raw` at each concurrency; report the ratio",
+    )
+    p.add_argument(
+        "--probe-rate",
+        type=float,
+        default=100.0,
+        help="churn: Probe calls per second, idle and under load [%(default)s]",
+    )
+    p.add_argument(
+        "--idle-probes",
+        type=int,
+        default=500,
+        help="churn: Probe calls measured before the load starts [%(default)s]",
+    )
     p.add_argument("--name-prefix", default="bench", help="volume name prefix [%(default)s]")
     p.add_argument("--json", type=Path, dest="json_path", help="write the full report here")
-    p.add_argument("--plot", type=Path, dest="plot_path",
-                   help="sweep: draw throughput and p99 against concurrency (needs matplotlib)")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        dest="plot_path",
+        help="sweep: draw throughput and p99 against concurrency (needs matplotlib)",
+    )
     progress = p.add_mutually_exclusive_group()
-    progress.add_argument("--progress", action="store_true", default=None,
-                          help="always show progress [default: when stdout is a terminal]")
+    progress.add_argument(
+        "--progress",
+        action="store_true",
+        default=None,
+        help="always show progress [default: when stdout is a terminal]",
+    )
     progress.add_argument("--no-progress", action="store_false", dest="progress")
 
 

@@ -95,8 +95,14 @@ def progress(enabled: bool | None) -> Iterator[Progress]:
     if not HAVE_RICH:
         yield _Lines()
         return
-    bar = RichBar(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[failed]}"))
+    bar = RichBar(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[failed]}"),
+    )
     with bar:
         yield _Bar(bar)
 
@@ -130,8 +136,14 @@ def _series_row(concurrency: int, series: Series, ratio: str) -> tuple[str, ...]
     per_run = " ".join(_num(r.throughput_per_s) for r in runs) if len(runs) > 1 else ""
     failed = sum(r.failed for r in runs)
     return (
-        str(concurrency), series.kind, _num(series.throughput_median, 2), per_run,
-        *_latency(series.latency_ms), str(sum(r.succeeded for r in runs)), str(failed), ratio,
+        str(concurrency),
+        series.kind,
+        _num(series.throughput_median, 2),
+        per_run,
+        *_latency(series.latency_ms),
+        str(sum(r.succeeded for r in runs)),
+        str(failed),
+        ratio,
     )
 
 
@@ -143,8 +155,7 @@ def throughput_table(points: list[Point]) -> Table:
             rows.append(_series_row(point.concurrency, point.main, _num(point.main_to_raw, 2)))
         if point.raw is not None:
             rows.append(_series_row(point.concurrency, point.raw, ""))
-    headers = ("conc", "kind", f"{unit}/s", "per run", *_LATENCY_HEADERS, "ok", "failed",
-               "vs raw")
+    headers = ("conc", "kind", f"{unit}/s", "per run", *_LATENCY_HEADERS, "ok", "failed", "vs raw")
     return Table(f"Throughput ({unit}/s: median of runs; latency of whole {unit})", headers, rows)
 
 
@@ -174,9 +185,13 @@ def _step_tables(points: list[Point]) -> list[Table]:
     if len(points) == 1:
         point = points[0]
         return [
-            steps_table(f"Steps of {series.kind} at concurrency {point.concurrency} "
-                        "(latency of successful calls)", series.operations)
-            for series in (point.main, point.raw) if series is not None
+            steps_table(
+                f"Steps of {series.kind} at concurrency {point.concurrency} "
+                "(latency of successful calls)",
+                series.operations,
+            )
+            for series in (point.main, point.raw)
+            if series is not None
         ]
     tables = [p99_matrix("p99 ms of each step by concurrency", points, "main")]
     if any(p.raw for p in points):
@@ -187,7 +202,10 @@ def _step_tables(points: list[Point]) -> list[Table]:
 def _cleanup_table(points: list[Point]) -> Table | None:
     ops = [
         dataclasses.replace(op, name=f"{s.kind} c={p.concurrency}: {op.name}")
-        for p in points for s in (p.main, p.raw) if s for op in s.cleanup
+        for p in points
+        for s in (p.main, p.raw)
+        if s
+        for op in s.cleanup
     ]
     if not ops:
         return None
@@ -202,8 +220,7 @@ def churn_table(report: Report) -> Table | None:
         (label, str(op.calls), _codes(op.errors), *_latency(op.latency_ms))
         for label, op in (("idle", churn.idle), ("under load", churn.under_load))
     ]
-    title = (f"Probe at {churn.rate_per_s:g}/s: p99 under load / idle = "
-             f"{_num(churn.p99_ratio, 2)}")
+    title = f"Probe at {churn.rate_per_s:g}/s: p99 under load / idle = {_num(churn.p99_ratio, 2)}"
     return Table(title, ("Probe", "calls", "errors", *_LATENCY_HEADERS), rows)
 
 
@@ -211,8 +228,13 @@ def tables(report: Report) -> list[Table]:
     found = [throughput_table(report.points), *_step_tables(report.points)]
     found += [t for t in (churn_table(report), _cleanup_table(report.points)) if t is not None]
     if report.errors:
-        found.append(Table("Errors by code", ("code", "count"),
-                           [(code, str(n)) for code, n in report.errors.items()]))
+        found.append(
+            Table(
+                "Errors by code",
+                ("code", "count"),
+                [(code, str(n)) for code, n in report.errors.items()],
+            )
+        )
     return found
 
 
@@ -220,8 +242,10 @@ def header(report: Report) -> str:
     m = report.machine
     memory = m.get("memory_bytes")
     mem = f"{memory / _GIB:.1f} GiB" if isinstance(memory, int) else "? GiB"
-    return (f"aiocsi bench {report.scenario} (aiocsi {report.aiocsi_version}) on "
-            f"{m.get('nproc')} CPUs, {mem}, kernel {m.get('kernel')}")
+    return (
+        f"aiocsi bench {report.scenario} (aiocsi {report.aiocsi_version}) on "
+        f"{m.get('nproc')} CPUs, {mem}, kernel {m.get('kernel')}"
+    )
 
 
 def footer(report: Report) -> list[str]:
@@ -234,8 +258,10 @@ def footer(report: Report) -> list[str]:
     if report.interrupted:
         lines.append(f"INTERRUPTED by {report.interrupted}: the figures cover a partial run")
     lines.extend(f"LEFT OVER: {item}" for item in report.leftovers)
-    verdict = "no errors" if report.clean else (
-        f"{report.error_count} failed calls, {report.failed_units} failed units"
+    verdict = (
+        "no errors"
+        if report.clean
+        else (f"{report.error_count} failed calls, {report.failed_units} failed units")
     )
     lines.append(f"{verdict}; wall time {report.wall_s:.1f} s")
     return lines
@@ -246,8 +272,12 @@ def _plain(table: Table) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(table.headers))]
     lines = [table.title]
     for n, row in enumerate(cells):
-        lines.append("  ".join(cell.rjust(w) if i else cell.ljust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+        lines.append(
+            "  ".join(
+                cell.rjust(w) if i else cell.ljust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -286,15 +316,22 @@ def plot_sweep(report: Report, path: Path) -> None:
     pyplot: Any = importlib.import_module("matplotlib.pyplot")
     figure, (rate_axis, p99_axis) = pyplot.subplots(1, 2, figsize=(11, 4.5))
     for pick, style in (("main", "o-"), ("raw", "s--")):
-        drawn = [(p.concurrency, s) for p in report.points
-                 if (s := p.main if pick == "main" else p.raw) is not None]
+        drawn = [
+            (p.concurrency, s)
+            for p in report.points
+            if (s := p.main if pick == "main" else p.raw) is not None
+        ]
         if not drawn:
             continue
         label = drawn[0][1].kind
         xs = [c for c, _ in drawn]
         rate_axis.plot(xs, [s.throughput_median for _, s in drawn], style, label=label)
-        p99_axis.plot(xs, [s.latency_ms.p99 if s.latency_ms else float("nan") for _, s in drawn],
-                      style, label=label)
+        p99_axis.plot(
+            xs,
+            [s.latency_ms.p99 if s.latency_ms else float("nan") for _, s in drawn],
+            style,
+            label=label,
+        )
     unit = next((s.unit for p in report.points for s in (p.main, p.raw) if s), "units")
     ticks = [p.concurrency for p in report.points]
     per_unit = unit.removesuffix("s")

@@ -53,15 +53,17 @@ async def measure(
     try:
         result = await call()
     except BaseException as exc:
-        samples.failed(CANCELLED if isinstance(exc, anyio.get_cancelled_exc_class())
-                       else code_of(exc))
+        samples.failed(
+            CANCELLED if isinstance(exc, anyio.get_cancelled_exc_class()) else code_of(exc)
+        )
         raise
     samples.ok(time.perf_counter() - started)
     return result
 
 
 async def run_unit(
-    samples: Samples, call: Callable[[], Awaitable[object]],
+    samples: Samples,
+    call: Callable[[], Awaitable[object]],
     code_of: Callable[[BaseException], str],
 ) -> bool:
     """Like `measure` for a whole unit whose failure is a result, not an exception."""

@@ -78,8 +78,9 @@ class RunState:
         return ChurnProbe.of(self.config.probe_rate, self.idle_probes, self.loaded_probes)
 
 
-async def _run(state: RunState, units: Units, concurrency: int, into: list[RunRecorder],
-               label: str) -> None:
+async def _run(
+    state: RunState, units: Units, concurrency: int, into: list[RunRecorder], label: str
+) -> None:
     rec = units.recorder(concurrency)
     into.append(rec)
     budget = Budget(state.config.count, state.config.duration)
@@ -104,8 +105,13 @@ async def _points(state: RunState, main: Units, raw: Units | None) -> None:
 
 
 async def probe_stream(
-    probes: ProbeCalls, samples: Samples, rate: float, *, count: int | None = None,
-    stop: anyio.Event | None = None, progress: Progress | None = None,
+    probes: ProbeCalls,
+    samples: Samples,
+    rate: float,
+    *,
+    count: int | None = None,
+    stop: anyio.Event | None = None,
+    progress: Progress | None = None,
 ) -> None:
     """Open loop: call i starts at start + i/rate whatever earlier calls are doing, so a
     slow answer delays no later call (no coordinated omission).
@@ -133,20 +139,31 @@ async def probe_stream(
 async def _churn(state: RunState, driver: CsiLifecycles, probes: ProbeCalls) -> None:
     config = state.config
     state.progress.phase(f"idle Probe at {config.probe_rate:g}/s", config.idle_probes)
-    await probe_stream(probes, state.idle_probes, config.probe_rate, count=config.idle_probes,
-                       progress=state.progress)
+    await probe_stream(
+        probes,
+        state.idle_probes,
+        config.probe_rate,
+        count=config.idle_probes,
+        progress=state.progress,
+    )
     concurrency = config.concurrencies[0]
     point = PointRecorder(concurrency)
     state.points.append(point)
     for n in range(1, config.repeat + 1):
         stop = anyio.Event()
-        stream = functools.partial(probe_stream, probes, state.loaded_probes,
-                                   config.probe_rate, stop=stop)
+        stream = functools.partial(
+            probe_stream, probes, state.loaded_probes, config.probe_rate, stop=stop
+        )
         async with anyio.create_task_group() as tg:
             tg.start_soon(stream)
             try:
-                await _run(state, driver, concurrency, point.main,
-                           f"churn c={concurrency} run {n}/{config.repeat}")
+                await _run(
+                    state,
+                    driver,
+                    concurrency,
+                    point.main,
+                    f"churn c={concurrency} run {n}/{config.repeat}",
+                )
             finally:
                 stop.set()
 

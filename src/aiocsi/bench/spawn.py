@@ -39,18 +39,29 @@ class SetupError(Exception):
     """The run could not start: no driver, no socket, no work directory."""
 
 
-def driver_argv(workspace: Workspace, socket_path: Path, spec: VolumeSpec,
-                extra: Sequence[str]) -> list[str]:
+def driver_argv(
+    workspace: Workspace, socket_path: Path, spec: VolumeSpec, extra: Sequence[str]
+) -> list[str]:
     """Our flags first, so that a repeated flag in `extra` (--driver-arg) wins."""
     return [
-        sys.executable, "-m", "aiocsi", "serve",
-        "--endpoint", f"unix://{socket_path}",
-        "--pool", str(workspace.driver_dir / "pool"),
-        "--node-id", "bench-node",
-        "--allowed-path-root", str(workspace.root),
-        "--default-volume-size", str(spec.size),
-        "--shutdown-grace", str(SHUTDOWN_GRACE_S),
-        "--log-format", "json",
+        sys.executable,
+        "-m",
+        "aiocsi",
+        "serve",
+        "--endpoint",
+        f"unix://{socket_path}",
+        "--pool",
+        str(workspace.driver_dir / "pool"),
+        "--node-id",
+        "bench-node",
+        "--allowed-path-root",
+        str(workspace.root),
+        "--default-volume-size",
+        str(spec.size),
+        "--shutdown-grace",
+        str(SHUTDOWN_GRACE_S),
+        "--log-format",
+        "json",
         *extra,
     ]
 
@@ -76,8 +87,11 @@ async def _wait_until_serving(process: Process, socket_path: Path, log: Path) ->
     deadline = time.monotonic() + START_TIMEOUT_S
     while not await _answers(socket_path):
         if process.returncode is not None or time.monotonic() > deadline:
-            state = (f"exited with {process.returncode}" if process.returncode is not None
-                     else f"did not serve within {START_TIMEOUT_S:.0f}s")
+            state = (
+                f"exited with {process.returncode}"
+                if process.returncode is not None
+                else f"did not serve within {START_TIMEOUT_S:.0f}s"
+            )
             tail = await anyio.to_thread.run_sync(_tail, log)
             raise SetupError(f"the spawned driver {state}; its last output:\n{tail}")
         await anyio.sleep(_POLL_S)
@@ -107,7 +121,10 @@ async def spawned_driver(
     output = await anyio.to_thread.run_sync(lambda: log.open("ab"))
     try:
         process = await anyio.open_process(
-            argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     finally:

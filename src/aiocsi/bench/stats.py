@@ -62,8 +62,13 @@ class Latency:
             return None
         p50, p90, p99 = (_ms(percentile(ordered, q)) for q in PERCENTILES)
         return cls(
-            count=len(ordered), min=_ms(ordered[0]), mean=_ms(statistics.fmean(ordered)),
-            p50=p50, p90=p90, p99=p99, max=_ms(ordered[-1]),
+            count=len(ordered),
+            min=_ms(ordered[0]),
+            mean=_ms(statistics.fmean(ordered)),
+            p50=p50,
+            p90=p90,
+            p99=p99,
+            max=_ms(ordered[-1]),
         )
 
 
@@ -98,8 +103,11 @@ class Samples:
 
     def stats(self) -> OpStats:
         return OpStats(
-            name=self.name, calls=self.calls, ok=len(self.latencies),
-            errors=dict(sorted(self.errors.items())), latency_ms=Latency.of(self.latencies),
+            name=self.name,
+            calls=self.calls,
+            ok=len(self.latencies),
+            errors=dict(sorted(self.errors.items())),
+            latency_ms=Latency.of(self.latencies),
         )
 
     @classmethod
@@ -177,9 +185,13 @@ class RunRecorder:
         elapsed = round(self.elapsed, _DIGITS + 3)
         succeeded = len(self.units.latencies)
         return RunResult(
-            kind=self.kind, unit=self.unit, concurrency=self.concurrency,
-            elapsed_s=elapsed, attempted=self.units.calls,
-            succeeded=succeeded, failed=self.units.errors.total(),
+            kind=self.kind,
+            unit=self.unit,
+            concurrency=self.concurrency,
+            elapsed_s=elapsed,
+            attempted=self.units.calls,
+            succeeded=succeeded,
+            failed=self.units.errors.total(),
             throughput_per_s=round(succeeded / elapsed, _DIGITS) if elapsed > 0 else 0.0,
             latency_ms=Latency.of(self.units.latencies),
             errors=dict(sorted(self.units.errors.items())),
@@ -206,13 +218,17 @@ class Series:
             return None
         runs = [r.result() for r in recorders]
         return cls(
-            kind=recorders[0].kind, unit=recorders[0].unit, runs=runs,
+            kind=recorders[0].kind,
+            unit=recorders[0].unit,
+            runs=runs,
             throughput_median=round(statistics.median(r.throughput_per_s for r in runs), _DIGITS),
             latency_ms=Latency.of(s for r in recorders for s in r.units.latencies),
             operations=[s.stats() for s in _merge_named(r.ops for r in recorders)],
             cleanup=[
-                s.stats() for s in sorted(_merge_named(r.cleanup_ops for r in recorders),
-                                          key=recorders[0].step_order)
+                s.stats()
+                for s in sorted(
+                    _merge_named(r.cleanup_ops for r in recorders), key=recorders[0].step_order
+                )
             ],
         )
 
@@ -292,22 +308,39 @@ class Report:
 
     @classmethod
     def build(
-        cls, *, scenario: str, version: str, started_at: str, wall_s: float,
-        parameters: dict[str, object], machine: dict[str, object], points: Sequence[Point],
-        churn: ChurnProbe | None, loop_lag: Sequence[float], interrupted: str | None,
-        leftovers: Sequence[str], client_cpu_s: float = 0.0,
+        cls,
+        *,
+        scenario: str,
+        version: str,
+        started_at: str,
+        wall_s: float,
+        parameters: dict[str, object],
+        machine: dict[str, object],
+        points: Sequence[Point],
+        churn: ChurnProbe | None,
+        loop_lag: Sequence[float],
+        interrupted: str | None,
+        leftovers: Sequence[str],
+        client_cpu_s: float = 0.0,
     ) -> Report:
         errors = _all_errors(points, churn)
-        failed = sum(
-            run.failed for p in points for s in (p.main, p.raw) if s for run in s.runs
-        )
+        failed = sum(run.failed for p in points for s in (p.main, p.raw) if s for run in s.runs)
         return cls(
-            scenario=scenario, aiocsi_version=version, started_at=started_at,
-            wall_s=round(wall_s, _DIGITS), parameters=parameters, machine=machine,
-            points=list(points), churn=churn, client_loop_lag_ms=Latency.of(loop_lag),
+            scenario=scenario,
+            aiocsi_version=version,
+            started_at=started_at,
+            wall_s=round(wall_s, _DIGITS),
+            parameters=parameters,
+            machine=machine,
+            points=list(points),
+            churn=churn,
+            client_loop_lag_ms=Latency.of(loop_lag),
             client_cpu_s=round(client_cpu_s, _DIGITS),
-            errors=dict(sorted(errors.items())), error_count=errors.total(),
-            failed_units=failed, interrupted=interrupted, leftovers=list(leftovers),
+            errors=dict(sorted(errors.items())),
+            error_count=errors.total(),
+            failed_units=failed,
+            interrupted=interrupted,
+            leftovers=list(leftovers),
         )
 
     @property

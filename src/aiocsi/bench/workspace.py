@@ -63,7 +63,8 @@ class Workspace:
 
     async def loop_devices(self) -> dict[str, str]:
         return {
-            dev: backing for dev, backing in (await loop.loop_backing_files()).items()
+            dev: backing
+            for dev, backing in (await loop.loop_backing_files()).items()
             if _under(backing, self.root)
         }
 
