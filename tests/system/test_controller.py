@@ -1211,3 +1211,24 @@ async def test_controller_expansion_can_be_turned_off_for_node_local_deployments
                 )
             ),
         )
+
+
+async def test_validate_confirms_flags_the_operator_allowed(cleanup: Path) -> None:
+    cap = mount_capability(flags=("exec",))
+    config = driver_config(cleanup, allowed_mount_flags=frozenset({"exec"}))
+    async with running_driver(config, cleanup) as drv:
+        volume = await create(drv, "operator-flag")
+        reply = await drv.client.controller.validate_volume_capabilities(
+            csi.ValidateVolumeCapabilitiesRequest(
+                volume_id=volume.volume_id, volume_capabilities=[cap]
+            )
+        )
+        assert reply.confirmed is not None, reply.message
+    async with running_driver(driver_config(cleanup), cleanup) as drv:
+        reply = await drv.client.controller.validate_volume_capabilities(
+            csi.ValidateVolumeCapabilitiesRequest(
+                volume_id=volume.volume_id, volume_capabilities=[cap]
+            )
+        )
+        assert reply.confirmed is None
+        assert "exec" in reply.message

@@ -74,7 +74,7 @@ class ControllerService(csi.ControllerBase):
         common.string_map(message.secrets, "secrets")
         common.string_map(message.volume_context, "volume_context")
         volume = await self._volumes.get(volume_id)
-        if (why := _unconfirmed(volume, message)) is not None:
+        if (why := _unconfirmed(volume, message, self._config.allowed_mount_flags)) is not None:
             return csi.ValidateVolumeCapabilitiesResponse(message=why)
         return csi.ValidateVolumeCapabilitiesResponse(
             confirmed=csi.ValidateVolumeCapabilitiesResponseConfirmed(
@@ -225,10 +225,16 @@ class ControllerService(csi.ControllerBase):
         )
 
 
-def _unconfirmed(volume: Volume, message: csi.ValidateVolumeCapabilitiesRequest) -> str | None:
+def _unconfirmed(
+    volume: Volume,
+    message: csi.ValidateVolumeCapabilitiesRequest,
+    operator_allowed: frozenset[str],
+) -> str | None:
     """Why `volume` cannot serve what `message` asks, or None when it can."""
     try:
-        caps = check.volume_capabilities(message.volume_capabilities)
+        caps = check.volume_capabilities(
+            message.volume_capabilities, operator_allowed=operator_allowed
+        )
         params = check.volume_parameters(message.parameters)
         check.mutable_parameters(message.mutable_parameters)
     except InvalidArgument as exc:
