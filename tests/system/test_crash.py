@@ -67,15 +67,9 @@ class Sidecar:
             await asyncio.sleep(0.05)
 
 
-async def _lifecycle(side: Sidecar, root: Path, name: str, keep: bool, ids: dict[str, str]) -> None:
+async def _node_round(side: Sidecar, root: Path, name: str, volume_id: str, *, write: bool) -> None:
+    """Stage, publish, write (or read back) the volume's data, unpublish, unstage."""
     cap = mount_capability()
-    request = csi.CreateVolumeRequest(
-        name=name,
-        volume_capabilities=[cap],
-        capacity_range=csi.CapacityRange(required_bytes=16 * MiB),
-    )
-    volume_id = volume_id_of(await side.call(lambda c: c.controller.create_volume(request)))
-    ids[name] = volume_id
     staging, target = root / "s" / name, root / "t" / name
     staging.mkdir(parents=True, exist_ok=True)
     stage = csi.NodeStageVolumeRequest(
@@ -87,19 +81,27 @@ async def _lifecycle(side: Sidecar, root: Path, name: str, keep: bool, ids: dict
         target_path=str(target),
         volume_capability=cap,
     )
+    unpublish = csi.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target))
+    unstage = csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(staging))
     await side.call(lambda c: c.node.node_stage_volume(stage))
     await side.call(lambda c: c.node.node_publish_volume(publish))
-    await asyncio.to_thread((target / "data").write_bytes, name.encode())
-    await side.call(
-        lambda c: c.node.node_unpublish_volume(
-            csi.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target))
-        )
+    if write:
+        await asyncio.to_thread((target / "data").write_bytes, name.encode())
+    else:
+        assert (target / "data").read_bytes() == name.encode()
+    await side.call(lambda c: c.node.node_unpublish_volume(unpublish))
+    await side.call(lambda c: c.node.node_unstage_volume(unstage))
+
+
+async def _lifecycle(side: Sidecar, root: Path, name: str, keep: bool, ids: dict[str, str]) -> None:
+    request = csi.CreateVolumeRequest(
+        name=name,
+        volume_capabilities=[mount_capability()],
+        capacity_range=csi.CapacityRange(required_bytes=16 * MiB),
     )
-    await side.call(
-        lambda c: c.node.node_unstage_volume(
-            csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(staging))
-        )
-    )
+    volume_id = volume_id_of(await side.call(lambda c: c.controller.create_volume(request)))
+    ids[name] = volume_id
+    await _node_round(side, root, name, volume_id, write=True)
     if not keep:
         await side.call(
             lambda c: c.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id))
@@ -197,25 +199,4 @@ async def _delete(side: Sidecar, volume_id: str) -> None:
 
 async def _verify_kept_volumes_work(side: Sidecar, root: Path, ids: dict[str, str]) -> None:
     for name, volume_id in ids.items():
-        await _check_one_volume(side, root, name, volume_id)
-
-
-async def _check_one_volume(side: Sidecar, root: Path, name: str, volume_id: str) -> None:
-    cap = mount_capability()
-    staging, target = root / "s" / name, root / "t" / name
-    stage = csi.NodeStageVolumeRequest(
-        volume_id=volume_id, staging_target_path=str(staging), volume_capability=cap
-    )
-    publish = csi.NodePublishVolumeRequest(
-        volume_id=volume_id,
-        staging_target_path=str(staging),
-        target_path=str(target),
-        volume_capability=cap,
-    )
-    unpublish = csi.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target))
-    unstage = csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(staging))
-    await side.call(lambda c: c.node.node_stage_volume(stage))
-    await side.call(lambda c: c.node.node_publish_volume(publish))
-    assert (target / "data").read_bytes() == name.encode()
-    await side.call(lambda c: c.node.node_unpublish_volume(unpublish))
-    await side.call(lambda c: c.node.node_unstage_volume(unstage))
+        await _node_round(side, root, name, volume_id, write=False)
