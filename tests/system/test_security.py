@@ -159,12 +159,16 @@ async def new_volume(d: Driver, name: str, cap: csi.VolumeCapability | None = No
 
 
 def stage_request(
-    volume_id: str, staging: Path | str, cap: csi.VolumeCapability | None = None
+    volume_id: str,
+    staging: Path | str,
+    cap: csi.VolumeCapability | None = None,
+    secrets: dict[str, str] | None = None,
 ) -> csi.NodeStageVolumeRequest:
     return csi.NodeStageVolumeRequest(
         volume_id=volume_id,
         staging_target_path=str(staging),
         volume_capability=cap or mount_capability(),
+        secrets=secrets or {},
     )
 
 
@@ -1253,27 +1257,10 @@ async def _snapshot_calls(c: SecretCalls, volume_id: str) -> None:
 async def _node_calls(c: SecretCalls, a: str, b: str) -> None:
     node, allowed = c.client.node, c.allowed
     s = c.secret("NodeStageVolume", "OK")
-    await c.expect(
-        node.node_stage_volume(
-            csi.NodeStageVolumeRequest(
-                volume_id=a,
-                staging_target_path=str(allowed / "st-a"),
-                volume_capability=mount_capability(),
-                secrets=s,
-            )
-        )
-    )
+    await c.expect(node.node_stage_volume(stage_request(a, allowed / "st-a", secrets=s)))
     s = c.secret("NodeStageVolume", "INVALID_ARGUMENT")
-    await c.expect(
-        node.node_stage_volume(
-            csi.NodeStageVolumeRequest(
-                volume_id=a,
-                staging_target_path=str(allowed / "st-a"),
-                volume_capability=mount_capability(flags=(c.last,)),
-                secrets=s,
-            )
-        )
-    )
+    bad_flag = mount_capability(flags=(c.last,))
+    await c.expect(node.node_stage_volume(stage_request(a, allowed / "st-a", bad_flag, s)))
     s = c.secret("NodePublishVolume", "OK")
     await c.expect(
         node.node_publish_volume(publish_request(a, allowed / "st-a", allowed / "tg-a", secrets=s))
