@@ -65,8 +65,12 @@ class Unimplemented(DomainError):
     """The RPC exists but this configuration does not serve it."""
 
 
-class CommandFailed(Exception):
-    """A host command exited non-zero. The engine decides what it means for CSI."""
+class HostFailure(Exception):
+    """A host command or system call failed. The engine decides what it means for CSI."""
+
+
+class CommandFailed(HostFailure):
+    """A host command exited non-zero."""
 
     def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
         self.argv = tuple(argv)

@@ -11,10 +11,11 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from aiocsi._proto.csi import v1 as csi
+from aiocsi.host import mount
 from aiocsi.host.loop import all_loop_backing_files
 
 from .conftest import Csi, Driver, LoopWatchdog, mount_capability, volume_id_of
-from .process import slow_tool_dir, wait_for_slow_tools, wait_until_started
+from .process import slow_tool_dir, wait_for_slow_tools
 
 MiB = 1024 * 1024
 
@@ -101,8 +102,16 @@ async def test_unstage_racing_publish_is_aborted(
             volume_id=volume_id, staging_target_path=str(staging), volume_capability=cap
         )
     )
-    slowbin = slow_tool_dir(driver.root, "mount", 0.5)
-    monkeypatch.setenv("PATH", f"{slowbin}:{os.environ['PATH']}")
+    # The bind is a system call, not a process to slow down: hold it at a gate instead.
+    binding, release = asyncio.Event(), asyncio.Event()
+    real_bind = mount.bind_mount
+
+    async def gated_bind(source: Path | str, target: Path, *, read_only: bool = False) -> None:
+        binding.set()
+        await release.wait()
+        await real_bind(source, target, read_only=read_only)
+
+    monkeypatch.setattr(mount, "bind_mount", gated_bind)
     publish = asyncio.create_task(
         driver.client.node.node_publish_volume(
             csi.NodePublishVolumeRequest(
@@ -113,15 +122,17 @@ async def test_unstage_racing_publish_is_aborted(
             )
         )
     )
-    await wait_until_started(slowbin)
-    with pytest.raises(GRPCError) as refused:
-        await driver.client.node.node_unstage_volume(
-            csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(staging))
-        )
+    await asyncio.wait_for(binding.wait(), timeout=10)
+    try:
+        with pytest.raises(GRPCError) as refused:
+            await driver.client.node.node_unstage_volume(
+                csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(staging))
+            )
+    finally:
+        release.set()
     assert refused.value.status is Status.ABORTED
     assert "NodePublishVolume is in progress" in str(refused.value.message)
     await publish
-    await wait_for_slow_tools(slowbin)
     assert (target / "lost+found").is_dir()  # the publish completed: the volume is there
 
 

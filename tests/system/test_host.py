@@ -21,6 +21,7 @@ import pytest
 from aiocsi.errors import CommandFailed, FailedPrecondition
 from aiocsi.host import files, fs, loop, mount, superblock
 from aiocsi.host.process import run
+from aiocsi.host.syscalls import SystemCallFailed
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -459,7 +460,9 @@ async def test_mount_and_unmount_are_seen_and_idempotent(scratch: Scratch) -> No
 async def test_mount_options_are_applied(scratch: Scratch) -> None:
     _, device, target = await scratch.volume("ext4", 16 * MIB)
     await mount.unmount(target)
-    await scratch.mounted(target, mount.mount(device, target, options=["ro", "noatime"]))
+    await scratch.mounted(
+        target, mount.mount(device, target, fs_type="ext4", options=["ro", "noatime"])
+    )
     (top,) = await mount.mounts_at(target)
     assert top.read_only
     assert "noatime" in top.options
@@ -468,8 +471,9 @@ async def test_mount_options_are_applied(scratch: Scratch) -> None:
 async def test_busy_mount_is_reported_not_hidden(scratch: Scratch) -> None:
     target = await scratch.mount("tmpfs", "busy", fs_type="tmpfs", options=["size=1m"])
     async with await anyio.open_file(target / "open", "w"):
-        with pytest.raises(CommandFailed, match="busy"):
+        with pytest.raises(SystemCallFailed, match="busy") as caught:
             await mount.unmount(target)
+    assert caught.value.errno == errno.EBUSY
     assert await mount.is_mount_point(target)
 
 

@@ -9,10 +9,11 @@ or names under /etc that do not exist (so that a regression creates, never destr
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import secrets
-import shutil
 import signal
 import stat
 import subprocess
@@ -29,6 +30,7 @@ from grpclib.exceptions import GRPCError
 from structlog.testing import capture_logs
 
 from aiocsi._proto.csi import v1 as csi
+from aiocsi.host import syscalls
 from aiocsi.host.loop import all_loop_backing_files
 from aiocsi.host.mount import MountEntry, parse_mountinfo
 
@@ -1433,12 +1435,14 @@ def with_path(monkeypatch: pytest.MonkeyPatch, bindir: Path) -> None:
 
 
 async def _stage_fails_then_recovers(
-    d: Driver, monkeypatch: pytest.MonkeyPatch, bindir: Path, status: Status
+    d: Driver, monkeypatch: pytest.MonkeyPatch, break_host: Callable[[], None], status: Status
 ) -> str:
+    """Stage with `break_host` applied (through `monkeypatch`): it fails with `status` and
+    rolls back; once repaired, a stage elsewhere works."""
     volume_id = await new_volume(d, "exhausted")
     image = d.pool / "volumes" / f"{volume_id}.img"
     staging = d.root / "allowed" / "staging"
-    with_path(monkeypatch, bindir)
+    break_host()
     message = await fails(
         status, d.client.node.node_stage_volume(stage_request(volume_id, staging))
     )
@@ -1462,23 +1466,29 @@ async def _stage_fails_then_recovers(
     return message
 
 
+class _NoFreeLoopDevice:
+    """fcntl as the loop driver answers once no loop device can be made: a system this test
+    cannot produce for real without exhausting the node's loop devices."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(fcntl, name)
+
+    @staticmethod
+    def ioctl(fd: int, request: int, arg: int | bytes = 0) -> int | bytes:
+        if request == syscalls.LOOP_CTL_GET_FREE:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return fcntl.ioctl(fd, request, arg)
+
+
 async def test_no_free_loop_device_is_resource_exhausted(
     cleanup: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = shutil.which("losetup")
-    bindir = shim_dir(
-        cleanup,
-        "losetup",
-        f"""\
-case " $* " in
-  *" --find "*|*" -f "*) echo "losetup: could not find any free loop device" >&2; exit 1;;
-esac
-exec {real} "$@"
-""",
-    )
     async with confined_driver(cleanup) as d:
         message = await _stage_fails_then_recovers(
-            d, monkeypatch, bindir, Status.RESOURCE_EXHAUSTED
+            d,
+            monkeypatch,
+            lambda: monkeypatch.setattr(syscalls, "fcntl", _NoFreeLoopDevice()),
+            Status.RESOURCE_EXHAUSTED,
         )
     assert "no free loop device" in message
 
@@ -1498,7 +1508,9 @@ exit 1
 """,
     )
     async with confined_driver(cleanup) as d:
-        message = await _stage_fails_then_recovers(d, monkeypatch, bindir, Status.INTERNAL)
+        message = await _stage_fails_then_recovers(
+            d, monkeypatch, lambda: with_path(monkeypatch, bindir), Status.INTERNAL
+        )
     assert "mkfs.ext4 exited with 1" in message
     assert "Input/output error while writing out" in message
 

@@ -1,9 +1,13 @@
-"""The `raw` ceiling: a lifecycle's host work done directly with `aiocsi.host`, no driver.
+"""The `raw` ceiling: a lifecycle's host work done directly with the tools, no driver.
 
 Mount volumes: sparse image, losetup, mkfs, mount on a staging directory, bind mount on a
-target, (write), unmount both, detach, remove. Block volumes skip mkfs and the staging
-mount and bind the loop device node onto a target file. The directories and files a
-driver or CO would make on the way are made here too.
+target, (write), umount both, losetup --detach, remove. Block volumes skip mkfs and the
+staging mount and bind the loop device node onto a target file. The directories and files
+a driver or CO would make on the way are made here too.
+
+The tools are run as processes, as a script or an operator would: this is the sequence
+the issue names as the ceiling. (The driver itself mounts and attaches with system calls,
+host/syscalls.py, and runs only mkfs as a process.)
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from aiocsi.bench.config import Access, VolumeSpec
 from aiocsi.bench.runner import Lifecycles, local_code, measure
 from aiocsi.bench.workspace import WRITE_FILE, write_and_sync
 from aiocsi.errors import CommandFailed
-from aiocsi.host import files, fs, loop, mount
+from aiocsi.host import files, fs, loop, mount, process
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -52,11 +56,30 @@ class RawSlot:
     device: str | None = None
 
 
+async def _attach(image: Path) -> str:
+    done = await process.run(["losetup", "--find", "--show", "--direct-io=off", str(image)])
+    return done.stdout.strip()
+
+
+async def _mount(source: str, target: Path, *options: str, fs_type: str | None = None) -> None:
+    typed = ["-t", fs_type] if fs_type else []
+    flags = ["-o", ",".join(options)] if options else []
+    await process.run(["mount", *typed, *flags, source, str(target)])
+
+
+async def _umount(target: Path) -> None:
+    await process.run(["umount", str(target)])
+
+
+async def _detach(device: str) -> None:
+    await process.run(["losetup", "--detach", device])
+
+
 async def _unmount_all(path: Path) -> None:
     for _ in range(_MAX_STACKED):
         if not await mount.is_mount_point(path):
             return
-        await mount.unmount(path)
+        await _umount(path)
     raise RuntimeError(f"{path} still has mounts after {_MAX_STACKED} unmounts")
 
 
@@ -98,26 +121,26 @@ class RawLifecycles(Lifecycles[RawSlot]):
 
     async def _steps(self, slot: RawSlot, rec: RunRecorder) -> None:
         await _timed(rec.op(CREATE_IMAGE), lambda: files.create_sparse(slot.image, self._spec.size))
-        slot.device = await measure(rec.op(ATTACH), lambda: loop.attach(slot.image), host_code)
+        slot.device = await measure(rec.op(ATTACH), lambda: _attach(slot.image), host_code)
         device = slot.device
         if self._block:
             await anyio.Path(slot.target).touch(mode=0o600)
-            await _timed(rec.op(BIND), lambda: mount.bind_mount(device, slot.target))
+            await _timed(rec.op(BIND), lambda: _mount(device, slot.target, "bind"))
         else:
             fs_type = self._spec.fs_type
             await anyio.Path(slot.staging).mkdir(exist_ok=True)
             await _timed(rec.op(MKFS), lambda: fs.make_fs(device, fs_type))
-            await _timed(rec.op(MOUNT), lambda: mount.mount(device, slot.staging, fs_type=fs_type))
+            await _timed(rec.op(MOUNT), lambda: _mount(device, slot.staging, fs_type=fs_type))
             await anyio.Path(slot.target).mkdir(mode=0o750, exist_ok=True)
-            await _timed(rec.op(BIND), lambda: mount.bind_mount(slot.staging, slot.target))
+            await _timed(rec.op(BIND), lambda: _mount(str(slot.staging), slot.target, "bind"))
         if self._spec.write_bytes:
             await _timed(rec.op(WRITE), lambda: self._write(slot))
-        await _timed(rec.op(UNBIND), lambda: mount.unmount(slot.target))
+        await _timed(rec.op(UNBIND), lambda: _umount(slot.target))
         await _remove_path(slot.target)
         if not self._block:
-            await _timed(rec.op(UNMOUNT), lambda: mount.unmount(slot.staging))
+            await _timed(rec.op(UNMOUNT), lambda: _umount(slot.staging))
             await _remove_path(slot.staging)
-        await _timed(rec.op(DETACH), lambda: loop.detach(device))
+        await _timed(rec.op(DETACH), lambda: _detach(device))
         await _timed(rec.op(REMOVE), lambda: files.remove_file(slot.image))
 
     async def _write(self, slot: RawSlot) -> None:
@@ -131,5 +154,5 @@ class RawLifecycles(Lifecycles[RawSlot]):
         await _timed(rec.cleanup_op(UNMOUNT), lambda: _unmount_all(slot.staging))
         await _remove_path(slot.staging)
         for device in await loop.find_loop_devices(slot.image):
-            await _timed(rec.cleanup_op(DETACH), functools.partial(loop.detach, device))
+            await _timed(rec.cleanup_op(DETACH), functools.partial(_detach, device))
         await _timed(rec.cleanup_op(REMOVE), lambda: files.remove_file(slot.image))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import anyio
 
-from aiocsi.errors import CommandFailed, FailedPrecondition
+from aiocsi.errors import FailedPrecondition, HostFailure
 from aiocsi.host import loop, mount
 
 WORK_PREFIX = "aiocsi-bench-"
@@ -79,10 +79,10 @@ class Workspace:
         """
         # Best effort: whatever stays is reported by `leftovers()`.
         for entry in reversed(await self.mounts()):
-            with contextlib.suppress(CommandFailed, OSError):
+            with contextlib.suppress(HostFailure, OSError):
                 await mount.unmount(Path(entry.mount_point))
         for device in await self.loop_devices():
-            with contextlib.suppress(CommandFailed, FailedPrecondition, OSError):
+            with contextlib.suppress(HostFailure, FailedPrecondition, OSError):
                 await loop.detach(device)
 
     async def remove(self) -> list[str]:

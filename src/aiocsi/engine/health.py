@@ -1,4 +1,5 @@
-"""Readiness checks behind Identity.Probe: the pool is usable and the host tools exist."""
+"""Readiness checks behind Identity.Probe: the pool is usable, the loop driver answers and
+the host tools exist."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import anyio
 
 from aiocsi.config import Config
 
-# Tools without which the node side cannot stage any volume.
-NODE_TOOLS = ("losetup", "blkid", "mount", "umount", "mkfs.ext4", "resize2fs")
+# Tools without which the node side cannot stage any volume. Mounts and loop devices are
+# system calls (host/syscalls.py): no mount(8) or losetup(8) is needed.
+NODE_TOOLS = ("blkid", "mkfs.ext4", "e2fsck", "resize2fs")
+LOOP_CONTROL = Path("/dev/loop-control")
 # Tools that only some filesystems need; their absence disables that filesystem.
 FS_TOOLS = {
     "ext4": ("mkfs.ext4", "resize2fs"),
@@ -62,6 +65,8 @@ class HealthChecker:
             problems.append(pool)
         if self._config.mode.serves_node:
             problems.extend(f"host tool {t!r} not found in PATH" for t in missing_tools(NODE_TOOLS))
+            if not LOOP_CONTROL.exists():
+                problems.append(f"{LOOP_CONTROL} is missing: is the loop module loaded?")
         return HealthReport(tuple(problems))
 
     async def check(self) -> HealthReport:

@@ -24,14 +24,14 @@ from aiocsi.engine.requests import CapacityRange, CreateVolume, PublishVolume, S
 from aiocsi.engine.volumes import DEFAULT_FS, VolumeService
 from aiocsi.errors import (
     AlreadyExists,
-    CommandFailed,
     FailedPrecondition,
+    HostFailure,
     Internal,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
 )
-from aiocsi.host import fs, loop, mount
+from aiocsi.host import fs, loop, mount, syscalls
 from aiocsi.host.fs import FsStats
 from aiocsi.logging import get_logger
 from aiocsi.models import (
@@ -52,6 +52,14 @@ _NO_FS_STATS = FsStats(0, 0, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True)
+class _Points:
+    """The canonical paths of a publish call: mountinfo shows mount points resolved."""
+
+    staging: Path
+    target: Path
+
+
+@dataclass(frozen=True)
 class VolumeStats:
     access_type: AccessType
     condition: VolumeCondition
@@ -63,10 +71,8 @@ def is_ephemeral(context: dict[str, str]) -> bool:
     return context.get(EPHEMERAL_KEY, "").lower() == "true"
 
 
-def _host_failure(
-    what: str, exc: CommandFailed
-) -> Internal | ResourceExhausted | FailedPrecondition:
-    if isinstance(exc, loop.LoopDevicesExhausted):
+def _host_failure(what: str, exc: HostFailure) -> Internal | ResourceExhausted | FailedPrecondition:
+    if isinstance(exc, syscalls.LoopDevicesExhausted):
         return ResourceExhausted(f"{what}: no free loop device on this node")
     if isinstance(exc, fs.OnlineGrowRefused):
         # The spec's "volume in use" case: kubelet then stops retrying on this node and
@@ -83,7 +89,7 @@ def _host_failure(
 async def _host_step(what: str) -> AsyncIterator[None]:
     try:
         yield
-    except CommandFailed as exc:
+    except HostFailure as exc:
         raise _host_failure(what, exc) from exc
 
 
@@ -128,8 +134,10 @@ class NodeService:
         devices = await loop.find_loop_devices(self._pool.volume_image(volume.id))
         return devices[0] if devices else None
 
-    async def _top_mount(self, path: Path) -> mount.MountEntry | None:
-        entries = await mount.mounts_at(path)
+    @staticmethod
+    def _top_mount(point: Path) -> mount.MountEntry | None:
+        """The visible mount at `point`, a canonical path (see `_real_path`)."""
+        entries = mount.mounts_at_point(point)
         return entries[-1] if entries else None
 
     async def _is_ours(self, entry: mount.MountEntry, path: Path, device: str | None) -> bool:
@@ -143,10 +151,10 @@ class NodeService:
         return await anyio.to_thread.run_sync(_shows_device, path, device)
 
     async def _our_top_mount(
-        self, path: Path, device: str | None
+        self, point: Path, device: str | None
     ) -> tuple[mount.MountEntry | None, bool]:
-        top = await self._top_mount(path)
-        return top, top is not None and await self._is_ours(top, path, device)
+        top = self._top_mount(point)
+        return top, top is not None and await self._is_ours(top, point, device)
 
     async def _find(self, volume_id: str, kind: PublicationKind, path: str) -> Publication | None:
         for pub in await self._store.publications(volume_id, kind):
@@ -154,11 +162,18 @@ class NodeService:
                 return pub
         return None
 
-    async def _check_resolved_path(self, path: Path, field: str) -> None:
-        """Refuse a path that leaves the allowed roots through a symlink."""
+    async def _real_path(self, path: Path, field: str) -> Path:
+        """`path` with every symlink resolved, as mountinfo shows mount points; a path that
+        leaves the allowed roots that way is refused.
+
+        Resolved once per call, in a worker thread: the mount table is then searched for the
+        canonical path on the event loop, without walking the filesystem again.
+        """
         roots = self._ctx.config.allowed_path_roots
-        if roots and not await anyio.to_thread.run_sync(_resolves_under, path, roots):
+        real = await anyio.to_thread.run_sync(_resolve_under, path, roots)
+        if real is None:
             raise InvalidArgument(f"{field} {path} resolves outside the allowed path roots")
+        return real
 
     async def _refuse_path_of_another(self, volume: Volume, path: Path) -> None:
         """One staging or target path serves one volume: otherwise either one's unstage or
@@ -175,15 +190,18 @@ class NodeService:
     async def stage(self, request: StageVolume) -> None:
         volume = await self._volumes.get(request.volume_id)
         staging = Path(request.staging_path)
-        await self._check_resolved_path(staging, "staging_target_path")
+        real = await self._real_path(staging, "staging_target_path")
         await self._ctx.operations.run(
             f"volume:{volume.id}",
             ("stage", request),
             "NodeStageVolume",
-            lambda: self._stage(volume, staging, request.capability),
+            lambda: self._stage(volume, staging, real, request.capability),
         )
 
-    async def _stage(self, volume: Volume, staging: Path, capability: Capability) -> None:
+    async def _stage(
+        self, volume: Volume, staging: Path, real: Path, capability: Capability
+    ) -> None:
+        """Stage at `staging` (recorded as given); `real` is its canonical path."""
         await self._refuse_path_of_another(volume, staging)
         for pub in await self._store.publications(volume.id, PublicationKind.STAGE):
             if pub.path != str(staging):
@@ -197,7 +215,7 @@ class NodeService:
         async with AsyncExitStack() as undo:
             device = await self._ensure_attached(volume, capability, undo)
             if capability.access_type is AccessType.MOUNT:
-                await self._ensure_mounted(volume, device, staging, capability, undo)
+                await self._ensure_mounted(volume, device, real, capability, undo)
             await self._store.add_publication(
                 Publication(
                     volume.id,
@@ -230,7 +248,7 @@ class NodeService:
         return device
 
     async def _detach_quietly(self, device: str) -> None:
-        with contextlib.suppress(CommandFailed, FailedPrecondition):
+        with contextlib.suppress(HostFailure, FailedPrecondition):
             await loop.detach(device)
 
     async def _ensure_mounted(
@@ -291,29 +309,29 @@ class NodeService:
             await self._grow_filesystem_at(volume, device, found, staging)
 
     async def _unmount_quietly(self, path: Path, device: str) -> None:
-        with contextlib.suppress(CommandFailed, FailedPrecondition):
+        with contextlib.suppress(HostFailure, FailedPrecondition):
             await self._unmount_ours(path, device)
 
     # -- unstage --------------------------------------------------------------------------
 
     async def unstage(self, volume_id: str, staging_path: str) -> None:
         volume = await self._volumes.get(volume_id)
-        await self._check_resolved_path(Path(staging_path), "staging_target_path")
+        real = await self._real_path(Path(staging_path), "staging_target_path")
         await self._ctx.operations.run(
             f"volume:{volume.id}",
             ("unstage", staging_path),
             "NodeUnstageVolume",
-            lambda: self._unstage(volume, Path(staging_path)),
+            lambda: self._unstage(volume, Path(staging_path), real),
         )
 
-    async def _unstage(self, volume: Volume, staging: Path) -> None:
+    async def _unstage(self, volume: Volume, staging: Path, real: Path) -> None:
         published = await self._store.publications(volume.id, PublicationKind.PUBLISH)
         if published:
             paths = ", ".join(p.path for p in published)
             raise FailedPrecondition(f"volume {volume.id} is still published at {paths}")
         device = await self._device(volume)
         async with _host_step(f"unmounting volume {volume.id} from {staging}"):
-            await self._unmount_ours(staging, device)
+            await self._unmount_ours(real, device)
         await self._store.remove_publication(volume.id, PublicationKind.STAGE, str(staging))
         # Staged somewhere else: this path was not (or no longer) its staging path, and the
         # device still serves the other one.
@@ -323,7 +341,7 @@ class NodeService:
         log.info("volume_unstaged", volume_id=volume.id, path=str(staging))
 
     async def _release_device(self, volume: Volume, device: str) -> None:
-        # losetup -d on a mounted device only marks it for detach at its last close: look
+        # Detaching a mounted device only marks it for detach at its last close: look
         # first, so that a mount nobody recorded is reported instead of silently kept alive.
         elsewhere, unused_views = await self._device_use(device)
         if elsewhere:
@@ -358,31 +376,32 @@ class NodeService:
                     # Still held open by a process; the kernel detaches it at its last close.
                     log.warning("loop_view_busy", device=device, view=view)
 
-    async def _unmount_ours(self, path: Path, device: str | None) -> None:
-        """Unmount every mount of `device` stacked at `path`; refuse to touch anything else."""
-        while (top := await self._top_mount(path)) is not None:
-            if not await self._is_ours(top, path, device):
+    async def _unmount_ours(self, point: Path, device: str | None) -> None:
+        """Unmount every mount of `device` stacked at `point` (canonical); refuse to touch
+        anything else."""
+        while (top := self._top_mount(point)) is not None:
+            if not await self._is_ours(top, point, device):
                 raise FailedPrecondition(
-                    f"{path} has a mount of {top.source} that does not belong to this volume"
+                    f"{point} has a mount of {top.source} that does not belong to this volume"
                 )
-            await mount.unmount(path)
+            await mount.unmount(point)
 
     # -- publish --------------------------------------------------------------------------
 
     async def publish(self, request: PublishVolume) -> None:
         # Checked before anything is made: an inline volume would otherwise be created,
         # formatted and staged, only to be rolled back.
-        await self._check_resolved_path(Path(request.target_path), "target_path")
+        target = await self._real_path(Path(request.target_path), "target_path")
         if is_ephemeral(request.volume_context):
-            await self._publish_ephemeral(request)
+            await self._publish_ephemeral(request, target)
             return
         volume = await self._volumes.get(request.volume_id)
-        await self._check_resolved_path(Path(request.staging_path), "staging_target_path")
+        staging = await self._real_path(Path(request.staging_path), "staging_target_path")
         await self._ctx.operations.run(
             f"volume:{volume.id}",
             ("publish", request),
             "NodePublishVolume",
-            lambda: self._publish(volume, request),
+            lambda: self._publish(volume, request, _Points(staging, target)),
         )
 
     async def _check_publish_conflicts(
@@ -413,7 +432,7 @@ class NodeService:
             )
         return same
 
-    async def _publish(self, volume: Volume, request: PublishVolume) -> None:
+    async def _publish(self, volume: Volume, request: PublishVolume, points: _Points) -> None:
         target = Path(request.target_path)
         capability = request.capability
         await self._refuse_path_of_another(volume, target)
@@ -429,33 +448,34 @@ class NodeService:
                 f"volume {volume.id} is staged for {stage.capability.access_type} access, "
                 f"not {capability.access_type}"
             )
-        await self._check_resolved_path(target, "target_path")
         if capability.access_type is AccessType.MOUNT:
             # Binding an empty staging directory would hand out the node's own filesystem.
-            _, staged = await self._our_top_mount(Path(request.staging_path), device)
+            _, staged = await self._our_top_mount(points.staging, device)
             if not staged:
                 raise FailedPrecondition(
                     f"volume {volume.id} is no longer mounted at {request.staging_path}; "
                     "stage it again"
                 )
-        if await self._already_bound(volume, request, device, recorded=recorded is not None):
+        if await self._already_bound(
+            volume, request, device, points.target, recorded=recorded is not None
+        ):
             return
         async with AsyncExitStack() as undo:
             if capability.access_type is AccessType.MOUNT:
-                source = request.staging_path
-                created = await _ensure_dir(target)
+                source = str(points.staging)
+                created = await _ensure_dir(points.target)
             else:
-                created = await _ensure_file(target)
+                created = await _ensure_file(points.target)
             if created:
-                undo.push_async_callback(_remove_path, target)
+                undo.push_async_callback(_remove_path, points.target)
             if capability.access_type is AccessType.BLOCK:
                 source = device
                 if request.read_only:
                     # A read-only bind of a device node still lets writes through it.
                     source = await self._read_only_view(volume, device, undo)
-            undo.push_async_callback(self._unmount_quietly, target, device)
+            undo.push_async_callback(self._unmount_quietly, points.target, device)
             async with _host_step(f"publishing volume {volume.id} at {target}"):
-                await mount.bind_mount(source, target, read_only=request.read_only)
+                await mount.bind_mount(source, points.target, read_only=request.read_only)
             await self._record_publication(volume, request)
             undo.pop_all()
         log.info(
@@ -473,10 +493,10 @@ class NodeService:
         return view
 
     async def _already_bound(
-        self, volume: Volume, request: PublishVolume, device: str, *, recorded: bool
+        self, volume: Volume, request: PublishVolume, device: str, target: Path, *, recorded: bool
     ) -> bool:
-        """Whether the target already shows this volume (and is recorded now); foreign -> refuse."""
-        target = Path(request.target_path)
+        """Whether the target (canonical) already shows this volume (and is recorded now);
+        foreign -> refuse."""
         top, ours = await self._our_top_mount(target, device)
         if top is None:
             return False
@@ -511,23 +531,23 @@ class NodeService:
             if not await anyio.to_thread.run_sync(os.path.lexists, target_path):
                 return
             raise
-        await self._check_resolved_path(Path(target_path), "target_path")
+        real = await self._real_path(Path(target_path), "target_path")
         await self._ctx.operations.run(
             f"volume:{volume.id}",
             ("unpublish", target_path),
             "NodeUnpublishVolume",
-            lambda: self._unpublish(volume, Path(target_path)),
+            lambda: self._unpublish(volume, Path(target_path), real),
         )
 
-    async def _unpublish(self, volume: Volume, target: Path) -> None:
+    async def _unpublish(self, volume: Volume, target: Path, real: Path) -> None:
         device = await self._device(volume)
         pub = await self._find(volume.id, PublicationKind.PUBLISH, str(target))
         async with _host_step(f"unpublishing volume {volume.id} from {target}"):
-            await self._unmount_ours(target, device)
+            await self._unmount_ours(real, device)
         # No record: a retry after a crash that may have left a read-only view behind.
         if device is not None and (pub is None or _access_type(pub) is AccessType.BLOCK):
             await self._detach_unused_views(device)
-        await _remove_target(target)
+        await _remove_target(real)
         await self._store.remove_publication(volume.id, PublicationKind.PUBLISH, str(target))
         log.info("volume_unpublished", volume_id=volume.id, path=str(target))
         if volume.ephemeral:
@@ -539,7 +559,7 @@ class NodeService:
         volume = await self._store.get_volume_by_name(EPHEMERAL_PREFIX + co_volume_id)
         return volume if volume is not None and volume.ephemeral else None
 
-    async def _publish_ephemeral(self, request: PublishVolume) -> None:
+    async def _publish_ephemeral(self, request: PublishVolume, target: Path) -> None:
         try:
             size = parse_size(request.volume_context.get("size", DEFAULT_EPHEMERAL_SIZE))
         except ConfigError as exc:
@@ -560,18 +580,22 @@ class NodeService:
             f"volume:{volume.id}",
             ("publish-ephemeral", request),
             "NodePublishVolume",
-            lambda: self._stage_and_publish_ephemeral(volume, request),
+            lambda: self._stage_and_publish_ephemeral(volume, request, target),
         )
 
-    async def _stage_and_publish_ephemeral(self, volume: Volume, request: PublishVolume) -> None:
+    async def _stage_and_publish_ephemeral(
+        self, volume: Volume, request: PublishVolume, target: Path
+    ) -> None:
         staging = self._pool.ephemeral_staging(volume.id)
         try:
-            await self._stage(volume, staging, request.capability)
+            real = await mount.canonical(staging)
+            await self._stage(volume, staging, real, request.capability)
             await self._publish(
                 volume,
                 dataclasses.replace(
                     request, volume_id=volume.id, staging_path=str(staging), volume_context={}
                 ),
+                _Points(real, target),
             )
         except BaseException:
             # Nobody can use a volume that is published nowhere: remove it, and a retry
@@ -582,7 +606,7 @@ class NodeService:
 
     async def _remove_ephemeral(self, volume: Volume) -> None:
         staging = self._pool.ephemeral_staging(volume.id)
-        await self._unstage(volume, staging)
+        await self._unstage(volume, staging, await mount.canonical(staging))
         await _remove_path(staging)
         # Already inside this volume's operation: call the unlocked step directly.
         await self._volumes._delete(volume.id)  # noqa: SLF001 - same operation, key held
@@ -599,7 +623,7 @@ class NodeService:
     async def stats(self, volume_id: str, volume_path: str) -> VolumeStats:
         volume, pub = await self._user_at(volume_id, volume_path)
         access = _access_type(pub)
-        path = Path(volume_path)
+        path = await mount.canonical(Path(volume_path))
         condition = await self._volumes.condition(volume)
         device = await self._device(volume)
         if device is None:
@@ -651,7 +675,7 @@ class NodeService:
         # Grown through the staging mount: a read-only publication would refuse xfs_growfs.
         stages = await self._store.publications(volume.id, PublicationKind.STAGE)
         for stage in stages:
-            top, ours = await self._our_top_mount(Path(stage.path), device)
+            top, ours = await self._our_top_mount(await mount.canonical(Path(stage.path)), device)
             if top is not None and ours:
                 if top.fs_type not in fs.SUPPORTED_FS_TYPES:
                     raise FailedPrecondition(
@@ -698,36 +722,45 @@ def _refuses_writes(entry: mount.MountEntry, path: Path) -> bool:
     return shown is None or loop.is_read_only(shown)
 
 
-def _resolves_under(path: Path, roots: Sequence[Path]) -> bool:
+def _resolve_under(path: Path, roots: Sequence[Path]) -> Path | None:
+    """`path` resolved; None when it resolves outside every root (no roots: anywhere)."""
     resolved = path.resolve()
+    if not roots:
+        return resolved
     for root in roots:
         real_root = root.resolve()
         if resolved != real_root and resolved.is_relative_to(real_root):
-            return True
-    return False
+            return resolved
+    return None
+
+
+def _ensure_dir_sync(path: Path) -> bool:
+    if path.is_dir():
+        return False
+    if path.exists():
+        raise FailedPrecondition(f"{path} exists and is not a directory")
+    path.mkdir(mode=0o750, parents=True)
+    return True
 
 
 async def _ensure_dir(path: Path) -> bool:
     """Create `path` as a directory; False when it already is one."""
-    apath = anyio.Path(path)
-    if await apath.is_dir():
+    return await anyio.to_thread.run_sync(_ensure_dir_sync, path)
+
+
+def _ensure_file_sync(path: Path) -> bool:
+    if path.is_dir():
+        raise FailedPrecondition(f"{path} is a directory; a block volume needs a file target")
+    if path.exists():
         return False
-    if await apath.exists():
-        raise FailedPrecondition(f"{path} exists and is not a directory")
-    await apath.mkdir(mode=0o750, parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
     return True
 
 
 async def _ensure_file(path: Path) -> bool:
     """Create `path` as an empty file to bind a device onto; False when one exists."""
-    apath = anyio.Path(path)
-    if await apath.is_dir():
-        raise FailedPrecondition(f"{path} is a directory; a block volume needs a file target")
-    if await apath.exists():
-        return False
-    await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
-    await apath.touch(mode=0o600)
-    return True
+    return await anyio.to_thread.run_sync(_ensure_file_sync, path)
 
 
 async def _remove_path(path: Path) -> None:

@@ -17,7 +17,7 @@ import anyio
 
 from aiocsi.engine.context import EngineContext
 from aiocsi.engine.pool import Pool, is_snapshot_id, is_volume_id
-from aiocsi.errors import CommandFailed, FailedPrecondition
+from aiocsi.errors import FailedPrecondition, HostFailure
 from aiocsi.host import files, loop, mount
 from aiocsi.logging import get_logger
 from aiocsi.models import AccessType, Publication, PublicationKind, VolumeState
@@ -165,7 +165,7 @@ async def _detach_unused_views(
             continue
         try:
             await loop.detach(view)
-        except (CommandFailed, FailedPrecondition):
+        except (HostFailure, FailedPrecondition):
             # Held open by a process: the kernel detaches it at its last close.
             held.add(device)
         else:
@@ -187,7 +187,7 @@ async def _detach_unused(
         if volume_id in staged or device in in_use:
             continue
         # Busy after all (held open by a process): the kernel detaches it at its last close.
-        with contextlib.suppress(CommandFailed, FailedPrecondition):
+        with contextlib.suppress(HostFailure, FailedPrecondition):
             await loop.detach(device)
             repaired["loop_detached"] += 1
 

@@ -1,4 +1,5 @@
-"""Loop devices: attach/detach through losetup, look-ups through sysfs.
+"""Loop devices: attach/detach through the loop ioctls (host/syscalls.py), look-ups through
+sysfs.
 
 Sysfs is read instead of running `losetup -j`/`-l`. Sysfs lives in kernel memory: a read
 never waits for a disk and takes microseconds, less than a hop to a worker thread, so the
@@ -13,6 +14,8 @@ read with O_DIRECT to see them (as with any block device shared between two host
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import re
 import stat
@@ -22,8 +25,8 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
-from aiocsi.errors import CommandFailed, FailedPrecondition
-from aiocsi.host.process import run
+from aiocsi.errors import FailedPrecondition
+from aiocsi.host import syscalls
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -39,20 +42,14 @@ _LOOP_NAME = re.compile(r"loop(\d+)")
 _DELETED_SUFFIX = " (deleted)"
 SECTOR_SIZE = 512
 
-# losetup's wording differs between util-linux releases.
-_NO_FREE_DEVICE = ("unused loop device", "free loop device")
-# Wording of ENXIO (not attached), ENODEV and ENOENT (no such loop device at all).
-_NOT_ATTACHED = ("No such device", "No such file or directory")
+# ENXIO (not attached), ENODEV and ENOENT (no such loop device at all).
+_NOT_ATTACHED = (errno.ENXIO, errno.ENODEV, errno.ENOENT)
 
-# losetup prints the device once LOOP_CONFIGURE returns; give sysfs a moment to agree so
+# LOOP_CONFIGURE has returned once a device is attached; give sysfs a moment to agree so
 # that a look-up right after attach never misses the device and attaches the image again.
 # After a detach, a short-lived opener (udev probing the device) delays the actual clear.
 _SYSFS_SETTLE_TRIES = 50
 _SYSFS_SETTLE_DELAY_S = 0.01
-
-
-class LoopDevicesExhausted(CommandFailed):
-    """losetup found no free loop device and could not create one."""
 
 
 class LoopDeviceBusy(FailedPrecondition):
@@ -223,16 +220,10 @@ async def _backing_settles(sysfs_dir: Path, expected: str | None) -> bool:
 
 async def _attach_new(backing: str, *, read_only: bool) -> str:
     """Attach `backing` to a free loop device, whatever else it already backs."""
-    mode = ["--read-only"] if read_only else []
     # Buffered: a view must read through the page cache of the device below it.
-    argv = ["losetup", "--find", "--show", *mode, "--direct-io=off", backing]
-    try:
-        done = await run(argv)
-    except CommandFailed as exc:
-        if any(text in exc.stderr for text in _NO_FREE_DEVICE):
-            raise LoopDevicesExhausted(exc.argv, exc.returncode, exc.stderr) from exc
-        raise
-    device = done.stdout.strip()
+    device = await anyio.to_thread.run_sync(
+        functools.partial(syscalls.attach_loop, backing, read_only=read_only)
+    )
     if not await _backing_settles(_sysfs_dir(device), backing):
         _log.warning("loop_sysfs_not_settled", device=device, backing=backing)
     return device
@@ -270,17 +261,19 @@ async def attach_view(device: str) -> str:
 async def detach(device: str) -> None:
     """Ensure `device` is detached; a device that is not attached (any more) is fine.
 
-    losetup succeeds on a device that is still open (mounted) and the kernel only marks it
-    to detach at its last close. That is reported as `LoopDeviceBusy`, so that the caller
+    LOOP_CLR_FD succeeds on a device that is still open (mounted) and the kernel only marks
+    it to detach at its last close. That is reported as `LoopDeviceBusy`, so that the caller
     does not go on to delete an image that is still in use. Unmount first.
     """
     sysfs_dir = _sysfs_dir(device)
     if _backing_file_of(sysfs_dir) is None:
         return
-    done = await run(["losetup", "--detach", device], check=False)
-    # Someone may have detached it between the look and the act.
-    if done.returncode != 0 and not any(text in done.stderr for text in _NOT_ATTACHED):
-        raise CommandFailed(done.argv, done.returncode, done.stderr)
+    try:
+        await anyio.to_thread.run_sync(syscalls.detach_loop, device)
+    except syscalls.SystemCallFailed as exc:
+        # Someone may have detached it between the look and the act.
+        if exc.errno not in _NOT_ATTACHED:
+            raise
     if not await _backing_settles(sysfs_dir, None):
         raise LoopDeviceBusy(f"{device} is still in use; it detaches when last closed")
 
@@ -290,7 +283,8 @@ async def refresh_size(device: str) -> None:
 
     Views follow a grown device the same way: refresh the device first, then its views.
     """
-    await run(["losetup", "--set-capacity", device])
+    _sysfs_dir(device)  # refuses anything but a loop device
+    await anyio.to_thread.run_sync(syscalls.refresh_loop_size, device)
 
 
 def device_size_bytes(device: str) -> int:

@@ -1,10 +1,12 @@
-"""Mounts: /proc/self/mountinfo is the source of truth; mount(8) and umount(8) act.
+"""Mounts: /proc/self/mountinfo is the source of truth; mount(2) and umount2(2) act.
 
-Never lazy or forced unmounts, never `-a`: a busy mount is reported, not hidden.
+Never lazy or forced unmounts: a busy mount is reported, not hidden.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -13,8 +15,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from aiocsi.errors import CommandFailed
-from aiocsi.host.process import run
+from aiocsi.host import syscalls
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -25,6 +26,8 @@ _SEPARATOR = "-"
 _LEADING_FIELDS = 6  # mount id .. per-mount options, before the optional fields
 _SURROGATE_BASE = 0xDC00
 _ASCII_LIMIT = 0x80
+_MOUNT_POINT_FIELD = 4
+_ESCAPES = {char: f"\\{ord(char):03o}" for char in " \t\n\\"}
 
 
 @dataclass(frozen=True)
@@ -94,15 +97,41 @@ async def read_mounts() -> list[MountEntry]:
     return _read_mounts_sync()
 
 
-def _mounts_at_sync(path: Path) -> list[MountEntry]:
-    # mountinfo shows canonical paths; mount(8) canonicalises its target the same way.
-    point = str(path.resolve())
-    return [entry for entry in _read_mounts_sync() if entry.mount_point == point]
+def _escape(path: str) -> str:
+    """A path the way mountinfo writes it: space, tab, newline and backslash in octal."""
+    return "".join(_ESCAPES.get(char, char) for char in path)
+
+
+def mounts_at_point(point: Path) -> list[MountEntry]:
+    """The mounts stacked at `point`, oldest first; `point` must be canonical (no symlinks,
+    as `canonical` returns it): mountinfo shows resolved paths.
+
+    Runs on the event loop: procfs is kernel memory, and only the lines of mounts at
+    `point` are parsed in full.
+    """
+    wanted = _escape(os.fsdecode(point))
+    text = os.fsdecode(_MOUNTINFO.read_bytes())
+    found = []
+    for line in text.split("\n"):
+        fields = line.split(" ", _MOUNT_POINT_FIELD + 1)
+        if len(fields) > _MOUNT_POINT_FIELD and fields[_MOUNT_POINT_FIELD] == wanted:
+            found.append(_parse_line(line))
+    return found
+
+
+def _canonical_sync(path: Path) -> Path:
+    return path.resolve()
+
+
+async def canonical(path: Path) -> Path:
+    """`path` with every symlink resolved (walks the filesystem: in a worker thread)."""
+    return await anyio.to_thread.run_sync(_canonical_sync, path)
 
 
 async def mounts_at(path: Path) -> list[MountEntry]:
     """The mounts stacked at `path`, oldest first: the last one is the visible one."""
-    return await anyio.to_thread.run_sync(_mounts_at_sync, path)
+    # mountinfo shows canonical paths; mount(2) canonicalises its target the same way.
+    return mounts_at_point(await canonical(path))
 
 
 async def is_mount_point(path: Path) -> bool:
@@ -113,46 +142,50 @@ async def mount(
     source: str,
     target: Path,
     *,
-    fs_type: str | None = None,
+    fs_type: str,
     options: Sequence[str] = (),
 ) -> None:
-    """Mount `source` on `target`; a second call stacks a second mount (look first)."""
-    argv = ["mount"]
-    if fs_type is not None:
-        argv += ["-t", fs_type]
-    if options:
-        argv += ["-o", ",".join(options)]
-    await run([*argv, source, str(target)])
+    """Mount `source` on `target`; a second call stacks a second mount (look first).
+
+    `options` are mount(8)-style: the generic ones become mount flags, the rest go to the
+    filesystem.
+    """
+    flags, data = syscalls.mount_flags(options)
+    await anyio.to_thread.run_sync(syscalls.mount, source, str(target), fs_type, flags, data)
+
+
+def _bind_sync(source: str, target: str, *, read_only: bool) -> None:
+    syscalls.mount(source, target, None, syscalls.MS_BIND)
+    if not read_only:
+        return
+    # A bind takes the flags of its source; read-only takes a remount of the new mount.
+    try:
+        syscalls.remount_bind_read_only(target)
+    except BaseException:
+        syscalls.unmount(target)
+        raise
 
 
 async def bind_mount(source: Path | str, target: Path, *, read_only: bool = False) -> None:
     """Bind `source` on `target`; with `read_only` the new mount refuses writes.
 
-    util-linux 2.38 does "bind,ro" as a bind followed by a read-only remount. If the remount
-    fails, mount(8) fails but leaves the read-write bind behind, so that one is undone.
+    A bind whose read-only remount fails is undone: a read-write mount is never left where
+    a read-only one was asked for.
     """
-    if not read_only:
-        await mount(str(source), target, options=["bind"])
-        return
-    before = len(await mounts_at(target))
+    await anyio.to_thread.run_sync(
+        functools.partial(_bind_sync, str(source), str(target), read_only=read_only)
+    )
+
+
+def _unmount_sync(target: str) -> None:
     try:
-        await mount(str(source), target, options=["bind", "ro"])
-    except CommandFailed:
-        after = await mounts_at(target)
-        if len(after) > before and not after[-1].read_only:
-            await unmount(target)
-        raise
-
-
-def _not_mounted(stderr: str) -> bool:
-    return "not mounted" in stderr or "no mount point specified" in stderr
+        syscalls.unmount(target)
+    except syscalls.SystemCallFailed as exc:
+        # Not a mount point (EINVAL) or no such path: someone unmounted it first.
+        if exc.errno not in (errno.EINVAL, errno.ENOENT, errno.ENOTDIR):
+            raise
 
 
 async def unmount(target: Path) -> None:
     """Unmount the top mount at `target`; nothing mounted there (or no such path) is fine."""
-    if not await is_mount_point(target):
-        return
-    done = await run(["umount", str(target)], check=False)
-    # Someone may have unmounted it between the look and the act.
-    if done.returncode != 0 and not _not_mounted(done.stderr):
-        raise CommandFailed(done.argv, done.returncode, done.stderr)
+    await anyio.to_thread.run_sync(_unmount_sync, str(target))

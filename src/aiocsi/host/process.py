@@ -21,6 +21,7 @@ _log = structlog.get_logger("aiocsi.host")
 # Shells' conventions, so a log reader recognises them at a glance.
 NOT_FOUND_CODE = 127
 NOT_EXECUTABLE_CODE = 126
+_READ_CHUNK = 65536
 
 
 @dataclass(frozen=True)
@@ -36,34 +37,53 @@ def _command_env() -> dict[str, str]:
     return {**os.environ, "LC_ALL": "C"}
 
 
-def _run_blocking(argv: tuple[str, ...]) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        argv,
-        check=False,
-        capture_output=True,
-        # A tool that decides to ask a question (mke2fs does on a tty) must get EOF, not hang.
-        stdin=subprocess.DEVNULL,
-        env=_command_env(),
-    )
+def _read_all(fd: int) -> str:
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, _READ_CHUNK, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _run_blocking(argv: tuple[str, ...]) -> Completed:
+    """Run `argv` to completion on this (worker) thread.
+
+    Output goes to two memory files read once after the exit, not to pipes: the thread
+    gives up the GIL while the child is spawned (vfork) and while it runs, where Popen's
+    pipe-draining loop took the GIL back for every chunk of output. (os.posix_spawn holds
+    the GIL while the child execs, stalling the event loop.)
+    """
+    out = os.memfd_create("aiocsi-stdout", os.MFD_CLOEXEC)
+    err = os.memfd_create("aiocsi-stderr", os.MFD_CLOEXEC)
+    try:
+        child = subprocess.Popen(
+            argv,
+            # A tool that asks a question (mke2fs does on a tty) must get EOF, not hang.
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=_command_env(),
+        )
+        returncode = child.wait()
+        return Completed(argv, returncode, _read_all(out), _read_all(err))
+    finally:
+        os.close(out)
+        os.close(err)
 
 
 async def _spawn(argv: tuple[str, ...]) -> Completed:
     # Spawned and waited for in a worker thread: asyncio's subprocess machinery (fork on
     # the loop thread, pipe transports, a watcher thread per child) took a quarter of the
-    # event loop's time under load. The command is never cancelled half-way: operations
+    # event loop's time under load, and even a vfork-style spawn on the loop thread blocks
+    # it until the child has exec'd. The command is never cancelled half-way: operations
     # run to completion in server-owned tasks (DESIGN.md section 3).
     try:
-        done = await anyio.to_thread.run_sync(_run_blocking, argv)
+        return await anyio.to_thread.run_sync(_run_blocking, argv)
     except FileNotFoundError:
         return Completed(argv, NOT_FOUND_CODE, "", f"command not found: {argv[0]}")
     except PermissionError:
         return Completed(argv, NOT_EXECUTABLE_CODE, "", f"permission denied: {argv[0]}")
-    return Completed(
-        argv,
-        done.returncode,
-        done.stdout.decode(errors="replace"),
-        done.stderr.decode(errors="replace"),
-    )
 
 
 async def run(

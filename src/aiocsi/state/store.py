@@ -1,7 +1,8 @@
 """SQLite store for volumes, snapshots and publications.
 
-One connection, WAL and synchronous=FULL; every call runs in a worker thread behind a
-limiter of one, so the event loop never waits on disk and SQLite sees one writer.
+One connection, WAL and synchronous=FULL, owned by one thread that commits the writes
+queued meanwhile together (state/committer.py), so the event loop never waits on disk,
+SQLite sees one writer, and concurrent operations share fsyncs.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
-
-import anyio
 
 from aiocsi.models import (
     AccessMode,
@@ -28,6 +27,7 @@ from aiocsi.models import (
     Volume,
     VolumeState,
 )
+from aiocsi.state.committer import Committer
 from aiocsi.state.schema import MIGRATIONS, SCHEMA_VERSION
 
 T = TypeVar("T")
@@ -137,23 +137,30 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db: sqlite3.Connection | None = None
-        self._limiter = anyio.CapacityLimiter(1)
+        self._committer = Committer(self._connect, name="aiocsi-store")
         self._volumes: dict[str, Volume] = {}
         self._volume_ids: dict[str, str] = {}  # name -> id
         self._publications: list[Publication] = []  # in insertion order, like rowid
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _open_sync(self) -> None:
+    def _connect(self) -> sqlite3.Connection:
+        """In the store thread: open, migrate and load the mirror."""
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self._prepare(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         version: int = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            db.close()
             raise SchemaTooNew(
                 f"{self.path} has schema version {version}; this aiocsi knows {SCHEMA_VERSION}"
             )
@@ -164,7 +171,6 @@ class Store:
         self._publications = [
             _publication(r) for r in db.execute("SELECT * FROM publications ORDER BY rowid")
         ]
-        self._db = db
 
     def _remember(self, volume: Volume) -> Volume:
         self._volumes[volume.id] = volume
@@ -176,27 +182,29 @@ class Store:
             self._volumes[volume_id] = change(volume)
 
     async def open(self) -> None:
-        await anyio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
+        await self._committer.start()
 
     async def close(self) -> None:
-        if self._db is not None:
-            db, self._db = self._db, None
-            await anyio.to_thread.run_sync(db.close, limiter=self._limiter)
+        await self._committer.stop()
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        db = self._db
-        if db is None:
-            raise RuntimeError("store is not open")
-        return await anyio.to_thread.run_sync(fn, db, limiter=self._limiter)
+    async def _call(
+        self, fn: Callable[[sqlite3.Connection], T], then: Callable[[T], object] | None = None
+    ) -> T:
+        """Run `fn(db)` in a committed batch; `then(result)` updates the mirror once durable."""
+        return await self._committer.run(fn, then=then)
 
-    async def _write(self, sql: str, args: Iterable[Any] = ()) -> int:
+    async def _write(
+        self, sql: str, args: Iterable[Any] = (), then: Callable[[], None] | None = None
+    ) -> int:
         def write(db: sqlite3.Connection) -> int:
             return db.execute(sql, tuple(args)).rowcount
 
-        return await self._call(write)
+        return await self._call(write, None if then is None else lambda _: then())
 
     async def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        return await self._call(lambda db: db.execute(sql, tuple(args)).fetchall())
+        return await self._committer.run(
+            lambda db: db.execute(sql, tuple(args)).fetchall(), transaction=False
+        )
 
     async def _row(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Row | None:
         rows = await self._rows(sql, args)
@@ -230,7 +238,7 @@ class Store:
             row = db.execute("SELECT * FROM volumes WHERE seq = ?", (cur.lastrowid,)).fetchone()
             return _volume(row)
 
-        return self._remember(await self._call(insert))
+        return await self._call(insert, then=self._remember)
 
     async def get_volume(self, volume_id: str) -> Volume | None:
         return self._volumes.get(volume_id)
@@ -240,8 +248,11 @@ class Store:
         return None if volume_id is None else self._volumes.get(volume_id)
 
     async def set_volume_state(self, volume_id: str, state: VolumeState) -> None:
-        await self._write("UPDATE volumes SET state = ? WHERE id = ?", (state.value, volume_id))
-        self._update(volume_id, lambda v: dataclasses.replace(v, state=state))
+        await self._write(
+            "UPDATE volumes SET state = ? WHERE id = ?",
+            (state.value, volume_id),
+            then=lambda: self._update(volume_id, lambda v: dataclasses.replace(v, state=state)),
+        )
 
     async def set_volume_capacity(
         self, volume_id: str, capacity: int, *, budget: int | None = None
@@ -256,18 +267,28 @@ class Store:
                 _check_budget(db, capacity - int(row[0]), budget)
             db.execute("UPDATE volumes SET capacity_bytes = ? WHERE id = ?", (capacity, volume_id))
 
-        await self._call(update)
-        self._update(volume_id, lambda v: dataclasses.replace(v, capacity_bytes=capacity))
+        await self._call(
+            update,
+            then=lambda _: self._update(
+                volume_id, lambda v: dataclasses.replace(v, capacity_bytes=capacity)
+            ),
+        )
 
     async def set_mutable_parameters(self, volume_id: str, params: dict[str, str]) -> None:
         await self._write(
             "UPDATE volumes SET mutable_parameters = ? WHERE id = ?",
             (json.dumps(params, sort_keys=True), volume_id),
+            then=lambda: self._update(
+                volume_id, lambda v: dataclasses.replace(v, mutable_parameters=dict(params))
+            ),
         )
-        self._update(volume_id, lambda v: dataclasses.replace(v, mutable_parameters=dict(params)))
 
     async def delete_volume(self, volume_id: str) -> None:
-        await self._write("DELETE FROM volumes WHERE id = ?", (volume_id,))
+        await self._write(
+            "DELETE FROM volumes WHERE id = ?", (volume_id,), then=lambda: self._forget(volume_id)
+        )
+
+    def _forget(self, volume_id: str) -> None:
         if (volume := self._volumes.pop(volume_id, None)) is not None:
             self._volume_ids.pop(volume.name, None)
 
@@ -361,7 +382,10 @@ class Store:
                 int(p.read_only),
                 _capability_json(p.capability),
             ),
+            then=lambda: self._append_publication(p),
         )
+
+    def _append_publication(self, p: Publication) -> None:
         # INSERT OR REPLACE gives the row a new rowid: it moves to the end.
         self._forget_publication(p.volume_id, p.kind, p.path)
         self._publications.append(p)
@@ -370,8 +394,8 @@ class Store:
         await self._write(
             "DELETE FROM publications WHERE volume_id = ? AND kind = ? AND path = ?",
             (volume_id, kind.value, path),
+            then=lambda: self._forget_publication(volume_id, kind, path),
         )
-        self._forget_publication(volume_id, kind, path)
 
     def _forget_publication(self, volume_id: str, kind: PublicationKind, path: str) -> None:
         self._publications = [

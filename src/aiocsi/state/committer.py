@@ -1,0 +1,180 @@
+"""One thread owns the SQLite connection and commits whatever is queued as one transaction.
+
+Under churn many operations record a state change at the same moment. A limiter of one
+around a worker-thread call made each of them wait for every earlier write's fsync plus
+two thread hand-offs; here the writes that queue up while one commit is on disk go to
+disk together in the next commit (group commit), and the event loop is woken once per
+commit, not once per statement.
+
+Each job runs inside its own SAVEPOINT, so a job that raises (a budget refusal, a
+constraint) is undone alone and the rest of its batch still commits. A job's `then`
+callback runs on the event loop once the commit is durable and before its caller
+resumes, so an in-memory mirror updated there never runs ahead of the database and is
+updated even when the caller was cancelled meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+# More than this many jobs in one transaction gain nothing and delay the first one's answer.
+MAX_BATCH = 256
+
+
+@dataclass
+class _Job(Generic[T]):
+    fn: Callable[[sqlite3.Connection], T]
+    future: asyncio.Future[T]
+    transaction: bool
+    then: Callable[[T], object] | None
+    outcome: tuple[bool, Any] = field(default=(False, None))
+
+
+class Committer:
+    """Runs jobs against one connection in a dedicated thread, batching them per commit."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str) -> None:
+        self._connect = connect
+        self._name = name
+        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._serve, args=(ready,), name=self._name, daemon=True
+        )
+        self._thread.start()
+        try:
+            await ready
+        except BaseException:
+            self._thread = None
+            raise
+
+    async def stop(self) -> None:
+        """Finish the queued jobs, close the connection and end the thread."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._jobs.put(None)
+        await asyncio.to_thread(thread.join)
+
+    async def run(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        transaction: bool = True,
+        then: Callable[[T], object] | None = None,
+    ) -> T:
+        """Run `fn(db)` in the store thread; with `transaction`, as part of a committed batch."""
+        if self._thread is None or self._loop is None:
+            raise RuntimeError("store is not open")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put(_Job(fn, future, transaction, then))
+        # The job runs whatever happens to this caller; it only stops waiting.
+        return await asyncio.shield(future)
+
+    # -- the store thread -------------------------------------------------------------------
+
+    def _serve(self, ready: asyncio.Future[None]) -> None:
+        try:
+            db = self._connect()
+        except BaseException as exc:  # noqa: BLE001 - handed to the opener, who re-raises
+            self._deliver_soon(functools.partial(_settle, ready, exc))
+            return
+        self._deliver_soon(functools.partial(_settle, ready, None))
+        try:
+            while (first := self._jobs.get()) is not None:
+                batch, stop = self._drain(first)
+                self._run_batch(db, batch)
+                if stop:
+                    break
+        finally:
+            db.close()
+
+    def _drain(self, first: _Job[Any]) -> tuple[list[_Job[Any]], bool]:
+        batch = [first]
+        while len(batch) < MAX_BATCH:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return batch, True
+            batch.append(job)
+        return batch, False
+
+    def _run_batch(self, db: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
+        plain = [job for job in batch if not job.transaction]
+        for job in plain:
+            job.outcome = _attempt(job.fn, db)
+        writes = [job for job in batch if job.transaction]
+        if writes:
+            self._commit(db, writes)
+        self._deliver_soon(functools.partial(_finish, batch))
+
+    @staticmethod
+    def _commit(db: sqlite3.Connection, jobs: list[_Job[Any]]) -> None:
+        try:
+            db.execute("BEGIN")
+            for job in jobs:
+                db.execute("SAVEPOINT job")
+                job.outcome = _attempt(job.fn, db)
+                if not job.outcome[0]:
+                    db.execute("ROLLBACK TO job")
+                db.execute("RELEASE job")
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # Nothing of this batch is durable: every job in it fails with the reason.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            for job in jobs:
+                job.outcome = (False, exc)
+
+    def _deliver_soon(self, callback: Callable[[], None]) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(callback)
+
+
+def _attempt(fn: Callable[[sqlite3.Connection], Any], db: sqlite3.Connection) -> tuple[bool, Any]:
+    try:
+        return True, fn(db)
+    except Exception as exc:  # noqa: BLE001 - handed to the caller, who re-raises
+        return False, exc
+
+
+def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)
+
+
+def _finish(batch: list[_Job[Any]]) -> None:
+    """On the event loop: update mirrors in commit order, then wake the callers."""
+    for job in batch:
+        ok, value = job.outcome
+        if ok and job.then is not None:
+            try:
+                job.then(value)
+            except Exception as exc:  # noqa: BLE001 - the caller sees it; the batch goes on
+                ok, value = False, exc
+        if job.future.done():
+            continue
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)
