@@ -72,9 +72,13 @@ class Scratch:
         return path
 
     async def attach(self, image: Path, *, read_only: bool = False) -> str:
-        device = await loop.attach(image, read_only=read_only)
+        device = (await loop.attach(image, read_only=read_only)).device
         self._devices.append((device, (await loop.loop_backing_files())[device]))
         return device
+
+    def adopt(self, device: str, image: Path) -> None:
+        """Clean up `device`, attached by the test itself, at the end."""
+        self._devices.append((device, str(image)))
 
     async def view(self, device: str) -> str:
         view = await loop.attach_view(device)
@@ -186,10 +190,25 @@ async def test_commands_run_in_the_c_locale() -> None:
 async def test_attach_twice_gives_one_device(scratch: Scratch) -> None:
     image = await scratch.image("a.img", 16 * MIB)
     device = await scratch.attach(image)
-    assert await scratch.attach(image) == device
+    again = await loop.attach(image)
+    assert (again.device, again.new, again.blank) == (device, False, False)
     assert await loop.find_loop_devices(image) == [device]
     assert (await loop.loop_backing_files())[device] == str(image)
     assert await loop.device_size(device) == 16 * MIB
+
+
+async def test_attach_tells_a_blank_image_from_one_with_data(scratch: Scratch) -> None:
+    blank = await scratch.image("blank.img", 16 * MIB)
+    first = await loop.attach(blank)
+    scratch.adopt(first.device, blank)
+    assert (first.new, first.blank) == (True, True)
+    written = await scratch.image("written.img", 16 * MIB)
+    with written.open("r+b") as handle:  # one block of data deep inside, holes elsewhere
+        handle.seek(8 * MIB)
+        handle.write(b"x" * 4096)
+    second = await loop.attach(written)
+    scratch.adopt(second.device, written)
+    assert (second.new, second.blank) == (True, False)
 
 
 async def test_attach_read_only_and_refuse_a_second_mode(scratch: Scratch) -> None:

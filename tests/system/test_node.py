@@ -954,6 +954,23 @@ async def test_stage_runs_no_grow_tool_for_a_full_size_filesystem(
     await vol.down()
 
 
+async def test_a_blank_image_is_formatted_without_a_probe_and_never_again(
+    driver: Driver, spawned: list[tuple[str, ...]]
+) -> None:
+    vol = await new_volume(driver, "blank", cap_for("ext4"))
+    await vol.stage()
+    # Nothing was ever written to the image: there is no signature to look for.
+    assert [argv[0] for argv in spawned] == ["mkfs.ext4"], spawned
+    await write_file(vol.staging / "data", DATA)
+    await vol.unstage()
+    spawned.clear()
+    await vol.stage()
+    # Now the image holds data: it is probed, found formatted, and kept.
+    assert [argv[0] for argv in spawned] == ["blkid"], spawned
+    assert await anyio.Path(vol.staging / "data").read_bytes() == DATA
+    await vol.unstage()
+
+
 async def test_block_expansion_refreshes_the_device(driver: Driver) -> None:
     vol = await new_volume(driver, "grow-block", cap_for("block"))
     await vol.up()

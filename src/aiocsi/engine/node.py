@@ -169,11 +169,19 @@ class NodeService:
         Resolved once per call, in a worker thread: the mount table is then searched for the
         canonical path on the event loop, without walking the filesystem again.
         """
-        roots = self._ctx.config.allowed_path_roots
-        real = await anyio.to_thread.run_sync(_resolve_under, path, roots)
-        if real is None:
-            raise InvalidArgument(f"{field} {path} resolves outside the allowed path roots")
+        [real] = await self._real_paths((path, field))
         return real
+
+    async def _real_paths(self, *paths: tuple[Path, str]) -> list[Path]:
+        """`_real_path` of each (path, field), in one worker-thread call."""
+        roots = self._ctx.config.allowed_path_roots
+        resolved = await anyio.to_thread.run_sync(
+            lambda: [_resolve_under(path, roots) for path, _ in paths]
+        )
+        for real, (path, field) in zip(resolved, paths, strict=True):
+            if real is None:
+                raise InvalidArgument(f"{field} {path} resolves outside the allowed path roots")
+        return [real for real in resolved if real is not None]
 
     async def _refuse_path_of_another(self, volume: Volume, path: Path) -> None:
         """One staging or target path serves one volume: otherwise either one's unstage or
@@ -213,9 +221,10 @@ class NodeService:
                     f"volume {volume.id} is staged at {staging} with a different capability"
                 )
         async with AsyncExitStack() as undo:
-            device = await self._ensure_attached(volume, capability, undo)
+            attached = await self._ensure_attached(volume, capability, undo)
+            device = attached.device
             if capability.access_type is AccessType.MOUNT:
-                await self._ensure_mounted(volume, device, real, capability, undo)
+                await self._ensure_mounted(volume, attached, real, capability, undo)
             await self._store.add_publication(
                 Publication(
                     volume.id,
@@ -230,8 +239,7 @@ class NodeService:
 
     async def _ensure_attached(
         self, volume: Volume, capability: Capability, undo: AsyncExitStack
-    ) -> str:
-        existing = await self._device(volume)
+    ) -> loop.Attachment:
         # A read-only block volume gets a read-only device: a read-only bind of a device
         # node does not stop writes through it. Mount volumes get a read-only mount instead
         # (a blank one must still be formatted first).
@@ -242,10 +250,10 @@ class NodeService:
         async with _host_step(f"attaching volume {volume.id}"):
             # attach() returns the device already backed by the image (never a second one)
             # and refuses one attached in the other mode.
-            device = await loop.attach(self._pool.volume_image(volume.id), read_only=read_only)
-        if existing is None:
-            undo.push_async_callback(self._detach_quietly, device)
-        return device
+            attached = await loop.attach(self._pool.volume_image(volume.id), read_only=read_only)
+        if attached.new:
+            undo.push_async_callback(self._detach_quietly, attached.device)
+        return attached
 
     async def _detach_quietly(self, device: str) -> None:
         with contextlib.suppress(HostFailure, FailedPrecondition):
@@ -254,11 +262,13 @@ class NodeService:
     async def _ensure_mounted(
         self,
         volume: Volume,
-        device: str,
+        attached: loop.Attachment,
         staging: Path,
         capability: Capability,
         undo: AsyncExitStack,
     ) -> None:
+        """Mount the volume's filesystem at `staging` (canonical), formatting a blank one."""
+        device = attached.device
         top, ours = await self._our_top_mount(staging, device)
         if top is not None:
             if not ours:
@@ -273,7 +283,8 @@ class NodeService:
             return
         wanted = capability.fs_type or DEFAULT_FS
         async with _host_step(f"formatting volume {volume.id}"):
-            found = await fs.probe_fs_type(device)
+            # An image with no data at all, just attached, carries no signature: no probe.
+            found = None if attached.blank else await fs.probe_fs_type(device)
             formatted = found is None
             if found is None:
                 async with self._ctx.mkfs_slots:
@@ -359,7 +370,10 @@ class NodeService:
         nothing shows any more."""
         views = loop.views_on(device, await loop.loop_backing_files())
         mounts = await mount.read_mounts()
-        bound = await anyio.to_thread.run_sync(loop.bound_loop_devices, mounts)
+        # Binds of loop device nodes (block publications) are told by a stat of their mount
+        # point, in a worker thread; a table without any needs none.
+        binds = loop.loop_node_mounts(mounts)
+        bound = await anyio.to_thread.run_sync(loop.bound_loop_devices, binds) if binds else {}
         uses = [(m.mount_point, m.source) for m in mounts] + list(bound.items())
         ours = {device, *views}
         points = [point for point, used in uses if used in ours]
@@ -391,12 +405,14 @@ class NodeService:
     async def publish(self, request: PublishVolume) -> None:
         # Checked before anything is made: an inline volume would otherwise be created,
         # formatted and staged, only to be rolled back.
-        target = await self._real_path(Path(request.target_path), "target_path")
+        target_field = (Path(request.target_path), "target_path")
         if is_ephemeral(request.volume_context):
-            await self._publish_ephemeral(request, target)
+            await self._publish_ephemeral(request, await self._real_path(*target_field))
             return
+        target, staging = await self._real_paths(
+            target_field, (Path(request.staging_path), "staging_target_path")
+        )
         volume = await self._volumes.get(request.volume_id)
-        staging = await self._real_path(Path(request.staging_path), "staging_target_path")
         await self._ctx.operations.run(
             f"volume:{volume.id}",
             ("publish", request),

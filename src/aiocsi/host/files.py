@@ -64,6 +64,23 @@ def _new_file(path: Path) -> Iterator[int]:
     _fsync_dir(path.parent)
 
 
+def holds_data_sync(path: Path) -> bool:
+    """Whether `path` has any data, as opposed to only holes (or unwritten preallocation).
+
+    A filesystem without SEEK_DATA reports the whole file as data: the careful answer.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.lseek(fd, 0, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # no data at or after offset 0
+            return False
+        raise
+    finally:
+        os.close(fd)
+    return True
+
+
 def _require_size(size: int) -> None:
     if size < 0:
         raise ValueError(f"size must not be negative: {size}")

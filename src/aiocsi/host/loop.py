@@ -19,6 +19,7 @@ import functools
 import os
 import re
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,7 @@ import anyio
 import structlog
 
 from aiocsi.errors import FailedPrecondition
-from aiocsi.host import syscalls
+from aiocsi.host import files, syscalls
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -130,6 +131,11 @@ def attached_path(backing: str) -> str:
     return backing.removesuffix(_DELETED_SUFFIX)
 
 
+# Image -> the loop device last seen backing it. Only a hint: every use checks sysfs for
+# that one device, and a stale hint falls back to the full scan.
+_hints: dict[str, str] = {}
+
+
 def _image_key(image: Path) -> str:
     """The string sysfs shows for `image`. Callers pass canonical paths (the pool resolves its
     directories once): resolving here walked the filesystem on every look-up."""
@@ -148,10 +154,29 @@ def loop_devices_for(image: Path) -> list[str]:
     file there is another image, which the device of the old one never matches.
     """
     key = _image_key(image)
+    hinted = _hints.get(key)
+    if hinted is not None:
+        # One sysfs read instead of one per attached device: under churn there are dozens.
+        backing = _backing_file_of(_sysfs_dir(hinted))
+        if backing is not None and backing in _wanted(key):
+            return [hinted]
+        _hints.pop(key, None)
     backing_files = all_loop_backing_files()
+    wanted = _wanted(key)
+    found = [dev for dev, backing in backing_files.items() if backing in wanted]
+    if found:
+        _hints[key] = found[0]
+    return found
+
+
+def _wanted(key: str) -> set[str]:
     # Looked at after sysfs: an image removed in between shows there still as itself.
-    wanted = {key} if os.path.lexists(key) else {key, key + _DELETED_SUFFIX}
-    return [dev for dev, backing in backing_files.items() if backing in wanted]
+    return {key} if os.path.lexists(key) else {key, key + _DELETED_SUFFIX}
+
+
+def _forget_device(device: str) -> None:
+    for key in [key for key, hinted in _hints.items() if hinted == device]:
+        _hints.pop(key, None)
 
 
 async def find_loop_devices(image: Path) -> list[str]:
@@ -180,6 +205,11 @@ def loop_device_of(path: Path) -> str | None:
     return f"/dev/{name}" if _LOOP_NAME.fullmatch(name) else None
 
 
+def loop_node_mounts(mounts: Iterable[MountEntry]) -> list[MountEntry]:
+    """The mounts whose root names a loop device node: the candidates for binds of one."""
+    return [entry for entry in mounts if _LOOP_NAME.fullmatch(Path(entry.root).name)]
+
+
 def bound_loop_devices(mounts: Iterable[MountEntry]) -> dict[str, str]:
     """Mount point -> loop device, for every bind of a loop device node (a block publication).
 
@@ -187,19 +217,27 @@ def bound_loop_devices(mounts: Iterable[MountEntry]) -> dict[str, str]:
     (network) mount point could hang. The device is told by its number, not by that name.
     """
     bound: dict[str, str] = {}
-    for entry in mounts:
-        if _LOOP_NAME.fullmatch(Path(entry.root).name) is None:
-            continue
+    for entry in loop_node_mounts(mounts):
         device = loop_device_of(Path(entry.mount_point))
         if device is not None:
             bound[entry.mount_point] = device
     return bound
 
 
-async def _existing_device(image: Path, *, read_only: bool) -> str | None:
-    devices = await find_loop_devices(image)
-    if not devices:
-        return None
+def _devices_of_present_image(image: Path) -> list[str]:
+    """The devices backing `image`; `ImageMissing` when it does not exist (any more).
+
+    Sysfs reads plus one stat of a file in the pool directory: on the loop, see above.
+    """
+    devices = loop_devices_for(image)
+    if not os.path.lexists(image):
+        held = f" (deleted, still held by {', '.join(devices)})" if devices else ""
+        raise ImageMissing(f"cannot attach {image}: it does not exist{held}")
+    return devices
+
+
+def _one_of(image: Path, devices: list[str], *, read_only: bool) -> str:
+    """The device to use of those backing `image`; refuses one in the other mode."""
     if len(devices) > 1:
         _log.warning("loop_attached_twice", image=str(image), devices=devices)
     device = devices[0]
@@ -218,44 +256,50 @@ async def _backing_settles(sysfs_dir: Path, expected: str | None) -> bool:
     return False
 
 
-async def _attach_new(backing: str, *, read_only: bool) -> str:
-    """Attach `backing` to a free loop device, whatever else it already backs."""
+def _attach_sync(backing: str, *, read_only: bool, probe_blank: bool) -> tuple[str, bool]:
+    blank = probe_blank and not files.holds_data_sync(Path(backing))
     # Buffered: a view must read through the page cache of the device below it.
-    device = await anyio.to_thread.run_sync(
-        functools.partial(syscalls.attach_loop, backing, read_only=read_only)
+    return syscalls.attach_loop(backing, read_only=read_only), blank
+
+
+async def _attach_new(backing: str, *, read_only: bool, probe_blank: bool = False) -> Attachment:
+    """Attach `backing` to a free loop device, whatever else it already backs."""
+    device, blank = await anyio.to_thread.run_sync(
+        functools.partial(_attach_sync, backing, read_only=read_only, probe_blank=probe_blank)
     )
     if not await _backing_settles(_sysfs_dir(device), backing):
         _log.warning("loop_sysfs_not_settled", device=device, backing=backing)
-    return device
+    return Attachment(device, new=True, blank=blank)
 
 
-def _attachable_key(image: Path) -> str:
-    key = _image_key(image)
-    if not Path(key).exists():
-        leftovers = loop_devices_for(Path(key))
-        held = f" (deleted, still held by {', '.join(leftovers)})" if leftovers else ""
-        raise ImageMissing(f"cannot attach {key}: it does not exist{held}")
-    return key
+@dataclass(frozen=True)
+class Attachment:
+    device: str
+    new: bool  # attached by this call, not found attached
+    # New, and the image held no data when it was attached: nothing on it to probe.
+    blank: bool = False
 
 
-async def attach(image: Path, *, read_only: bool = False) -> str:
-    """Ensure `image` is attached to a loop device and return the device ("/dev/loopN").
+async def attach(image: Path, *, read_only: bool = False) -> Attachment:
+    """Ensure `image` is attached to a loop device; return the device ("/dev/loopN").
 
     An image that already backs a loop device is never attached a second time. A missing
     image is refused, even while a device still holds it deleted: that device serves a file
     nobody can reach any more, and must be released, not handed out again.
     """
-    key = await anyio.to_thread.run_sync(_attachable_key, image)
-    existing = await _existing_device(Path(key), read_only=read_only)
-    if existing is not None:
-        return existing
-    return await _attach_new(key, read_only=read_only)
+    key = _image_key(image)
+    existing = _devices_of_present_image(Path(key))
+    if existing:
+        return Attachment(_one_of(Path(key), existing, read_only=read_only), new=False)
+    attached = await _attach_new(key, read_only=read_only, probe_blank=True)
+    _hints[key] = attached.device
+    return attached
 
 
 async def attach_view(device: str) -> str:
     """Attach a new read-only view of loop device `device` and return it."""
     _sysfs_dir(device)  # refuses anything but a loop device
-    return await _attach_new(device, read_only=True)
+    return (await _attach_new(device, read_only=True)).device
 
 
 async def detach(device: str) -> None:
@@ -266,6 +310,7 @@ async def detach(device: str) -> None:
     does not go on to delete an image that is still in use. Unmount first.
     """
     sysfs_dir = _sysfs_dir(device)
+    _forget_device(device)
     if _backing_file_of(sysfs_dir) is None:
         return
     try:
