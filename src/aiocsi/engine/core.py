@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-import anyio
-
+from aiocsi import threads
 from aiocsi.config import Config
 from aiocsi.engine.context import EngineContext
 from aiocsi.engine.health import HealthChecker
@@ -39,7 +38,7 @@ class Engine:
 
     async def start(self) -> None:
         """Prepare and lock the pool, open state, reconcile. Raises PoolLocked."""
-        await anyio.to_thread.run_sync(self.ctx.pool.prepare)
+        await threads.run_sync(self.ctx.pool.prepare)
         self._lock.acquire()
         await self.ctx.store.open()
         await reconcile(self.ctx)

@@ -10,8 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
-
+from aiocsi import threads
 from aiocsi.config import Config
 
 # Tools without which the node side cannot stage any volume. Mounts and loop devices are
@@ -73,7 +72,7 @@ class HealthChecker:
         now = time.monotonic()
         if self._last is not None and now - self._last[0] < self.max_age:
             return self._last[1]
-        report = await anyio.to_thread.run_sync(self._check)
+        report = await threads.run_sync(self._check)
         self._last = (now, report)
         return report
 

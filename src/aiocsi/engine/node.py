@@ -16,8 +16,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
-
+from aiocsi import threads
 from aiocsi.config import ConfigError, parse_size
 from aiocsi.engine.context import EngineContext
 from aiocsi.engine.requests import CapacityRange, CreateVolume, PublishVolume, StageVolume
@@ -148,7 +147,7 @@ class NodeService:
             return True
         # A block publication binds the device node (or a read-only view's): its source is
         # the filesystem holding /dev (devtmpfs), so look at the node itself instead.
-        return await anyio.to_thread.run_sync(_shows_device, path, device)
+        return await threads.run_sync(_shows_device, path, device)
 
     async def _our_top_mount(
         self, point: Path, device: str | None
@@ -175,7 +174,7 @@ class NodeService:
     async def _real_paths(self, *paths: tuple[Path, str]) -> list[Path]:
         """`_real_path` of each (path, field), in one worker-thread call."""
         roots = self._ctx.config.allowed_path_roots
-        resolved = await anyio.to_thread.run_sync(
+        resolved = await threads.run_sync(
             lambda: [_resolve_under(path, roots) for path, _ in paths]
         )
         for real, (path, field) in zip(resolved, paths, strict=True):
@@ -373,7 +372,7 @@ class NodeService:
         # Binds of loop device nodes (block publications) are told by a stat of their mount
         # point, in a worker thread; a table without any needs none.
         binds = loop.loop_node_mounts(mounts)
-        bound = await anyio.to_thread.run_sync(loop.bound_loop_devices, binds) if binds else {}
+        bound = await threads.run_sync(loop.bound_loop_devices, binds) if binds else {}
         uses = [(m.mount_point, m.source) for m in mounts] + list(bound.items())
         ours = {device, *views}
         points = [point for point, used in uses if used in ours]
@@ -518,7 +517,7 @@ class NodeService:
             return False
         if not ours:
             raise FailedPrecondition(f"{target} already has a foreign mount of {top.source}")
-        if request.read_only and not await anyio.to_thread.run_sync(_refuses_writes, top, target):
+        if request.read_only and not await threads.run_sync(_refuses_writes, top, target):
             raise AlreadyExists(f"{target} already has a read-write mount of {volume.id}")
         if not recorded:  # mounted by a try that stopped before recording it
             await self._record_publication(volume, request)
@@ -544,7 +543,7 @@ class NodeService:
         except NotFound:
             # An inline ephemeral volume is deleted by its unpublish: a retry finds neither
             # the volume nor the target, and that is success.
-            if not await anyio.to_thread.run_sync(os.path.lexists, target_path):
+            if not await threads.run_sync(os.path.lexists, target_path):
                 return
             raise
         real = await self._real_path(Path(target_path), "target_path")
@@ -761,7 +760,7 @@ def _ensure_dir_sync(path: Path) -> bool:
 
 async def _ensure_dir(path: Path) -> bool:
     """Create `path` as a directory; False when it already is one."""
-    return await anyio.to_thread.run_sync(_ensure_dir_sync, path)
+    return await threads.run_sync(_ensure_dir_sync, path)
 
 
 def _ensure_file_sync(path: Path) -> bool:
@@ -776,7 +775,7 @@ def _ensure_file_sync(path: Path) -> bool:
 
 async def _ensure_file(path: Path) -> bool:
     """Create `path` as an empty file to bind a device onto; False when one exists."""
-    return await anyio.to_thread.run_sync(_ensure_file_sync, path)
+    return await threads.run_sync(_ensure_file_sync, path)
 
 
 async def _remove_path(path: Path) -> None:
@@ -792,7 +791,7 @@ async def _remove_path(path: Path) -> None:
                 # Block targets are empty files we made: a file with content is not ours.
                 raise OSError(errno.ENOTEMPTY, "not empty", str(path))
 
-    await anyio.to_thread.run_sync(remove)
+    await threads.run_sync(remove)
 
 
 async def _remove_target(path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 
+from aiocsi import threads
 from aiocsi.engine.context import EngineContext
 from aiocsi.engine.pool import Pool, is_snapshot_id, is_volume_id
 from aiocsi.errors import FailedPrecondition, HostFailure
@@ -85,7 +86,7 @@ async def _host_view(devices: Mapping[str, str], views: Mapping[str, str]) -> _H
     by_point: dict[str, list[mount.MountEntry]] = {}
     for entry in mounts:
         by_point.setdefault(entry.mount_point, []).append(entry)
-    nodes = await anyio.to_thread.run_sync(loop.bound_loop_devices, mounts)
+    nodes = await threads.run_sync(loop.bound_loop_devices, mounts)
     ours = set(devices.values())
     bound = {point: views.get(node, node) for point, node in nodes.items()}
     bound = {point: device for point, device in bound.items() if device in ours}
@@ -119,7 +120,7 @@ async def _forget_lost_publications(
     """Publications whose mount or device vanished (reboot, crash, a hand unmount) are
     forgotten: the CO stages and publishes again."""
     pubs = [p for p in await ctx.store.publications() if p.kind is not PublicationKind.CONTROLLER]
-    points = await anyio.to_thread.run_sync(_mount_points, pubs)
+    points = await threads.run_sync(_mount_points, pubs)
     for pub in pubs:
         if host.still_mounted(pub, points[pub.path], devices.get(pub.volume_id)):
             continue

@@ -6,8 +6,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-import anyio
-
+from aiocsi import threads
 from aiocsi.config import TOPOLOGY_KEY
 from aiocsi.engine.context import ALIGNMENT, EngineContext, align_up, no_space_is_exhaustion
 from aiocsi.engine.parameters import preallocate
@@ -105,7 +104,7 @@ def is_preallocated(volume: Volume) -> bool:
 
 async def pool_space(ctx: EngineContext) -> tuple[int, int]:
     """The pool's provisioning budget (its size times --overcommit) and its free bytes."""
-    total, available = await anyio.to_thread.run_sync(files.filesystem_space, ctx.pool.root)
+    total, available = await threads.run_sync(files.filesystem_space, ctx.pool.root)
     return int(total * ctx.config.overcommit), available
 
 
@@ -143,7 +142,7 @@ class VolumeService:
 
     async def condition(self, volume: Volume) -> VolumeCondition:
         image = self._pool.volume_image(volume.id)
-        return await anyio.to_thread.run_sync(_image_condition, image, volume.capacity_bytes)
+        return await threads.run_sync(_image_condition, image, volume.capacity_bytes)
 
     async def list(self, after_seq: int, limit: int) -> list[Volume]:
         await check_page_token(self._store, "volumes", after_seq)
@@ -390,7 +389,7 @@ class VolumeService:
     async def _ensure_allocated(self, volume: Volume) -> None:
         image = self._pool.volume_image(volume.id)
         try:
-            held = await anyio.to_thread.run_sync(files.allocated_bytes, image)
+            held = await threads.run_sync(files.allocated_bytes, image)
         except FileNotFoundError:
             raise FailedPrecondition(f"the image of volume {volume.id} is missing") from None
         _, available = await pool_space(self._ctx)

@@ -12,7 +12,7 @@ import fcntl
 import os
 from typing import TYPE_CHECKING, Literal
 
-import anyio
+from aiocsi import threads
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -96,7 +96,7 @@ def create_sparse_sync(path: Path, size: int, *, preallocate: bool = False) -> N
 
 
 async def create_sparse(path: Path, size: int, *, preallocate: bool = False) -> None:
-    await anyio.to_thread.run_sync(lambda: create_sparse_sync(path, size, preallocate=preallocate))
+    await threads.run_sync(lambda: create_sparse_sync(path, size, preallocate=preallocate))
 
 
 def grow_file_sync(path: Path, size: int, *, preallocate: bool = False) -> None:
@@ -117,7 +117,7 @@ def grow_file_sync(path: Path, size: int, *, preallocate: bool = False) -> None:
 
 
 async def grow_file(path: Path, size: int, *, preallocate: bool = False) -> None:
-    await anyio.to_thread.run_sync(lambda: grow_file_sync(path, size, preallocate=preallocate))
+    await threads.run_sync(lambda: grow_file_sync(path, size, preallocate=preallocate))
 
 
 def allocate_sync(path: Path, size: int) -> None:
@@ -132,7 +132,7 @@ def allocate_sync(path: Path, size: int) -> None:
 
 
 async def allocate(path: Path, size: int) -> None:
-    await anyio.to_thread.run_sync(allocate_sync, path, size)
+    await threads.run_sync(allocate_sync, path, size)
 
 
 def _try_reflink(src_fd: int, dst_fd: int) -> bool:
@@ -213,7 +213,7 @@ def copy_image_sync(src: Path, dst: Path, *, size: int | None = None) -> CopyMet
 
 
 async def copy_image(src: Path, dst: Path, *, size: int | None = None) -> CopyMethod:
-    return await anyio.to_thread.run_sync(lambda: copy_image_sync(src, dst, size=size))
+    return await threads.run_sync(lambda: copy_image_sync(src, dst, size=size))
 
 
 def remove_file_sync(path: Path) -> None:
@@ -226,7 +226,7 @@ def remove_file_sync(path: Path) -> None:
 
 
 async def remove_file(path: Path) -> None:
-    await anyio.to_thread.run_sync(remove_file_sync, path)
+    await threads.run_sync(remove_file_sync, path)
 
 
 def allocated_bytes(path: Path) -> int:

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-import anyio
-
+from aiocsi import threads
 from aiocsi.errors import CommandFailed
 from aiocsi.host import superblock
 from aiocsi.host.process import run
@@ -152,7 +151,7 @@ async def can_grow(device: str, fs_type: str) -> bool:
     on-disk superblock may lag a grow just done: the answer can then be a needless "yes",
     never a wrong "no".
     """
-    return await anyio.to_thread.run_sync(_can_grow_sync, device, fs_type)
+    return await threads.run_sync(_can_grow_sync, device, fs_type)
 
 
 @dataclass(frozen=True)
@@ -179,4 +178,4 @@ def _fs_stats_sync(path: Path) -> FsStats:
 
 
 async def fs_stats(path: Path) -> FsStats:
-    return await anyio.to_thread.run_sync(_fs_stats_sync, path)
+    return await threads.run_sync(_fs_stats_sync, path)

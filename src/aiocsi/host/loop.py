@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
+from aiocsi import threads
 from aiocsi.errors import FailedPrecondition
 from aiocsi.host import files, syscalls
 
@@ -264,7 +265,7 @@ def _attach_sync(backing: str, *, read_only: bool, probe_blank: bool) -> tuple[s
 
 async def _attach_new(backing: str, *, read_only: bool, probe_blank: bool = False) -> Attachment:
     """Attach `backing` to a free loop device, whatever else it already backs."""
-    device, blank = await anyio.to_thread.run_sync(
+    device, blank = await threads.run_sync(
         functools.partial(_attach_sync, backing, read_only=read_only, probe_blank=probe_blank)
     )
     if not await _backing_settles(_sysfs_dir(device), backing):
@@ -314,7 +315,7 @@ async def detach(device: str) -> None:
     if _backing_file_of(sysfs_dir) is None:
         return
     try:
-        await anyio.to_thread.run_sync(syscalls.detach_loop, device)
+        await threads.run_sync(syscalls.detach_loop, device)
     except syscalls.SystemCallFailed as exc:
         # Someone may have detached it between the look and the act.
         if exc.errno not in _NOT_ATTACHED:
@@ -329,7 +330,7 @@ async def refresh_size(device: str) -> None:
     Views follow a grown device the same way: refresh the device first, then its views.
     """
     _sysfs_dir(device)  # refuses anything but a loop device
-    await anyio.to_thread.run_sync(syscalls.refresh_loop_size, device)
+    await threads.run_sync(syscalls.refresh_loop_size, device)
 
 
 def device_size_bytes(device: str) -> int:

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import anyio
-
+from aiocsi import threads
 from aiocsi.host import syscalls
 
 if TYPE_CHECKING:
@@ -125,7 +124,7 @@ def _canonical_sync(path: Path) -> Path:
 
 async def canonical(path: Path) -> Path:
     """`path` with every symlink resolved (walks the filesystem: in a worker thread)."""
-    return await anyio.to_thread.run_sync(_canonical_sync, path)
+    return await threads.run_sync(_canonical_sync, path)
 
 
 async def mounts_at(path: Path) -> list[MountEntry]:
@@ -151,7 +150,7 @@ async def mount(
     filesystem.
     """
     flags, data = syscalls.mount_flags(options)
-    await anyio.to_thread.run_sync(syscalls.mount, source, str(target), fs_type, flags, data)
+    await threads.run_sync(syscalls.mount, source, str(target), fs_type, flags, data)
 
 
 def _bind_sync(source: str, target: str, *, read_only: bool) -> None:
@@ -172,7 +171,7 @@ async def bind_mount(source: Path | str, target: Path, *, read_only: bool = Fals
     A bind whose read-only remount fails is undone: a read-write mount is never left where
     a read-only one was asked for.
     """
-    await anyio.to_thread.run_sync(
+    await threads.run_sync(
         functools.partial(_bind_sync, str(source), str(target), read_only=read_only)
     )
 
@@ -188,4 +187,4 @@ def _unmount_sync(target: str) -> None:
 
 async def unmount(target: Path) -> None:
     """Unmount the top mount at `target`; nothing mounted there (or no such path) is fine."""
-    await anyio.to_thread.run_sync(_unmount_sync, str(target))
+    await threads.run_sync(_unmount_sync, str(target))

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import anyio
 import structlog
 
+from aiocsi import threads
 from aiocsi.errors import CommandFailed
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ async def _spawn(argv: tuple[str, ...]) -> Completed:
     # it until the child has exec'd. The command is never cancelled half-way: operations
     # run to completion in server-owned tasks (DESIGN.md section 3).
     try:
-        return await anyio.to_thread.run_sync(_run_blocking, argv)
+        return await threads.run_sync(_run_blocking, argv)
     except FileNotFoundError:
         return Completed(argv, NOT_FOUND_CODE, "", f"command not found: {argv[0]}")
     except PermissionError:

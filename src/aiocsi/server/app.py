@@ -8,10 +8,9 @@ import signal
 import sys
 from typing import Any
 
-import anyio
 from grpclib.server import Server
 
-from aiocsi import __version__
+from aiocsi import __version__, threads
 from aiocsi.config import Config
 from aiocsi.engine.core import Engine
 from aiocsi.host.lock import PoolLocked
@@ -41,7 +40,7 @@ class DriverServer:
     async def start(self) -> None:
         """Take the socket, then the pool, then serve. Raises SocketError or PoolLocked."""
         # The socket first: a live server on it must never see its pool reconciled under it.
-        self._bound = await anyio.to_thread.run_sync(
+        self._bound = await threads.run_sync(
             bind_unix_socket, self.config.socket_path, self.config.socket_mode
         )
         await self.engine.start()
