@@ -340,6 +340,7 @@ class NodeService:
             paths = ", ".join(p.path for p in published)
             raise FailedPrecondition(f"volume {volume.id} is still published at {paths}")
         device = await self._device(volume)
+        stage = await self._find(volume.id, PublicationKind.STAGE, str(staging))
         async with _host_step(f"unmounting volume {volume.id} from {staging}"):
             await self._unmount_ours(real, device)
         await self._store.remove_publication(volume.id, PublicationKind.STAGE, str(staging))
@@ -347,13 +348,16 @@ class NodeService:
         # device still serves the other one.
         still_staged = await self._store.publications(volume.id, PublicationKind.STAGE)
         if device is not None and not still_staged:
-            await self._release_device(volume, device)
+            # Only block publications get read-only views; without a record, look anyway.
+            views = stage is None or _access_type(stage) is AccessType.BLOCK
+            await self._release_device(volume, device, views=views)
         log.info("volume_unstaged", volume_id=volume.id, path=str(staging))
 
-    async def _release_device(self, volume: Volume, device: str) -> None:
+    async def _release_device(self, volume: Volume, device: str, *, views: bool = True) -> None:
+        """Detach `device` (and, with `views`, its unused read-only views)."""
         # Detaching a mounted device only marks it for detach at its last close: look
         # first, so that a mount nobody recorded is reported instead of silently kept alive.
-        elsewhere, unused_views = await self._device_use(device)
+        elsewhere, unused_views = await self._device_use(device, views=views)
         if elsewhere:
             raise FailedPrecondition(
                 f"volume {volume.id} ({device}) is still mounted at {', '.join(elsewhere)}"
@@ -364,20 +368,21 @@ class NodeService:
                 await loop.detach(view)
             await loop.detach(device)
 
-    async def _device_use(self, device: str) -> tuple[list[str], list[str]]:
+    async def _device_use(self, device: str, *, views: bool = True) -> tuple[list[str], list[str]]:
         """Where `device` or a read-only view of it is mounted or bound, and the views that
-        nothing shows any more."""
-        views = loop.views_on(device, await loop.loop_backing_files())
+        nothing shows any more. Without `views`, its views are not looked for: that reads
+        the backing file of every attached loop device."""
+        views_found = loop.views_on(device, await loop.loop_backing_files()) if views else []
         mounts = await mount.read_mounts()
         # Binds of loop device nodes (block publications) are told by a stat of their mount
         # point, in a worker thread; a table without any needs none.
         binds = loop.loop_node_mounts(mounts)
         bound = await threads.run_sync(loop.bound_loop_devices, binds) if binds else {}
         uses = [(m.mount_point, m.source) for m in mounts] + list(bound.items())
-        ours = {device, *views}
+        ours = {device, *views_found}
         points = [point for point, used in uses if used in ours]
         busy = {used for _, used in uses}
-        return points, [view for view in views if view not in busy]
+        return points, [view for view in views_found if view not in busy]
 
     async def _detach_unused_views(self, device: str) -> None:
         _, unused = await self._device_use(device)

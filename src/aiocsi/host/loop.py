@@ -226,10 +226,7 @@ def bound_loop_devices(mounts: Iterable[MountEntry]) -> dict[str, str]:
 
 
 def _devices_of_present_image(image: Path) -> list[str]:
-    """The devices backing `image`; `ImageMissing` when it does not exist (any more).
-
-    Sysfs reads plus one stat of a file in the pool directory: on the loop, see above.
-    """
+    """The devices backing `image`; `ImageMissing` when it does not exist (any more)."""
     devices = loop_devices_for(image)
     if not os.path.lexists(image):
         held = f" (deleted, still held by {', '.join(devices)})" if devices else ""
@@ -257,20 +254,15 @@ async def _backing_settles(sysfs_dir: Path, expected: str | None) -> bool:
     return False
 
 
-def _attach_sync(backing: str, *, read_only: bool, probe_blank: bool) -> tuple[str, bool]:
-    blank = probe_blank and not files.holds_data_sync(Path(backing))
+def _attach_sync(backing: str, *, read_only: bool) -> str:
     # Buffered: a view must read through the page cache of the device below it.
-    return syscalls.attach_loop(backing, read_only=read_only), blank
+    return syscalls.attach_loop(backing, read_only=read_only)
 
 
-async def _attach_new(backing: str, *, read_only: bool, probe_blank: bool = False) -> Attachment:
-    """Attach `backing` to a free loop device, whatever else it already backs."""
-    device, blank = await threads.run_sync(
-        functools.partial(_attach_sync, backing, read_only=read_only, probe_blank=probe_blank)
-    )
+async def _settled(device: str, backing: str) -> str:
     if not await _backing_settles(_sysfs_dir(device), backing):
         _log.warning("loop_sysfs_not_settled", device=device, backing=backing)
-    return Attachment(device, new=True, blank=blank)
+    return device
 
 
 @dataclass(frozen=True)
@@ -281,26 +273,40 @@ class Attachment:
     blank: bool = False
 
 
+def _attach_image_sync(key: str, *, read_only: bool) -> tuple[list[str], str, bool]:
+    """(devices already backing the image, or else: the new device, whether it is blank)."""
+    existing = _devices_of_present_image(Path(key))
+    if existing:
+        return existing, "", False
+    blank = not files.holds_data_sync(Path(key))
+    return [], _attach_sync(key, read_only=read_only), blank
+
+
 async def attach(image: Path, *, read_only: bool = False) -> Attachment:
     """Ensure `image` is attached to a loop device; return the device ("/dev/loopN").
 
     An image that already backs a loop device is never attached a second time. A missing
     image is refused, even while a device still holds it deleted: that device serves a file
     nobody can reach any more, and must be released, not handed out again.
+
+    Look-up, check and attach are one worker-thread call: the look-up reads the backing
+    file of every attached device, dozens under churn.
     """
     key = _image_key(image)
-    existing = _devices_of_present_image(Path(key))
+    existing, device, blank = await threads.run_sync(
+        functools.partial(_attach_image_sync, key, read_only=read_only)
+    )
     if existing:
         return Attachment(_one_of(Path(key), existing, read_only=read_only), new=False)
-    attached = await _attach_new(key, read_only=read_only, probe_blank=True)
-    _hints[key] = attached.device
-    return attached
+    _hints[key] = await _settled(device, key)
+    return Attachment(device, new=True, blank=blank)
 
 
 async def attach_view(device: str) -> str:
     """Attach a new read-only view of loop device `device` and return it."""
     _sysfs_dir(device)  # refuses anything but a loop device
-    return (await _attach_new(device, read_only=True)).device
+    view = await threads.run_sync(functools.partial(_attach_sync, device, read_only=True))
+    return await _settled(view, device)
 
 
 async def detach(device: str) -> None:
