@@ -22,9 +22,10 @@ import anyio
 from aiocsi import __version__
 from aiocsi.bench.client import CsiLifecycles, CsiStubs, grpc_code
 from aiocsi.bench.machine import machine_info
+from aiocsi.bench.prober import ProbeCalls
 from aiocsi.bench.raw import RawLifecycles
 from aiocsi.bench.runner import LoopLag
-from aiocsi.bench.scenarios import DriverSide, ProbeCalls, RunState, run_scenario
+from aiocsi.bench.scenarios import DriverSide, RunState, run_scenario
 from aiocsi.bench.spawn import SetupError, spawned_driver
 from aiocsi.bench.stats import Report
 from aiocsi.bench.workspace import Workspace
@@ -77,8 +78,6 @@ async def _connect(
 ) -> DriverSide:
     stubs = CsiStubs.connect(socket_path)
     stack.callback(stubs.close)
-    stream = CsiStubs.connect(socket_path)
-    stack.callback(stream.close)
     try:
         await stubs.probe(min(config.rpc_timeout, _FIRST_PROBE_TIMEOUT_S))
     except Exception as exc:
@@ -88,7 +87,7 @@ async def _connect(
     name_base = f"{config.name_prefix}-{secrets.token_hex(4)}"
     lifecycles = CsiLifecycles(stubs, config.volume, workspace, name_base, config.rpc_timeout)
     return DriverSide(
-        lifecycles, ProbeCalls(stubs, config.rpc_timeout), ProbeCalls(stream, config.rpc_timeout)
+        lifecycles, ProbeCalls(stubs, config.rpc_timeout), socket_path, config.rpc_timeout
     )
 
 

@@ -6,21 +6,18 @@ signal still reports everything measured up to that point.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import itertools
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-import anyio
-
-from aiocsi.bench.client import PROBE, CsiStubs, grpc_code
+from aiocsi.bench.client import PROBE
 from aiocsi.bench.config import BenchConfig, Scenario
-from aiocsi.bench.runner import Budget, Progress, measure, run_unit, run_workers
+from aiocsi.bench.prober import ProbeCalls, probe_process
+from aiocsi.bench.runner import Budget, Progress, run_workers
 from aiocsi.bench.stats import ChurnProbe, PointRecorder, RunRecorder, Samples
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from aiocsi.bench.client import CsiLifecycles
     from aiocsi.bench.raw import RawLifecycles
 
@@ -35,29 +32,13 @@ class Units(Protocol):
     async def run(self, rec: RunRecorder) -> bool: ...
 
 
-class ProbeCalls:
-    kind = "probe"
-
-    def __init__(self, stubs: CsiStubs, rpc_timeout: float) -> None:
-        self._stubs = stubs
-        self._timeout = rpc_timeout
-
-    def recorder(self, concurrency: int) -> RunRecorder:
-        return RunRecorder(self.kind, "calls", concurrency, (PROBE,))
-
-    async def run(self, rec: RunRecorder) -> bool:
-        return await run_unit(rec.units, lambda: self.call(rec.op(PROBE)), grpc_code)
-
-    async def call(self, samples: Samples) -> None:
-        await measure(samples, lambda: self._stubs.probe(self._timeout), grpc_code)
-
-
 @dataclass(frozen=True)
 class DriverSide:
     lifecycles: CsiLifecycles
     probes: ProbeCalls
-    # Churn's Probe stream has a connection of its own, as a livenessprobe sidecar would.
-    stream_probes: ProbeCalls
+    # Churn's Probe stream runs in a process of its own, as a livenessprobe sidecar does.
+    socket_path: Path
+    rpc_timeout: float
 
 
 @dataclass
@@ -104,68 +85,33 @@ async def _points(state: RunState, main: Units, raw: Units | None) -> None:
                 await _run(state, raw, concurrency, point.raw, f"{raw.kind} {label}")
 
 
-async def probe_stream(
-    probes: ProbeCalls,
-    samples: Samples,
-    rate: float,
-    *,
-    count: int | None = None,
-    stop: anyio.Event | None = None,
-    progress: Progress | None = None,
-) -> None:
-    """Open loop: call i starts at start + i/rate whatever earlier calls are doing, so a
-    slow answer delays no later call (no coordinated omission).
-    """
-
-    async def one() -> None:
-        with contextlib.suppress(Exception):  # recorded by code in `samples`
-            await probes.call(samples)
-        if progress is not None:
-            progress.advance(ok=True)
-
-    started = time.monotonic()
-    stop = stop or anyio.Event()
-    async with anyio.create_task_group() as tg:
-        for i in itertools.count():
-            if (count is not None and i >= count) or stop.is_set():
-                break
-            with anyio.move_on_after(started + i / rate - time.monotonic()):
-                await stop.wait()
-            if stop.is_set():
-                break
-            tg.start_soon(one)
-
-
-async def _churn(state: RunState, driver: CsiLifecycles, probes: ProbeCalls) -> None:
+async def _churn(state: RunState, side: DriverSide) -> None:
     config = state.config
     state.progress.phase(f"idle Probe at {config.probe_rate:g}/s", config.idle_probes)
-    await probe_stream(
-        probes,
-        state.idle_probes,
+    async with probe_process(
+        side.socket_path,
         config.probe_rate,
+        side.rpc_timeout,
+        state.idle_probes,
         count=config.idle_probes,
-        progress=state.progress,
-    )
+    ):
+        pass
+    for _ in range(config.idle_probes):
+        state.progress.advance(ok=True)
     concurrency = config.concurrencies[0]
     point = PointRecorder(concurrency)
     state.points.append(point)
     for n in range(1, config.repeat + 1):
-        stop = anyio.Event()
-        stream = functools.partial(
-            probe_stream, probes, state.loaded_probes, config.probe_rate, stop=stop
-        )
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stream)
-            try:
-                await _run(
-                    state,
-                    driver,
-                    concurrency,
-                    point.main,
-                    f"churn c={concurrency} run {n}/{config.repeat}",
-                )
-            finally:
-                stop.set()
+        async with probe_process(
+            side.socket_path, config.probe_rate, side.rpc_timeout, state.loaded_probes
+        ):
+            await _run(
+                state,
+                side.lifecycles,
+                concurrency,
+                point.main,
+                f"churn c={concurrency} run {n}/{config.repeat}",
+            )
 
 
 async def run_scenario(state: RunState) -> None:
@@ -179,6 +125,6 @@ async def run_scenario(state: RunState) -> None:
     if scenario is Scenario.PROBE:
         await _points(state, side.probes, None)
     elif scenario is Scenario.CHURN:
-        await _churn(state, side.lifecycles, side.stream_probes)
+        await _churn(state, side)
     else:
         await _points(state, side.lifecycles, state.raw if state.config.compare_raw else None)
