@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Install the host tools aiocsi drives (losetup, mount, blkid, mkfs.*, resize tools) when
-# any is missing. Idempotent: does nothing when all are present. Needs root and apt-get.
+# Install the host tools aiocsi drives (blkid, mkfs.*, e2fsck, resize tools), and those the
+# tests and the bench's raw ceiling run (losetup, mount, umount), when any is missing. Idempotent: does nothing when all are present. Needs root and apt-get.
 set -euo pipefail
 
 declare -A package_of=(
   [losetup]=mount [mount]=mount [umount]=mount [blkid]=util-linux
-  [mkfs.ext4]=e2fsprogs [resize2fs]=e2fsprogs
+  [mkfs.ext4]=e2fsprogs [e2fsck]=e2fsprogs [resize2fs]=e2fsprogs
   [mkfs.xfs]=xfsprogs [xfs_growfs]=xfsprogs
   [mkfs.btrfs]=btrfs-progs [btrfs]=btrfs-progs
 )
