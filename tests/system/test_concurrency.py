@@ -106,10 +106,12 @@ async def test_unstage_racing_publish_is_aborted(
     binding, release = asyncio.Event(), asyncio.Event()
     real_bind = mount.bind_mount
 
-    async def gated_bind(source: Path | str, target: Path, *, read_only: bool = False) -> None:
+    async def gated_bind(
+        source: Path | str, target: Path, *, read_only: bool, make_target: mount.MakeTarget
+    ) -> bool:
         binding.set()
         await release.wait()
-        await real_bind(source, target, read_only=read_only)
+        return await real_bind(source, target, read_only=read_only, make_target=make_target)
 
     monkeypatch.setattr(mount, "bind_mount", gated_bind)
     publish = asyncio.create_task(

@@ -13,7 +13,7 @@ import filecmp
 import mmap
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import pytest
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.system
 
+T = TypeVar("T")
 MIB = 1024 * 1024
 FS_TYPES = ["ext4", "xfs", "btrfs"]
 # Small but realistic: the minimum, or 16 MiB for ext4 whose minimum leaves little room.
@@ -103,10 +104,10 @@ class Scratch:
         await self.mounted(target, mount.mount(source, target, fs_type=fs_type, options=options))
         return target
 
-    async def mounted(self, target: Path, mounting: Awaitable[None]) -> None:
+    async def mounted(self, target: Path, mounting: Awaitable[T]) -> T:
         # Recorded before awaiting: a mount that fails halfway may still leave one behind.
         self._mounts.append(target)
-        await mounting
+        return await mounting
 
     async def volume(self, fs_type: str, size: int) -> tuple[Path, str, Path]:
         """A formatted, mounted volume: (image, device, mount point)."""
@@ -474,6 +475,26 @@ async def test_mount_and_unmount_are_seen_and_idempotent(scratch: Scratch) -> No
     assert not (target / "file").exists()
     await mount.unmount(target)
     await mount.unmount(target / "no" / "such" / "path")
+
+
+async def test_a_target_made_for_a_mount_goes_again_when_the_mount_fails(
+    scratch: Scratch,
+) -> None:
+    _, device, mounted = await scratch.volume("ext4", 16 * MIB)
+    await mount.unmount(mounted)
+    target = scratch.root / "made" / "here"
+    with pytest.raises(SystemCallFailed, match="no valid xfs filesystem"):
+        await mount.mount(device, target, fs_type="xfs", make_target="dir")
+    assert not target.exists()
+    made = await scratch.mounted(
+        target, mount.mount(device, target, fs_type="ext4", make_target="dir")
+    )
+    assert made is True
+    assert [m.source for m in await mount.mounts_at(target)] == [device]
+    node = scratch.new_file("node")
+    assert await scratch.mounted(node, mount.bind_mount(device, node, make_target="file"))
+    assert node.stat().st_size == 0
+    assert [m.fs_type for m in await mount.mounts_at(node)] == ["devtmpfs"]
 
 
 async def test_mount_options_are_applied(scratch: Scratch) -> None:

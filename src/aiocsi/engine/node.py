@@ -30,7 +30,7 @@ from aiocsi.errors import (
     NotFound,
     ResourceExhausted,
 )
-from aiocsi.host import fs, loop, mount, syscalls
+from aiocsi.host import files, fs, loop, mount, syscalls
 from aiocsi.host.fs import FsStats
 from aiocsi.logging import get_logger
 from aiocsi.models import (
@@ -309,18 +309,25 @@ class NodeService:
         )
         if grow and found in fs.GROWS_OFFLINE:
             await self._grow_filesystem_at(volume, device, found, None)
-        if await _ensure_dir(staging):
-            undo.push_async_callback(_remove_path, staging)
-        # Pushed before mounting: a mount that fails halfway may still leave one behind.
-        undo.push_async_callback(self._unmount_quietly, staging, device)
         async with _host_step(f"mounting volume {volume.id} at {staging}"):
-            await mount.mount(device, staging, fs_type=found, options=options)
+            # mount(2) either mounts or leaves nothing; a directory it made is undone with it.
+            created = await mount.mount(
+                device, staging, fs_type=found, options=options, make_target="dir"
+            )
+        undo.push_async_callback(self._undo_mount, staging, device, created)
         if grow and found not in fs.GROWS_OFFLINE:  # xfs and btrfs grow only while mounted
             await self._grow_filesystem_at(volume, device, found, staging)
 
     async def _unmount_quietly(self, path: Path, device: str) -> None:
         with contextlib.suppress(HostFailure, FailedPrecondition):
             await self._unmount_ours(path, device)
+
+    async def _undo_mount(self, point: Path, device: str, created: bool) -> None:
+        """Roll back a mount made by a call that fails later, and the target it created."""
+        await self._unmount_quietly(point, device)
+        if created:
+            with contextlib.suppress(OSError):
+                await _remove_path(point)
 
     # -- unstage --------------------------------------------------------------------------
 
@@ -481,21 +488,18 @@ class NodeService:
         ):
             return
         async with AsyncExitStack() as undo:
-            if capability.access_type is AccessType.MOUNT:
-                source = str(points.staging)
-                created = await _ensure_dir(points.target)
-            else:
-                created = await _ensure_file(points.target)
-            if created:
-                undo.push_async_callback(_remove_path, points.target)
+            source = str(points.staging)
+            make: mount.MakeTarget = "dir"
             if capability.access_type is AccessType.BLOCK:
-                source = device
+                source, make = device, "file"
                 if request.read_only:
                     # A read-only bind of a device node still lets writes through it.
                     source = await self._read_only_view(volume, device, undo)
-            undo.push_async_callback(self._unmount_quietly, points.target, device)
             async with _host_step(f"publishing volume {volume.id} at {target}"):
-                await mount.bind_mount(source, points.target, read_only=request.read_only)
+                created = await mount.bind_mount(
+                    source, points.target, read_only=request.read_only, make_target=make
+                )
+            undo.push_async_callback(self._undo_mount, points.target, device, created)
             await self._record_publication(volume, request)
             undo.pop_all()
         log.info(
@@ -754,49 +758,9 @@ def _resolve_under(path: Path, roots: Sequence[Path]) -> Path | None:
     return None
 
 
-def _ensure_dir_sync(path: Path) -> bool:
-    if path.is_dir():
-        return False
-    if path.exists():
-        raise FailedPrecondition(f"{path} exists and is not a directory")
-    path.mkdir(mode=0o750, parents=True)
-    return True
-
-
-async def _ensure_dir(path: Path) -> bool:
-    """Create `path` as a directory; False when it already is one."""
-    return await threads.run_sync(_ensure_dir_sync, path)
-
-
-def _ensure_file_sync(path: Path) -> bool:
-    if path.is_dir():
-        raise FailedPrecondition(f"{path} is a directory; a block volume needs a file target")
-    if path.exists():
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    return True
-
-
-async def _ensure_file(path: Path) -> bool:
-    """Create `path` as an empty file to bind a device onto; False when one exists."""
-    return await threads.run_sync(_ensure_file_sync, path)
-
-
 async def _remove_path(path: Path) -> None:
-    """Remove an empty directory or a plain file; gone is fine."""
-
-    def remove() -> None:
-        with contextlib.suppress(FileNotFoundError):
-            if path.is_dir() and not path.is_symlink():
-                path.rmdir()
-            elif path.is_symlink() or path.stat().st_size == 0:
-                path.unlink()
-            else:
-                # Block targets are empty files we made: a file with content is not ours.
-                raise OSError(errno.ENOTEMPTY, "not empty", str(path))
-
-    await threads.run_sync(remove)
+    """Remove an empty directory or an empty file we made; gone is fine."""
+    await threads.run_sync(files.remove_empty_sync, path)
 
 
 async def _remove_target(path: Path) -> None:

@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING, Literal
 
 from aiocsi import threads
+from aiocsi.errors import FailedPrecondition
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -79,6 +80,42 @@ def holds_data_sync(path: Path) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def ensure_dir_sync(path: Path) -> bool:
+    """Create `path` as a directory (and its parents); False when it already is one."""
+    if path.is_dir():
+        return False
+    if path.exists():
+        raise FailedPrecondition(f"{path} exists and is not a directory")
+    path.mkdir(mode=0o750, parents=True)
+    return True
+
+
+def ensure_file_sync(path: Path) -> bool:
+    """Create `path` as an empty file to bind a device onto; False when one exists."""
+    if path.is_dir():
+        raise FailedPrecondition(f"{path} is a directory; a block volume needs a file target")
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    return True
+
+
+def remove_empty_sync(path: Path) -> None:
+    """Remove an empty directory or an empty plain file; gone is fine.
+
+    A file with content raises ENOTEMPTY: the files this removes (block targets) are empty
+    ones we made, so one with content is not ours.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        elif path.is_symlink() or path.stat().st_size == 0:
+            path.unlink()
+        else:
+            raise OSError(errno.ENOTEMPTY, "not empty", str(path))
 
 
 def _require_size(size: int) -> None:

@@ -11,13 +11,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from aiocsi import threads
-from aiocsi.host import syscalls
+from aiocsi.host import files, syscalls
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 _MOUNTINFO = Path("/proc/self/mountinfo")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
@@ -137,20 +137,45 @@ async def is_mount_point(path: Path) -> bool:
     return bool(await mounts_at(path))
 
 
+# What a mount call may create at its target first: a directory, an empty file, nothing.
+MakeTarget = Literal["dir", "file"] | None
+
+
+def _made_then(target: Path, make: MakeTarget, act: Callable[[], None]) -> bool:
+    """Create `target` as `make` says, then `act`; True when the target was created here.
+
+    One worker-thread call for both. A target made here is removed again if `act` fails.
+    """
+    created = False
+    if make == "dir":
+        created = files.ensure_dir_sync(target)
+    elif make == "file":
+        created = files.ensure_file_sync(target)
+    try:
+        act()
+    except BaseException:
+        if created:
+            files.remove_empty_sync(target)
+        raise
+    return created
+
+
 async def mount(
     source: str,
     target: Path,
     *,
     fs_type: str,
     options: Sequence[str] = (),
-) -> None:
+    make_target: MakeTarget = None,
+) -> bool:
     """Mount `source` on `target`; a second call stacks a second mount (look first).
 
     `options` are mount(8)-style: the generic ones become mount flags, the rest go to the
-    filesystem.
+    filesystem. Returns whether `make_target` created the target.
     """
     flags, data = syscalls.mount_flags(options)
-    await threads.run_sync(syscalls.mount, source, str(target), fs_type, flags, data)
+    act = functools.partial(syscalls.mount, source, str(target), fs_type, flags, data)
+    return await threads.run_sync(_made_then, target, make_target, act)
 
 
 def _bind_sync(source: str, target: str, *, read_only: bool) -> None:
@@ -165,15 +190,20 @@ def _bind_sync(source: str, target: str, *, read_only: bool) -> None:
         raise
 
 
-async def bind_mount(source: Path | str, target: Path, *, read_only: bool = False) -> None:
+async def bind_mount(
+    source: Path | str,
+    target: Path,
+    *,
+    read_only: bool = False,
+    make_target: MakeTarget = None,
+) -> bool:
     """Bind `source` on `target`; with `read_only` the new mount refuses writes.
 
     A bind whose read-only remount fails is undone: a read-write mount is never left where
-    a read-only one was asked for.
+    a read-only one was asked for. Returns whether `make_target` created the target.
     """
-    await threads.run_sync(
-        functools.partial(_bind_sync, str(source), str(target), read_only=read_only)
-    )
+    act = functools.partial(_bind_sync, str(source), str(target), read_only=read_only)
+    return await threads.run_sync(_made_then, target, make_target, act)
 
 
 def _unmount_sync(target: str) -> None:
