@@ -17,6 +17,7 @@ from aiocsi.config import (
     DEFAULT_POOL,
     Config,
     ConfigError,
+    EventLoop,
     LogFormat,
     default_node_id,
     parse_endpoint,
@@ -66,6 +67,13 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--pool", "AIOCSI_POOL", DEFAULT_POOL, "directory holding volume images and state")
     _flag(p, "--log-format", "AIOCSI_LOG_FORMAT", "json", "json (one object per line) or console")
     _flag(p, "--log-level", "AIOCSI_LOG_LEVEL", "info", "debug, info, warning or error")
+    _flag(
+        p,
+        "--event-loop",
+        "AIOCSI_EVENT_LOOP",
+        "uvloop",
+        "uvloop (faster under churn) or asyncio (the standard library's)",
+    )
     _flag(
         p,
         "--shutdown-grace",
@@ -177,6 +185,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             pool=Path(args.pool),
             log_format=_convert("--log-format", args.log_format, LogFormat),
             log_level=_parse_log_level(args.log_level),
+            event_loop=_convert("--event-loop", args.event_loop, EventLoop),
             shutdown_grace=_convert("--shutdown-grace", args.shutdown_grace, float),
             enable_attach=_convert("--enable-attach", args.enable_attach, _parse_bool),
             controller_expand=_convert("--controller-expand", args.controller_expand, _parse_bool),

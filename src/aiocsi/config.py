@@ -41,6 +41,13 @@ class LogFormat(enum.StrEnum):
     CONSOLE = "console"
 
 
+class EventLoop(enum.StrEnum):
+    """The event loop implementation `aiocsi serve` runs on."""
+
+    UVLOOP = "uvloop"
+    ASYNCIO = "asyncio"
+
+
 @dataclass(frozen=True)
 class Config:
     socket_path: Path
@@ -51,6 +58,7 @@ class Config:
     pool: Path = Path(DEFAULT_POOL)
     log_format: LogFormat = LogFormat.JSON
     log_level: str = "info"
+    event_loop: EventLoop = EventLoop.UVLOOP
     shutdown_grace: float = 30.0
     enable_attach: bool = False
     # A cluster-wide resizer reaches only one node's driver, so node-local deployments

@@ -36,6 +36,7 @@ MiB = 1024 * 1024
         (["--endpoint", "relative/csi.sock"], "must be absolute"),
         (["--endpoint", "unix:///" + "s" * 120], "unix sockets allow at most 107"),
         (["--mode", "everything"], "expected one of all, controller, node"),
+        (["--event-loop", "trio"], "--event-loop 'trio'"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(args: list[str], reason: str) -> None:
@@ -141,10 +142,14 @@ async def _stage_during_slow_mkfs(client: Csi, root: Path, slowbin: Path) -> asy
     return stage
 
 
-async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(cleanup: Path) -> None:
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(
+    cleanup: Path, event_loop: str
+) -> None:
     slowbin = slow_tool_dir(cleanup, "mkfs.ext4", 1.5)
     env = {"PATH": f"{slowbin}:{os.environ['PATH']}"}
-    async with serve_process(cleanup, "--shutdown-grace", "20", env=env) as server:
+    args = ("--shutdown-grace", "20", "--event-loop", event_loop)
+    async with serve_process(cleanup, *args, env=env) as server:
         client = Csi.connect(server.socket_path)
         try:
             slow = await _stage_during_slow_mkfs(client, cleanup, slowbin)
@@ -161,6 +166,8 @@ async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(cleanup: Path
     codes = [(e["method"], e["grpc_code"]) for e in server.log_lines() if e.get("event") == "rpc"]
     assert ("NodeStageVolume", "OK") in codes
     assert ("Probe", "UNAVAILABLE") in codes
+    [serving] = [e for e in server.log_lines() if e.get("event") == "serving"]
+    assert serving["event_loop"] == event_loop
 
 
 async def test_a_second_signal_cuts_the_drain_short(cleanup: Path) -> None:
