@@ -59,8 +59,19 @@ class _StdlibBridge(logging.Handler):
             self.handleError(record)
 
 
-def configure(log_format: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
-    """Configure structlog and the stdlib root logger once, at start."""
+def configure(
+    log_format: str = "json",
+    level: str = "info",
+    stream: TextIO | None = None,
+    *,
+    cache: bool = False,
+) -> None:
+    """Configure structlog and the stdlib root logger once, at start.
+
+    With `cache`, each logger is built once, at its first use, instead of at every log
+    call: right for a server that configures logging once; wrong for a test process that
+    reconfigures it (or captures logs) after loggers have been used.
+    """
     level_no = logging.getLevelNamesMapping()[level.upper()]
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -78,7 +89,7 @@ def configure(log_format: str = "json", level: str = "info", stream: TextIO | No
         processors=[*shared, structlog.processors.format_exc_info, redact_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
         logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -65,6 +65,23 @@ def _new_file(path: Path) -> Iterator[int]:
     _fsync_dir(path.parent)
 
 
+_PROC_CHUNK = 65536
+
+
+def read_proc(path: str) -> bytes:
+    """The whole of a procfs or sysfs file, read with plain system calls: these are read
+    on the event loop many times per call, and a buffered file object costs more than the
+    kernel's work."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, _PROC_CHUNK):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 def holds_data_sync(path: Path) -> bool:
     """Whether `path` has any data, as opposed to only holes (or unwritten preallocation).
 

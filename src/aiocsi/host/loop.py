@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 _log = structlog.get_logger("aiocsi.host")
 
 _SYS_BLOCK = Path("/sys/block")
-_PARTITIONS = Path("/proc/partitions")
+_PARTITIONS = "/proc/partitions"
 _LOOP_NAME = re.compile(r"loop(\d+)")
 # The kernel appends this to the path of a backing file that has been unlinked.
 _DELETED_SUFFIX = " (deleted)"
@@ -95,8 +95,7 @@ def _sized_loop_names() -> list[str]:
     costs milliseconds; this costs one read.
     """
     try:
-        with _PARTITIONS.open("rb") as handle:
-            lines = handle.read().decode().splitlines()
+        lines = files.read_proc(_PARTITIONS).decode().splitlines()
     except OSError:
         return [entry.name for entry in os.scandir(_SYS_BLOCK)]
     # "major minor #blocks name", after a header line and a blank one.

@@ -19,7 +19,7 @@ from aiocsi.host import files, syscalls
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-_MOUNTINFO = Path("/proc/self/mountinfo")
+_MOUNTINFO = "/proc/self/mountinfo"
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 _SEPARATOR = "-"
 _LEADING_FIELDS = 6  # mount id .. per-mount options, before the optional fields
@@ -87,8 +87,12 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
     return [_parse_line(line) for line in text.split("\n") if line]
 
 
+def _mountinfo_text() -> str:
+    return os.fsdecode(files.read_proc(_MOUNTINFO))
+
+
 def _read_mounts_sync() -> list[MountEntry]:
-    return parse_mountinfo(os.fsdecode(_MOUNTINFO.read_bytes()))
+    return parse_mountinfo(_mountinfo_text())
 
 
 async def read_mounts() -> list[MountEntry]:
@@ -109,12 +113,22 @@ def mounts_at_point(point: Path) -> list[MountEntry]:
     `point` are parsed in full.
     """
     wanted = _escape(os.fsdecode(point))
-    text = os.fsdecode(_MOUNTINFO.read_bytes())
+    text = _mountinfo_text()
+    # Look for the path itself rather than splitting every line: under churn the table
+    # holds dozens of mounts and only a few lines mention `point`.
+    needle = f" {wanted} "
     found = []
-    for line in text.split("\n"):
+    start = 0
+    while (hit := text.find(needle, start)) != -1:
+        line_start = text.rfind("\n", 0, hit) + 1
+        line_end = text.find("\n", hit)
+        if line_end == -1:
+            line_end = len(text)
+        line = text[line_start:line_end]
         fields = line.split(" ", _MOUNT_POINT_FIELD + 1)
-        if len(fields) > _MOUNT_POINT_FIELD and fields[_MOUNT_POINT_FIELD] == wanted:
+        if fields[_MOUNT_POINT_FIELD] == wanted:
             found.append(_parse_line(line))
+        start = line_end
     return found
 
 

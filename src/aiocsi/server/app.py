@@ -157,6 +157,6 @@ def _loop_factory(kind: EventLoop) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def run(config: Config) -> int:
-    configure(config.log_format.value, config.log_level)
+    configure(config.log_format.value, config.log_level, cache=True)
     with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
         return runner.run(serve(config))
