@@ -380,13 +380,13 @@ class NodeService:
         nothing shows any more. Without `views`, its views are not looked for: that reads
         the backing file of every attached loop device."""
         views_found = loop.views_on(device, await loop.loop_backing_files()) if views else []
-        mounts = await mount.read_mounts()
+        ours = {device, *views_found}
+        mounts = mount.mounts_where(lambda line: loop.mountinfo_line_of_use(line, ours))
         # Binds of loop device nodes (block publications) are told by a stat of their mount
         # point, in a worker thread; a table without any needs none.
         binds = loop.loop_node_mounts(mounts)
         bound = await threads.run_sync(loop.bound_loop_devices, binds) if binds else {}
         uses = [(m.mount_point, m.source) for m in mounts] + list(bound.items())
-        ours = {device, *views_found}
         points = [point for point, used in uses if used in ours]
         busy = {used for _, used in uses}
         return points, [view for view in views_found if view not in busy]

@@ -205,6 +205,15 @@ def loop_device_of(path: Path) -> str | None:
     return f"/dev/{name}" if _LOOP_NAME.fullmatch(name) else None
 
 
+def mountinfo_line_of_use(line: str, devices: Iterable[str]) -> bool:
+    """Whether a mountinfo line may show a use of one of `devices`: a mount of one of them,
+    or a bind of some loop device node (told apart later, by a stat)."""
+    if any(f" {device} " in line for device in devices):
+        return True
+    root = line.split(" ", 4)[3]
+    return _LOOP_NAME.fullmatch(root.rpartition("/")[2]) is not None
+
+
 def loop_node_mounts(mounts: Iterable[MountEntry]) -> list[MountEntry]:
     """The mounts whose root names a loop device node: the candidates for binds of one."""
     return [entry for entry in mounts if _LOOP_NAME.fullmatch(Path(entry.root).name)]

@@ -95,6 +95,16 @@ def _read_mounts_sync() -> list[MountEntry]:
     return parse_mountinfo(_mountinfo_text())
 
 
+def mounts_where(wanted: Callable[[str], bool]) -> list[MountEntry]:
+    """The mounts whose mountinfo line (as written, escaped) `wanted` accepts, parsed.
+
+    A cheap text test first: parsing a line costs far more, and a caller that needs a few
+    mounts of a table of dozens should not parse them all. On the event loop, like
+    `mounts_at_point`.
+    """
+    return [_parse_line(line) for line in _mountinfo_text().split("\n") if line and wanted(line)]
+
+
 async def read_mounts() -> list[MountEntry]:
     # procfs is kernel memory: reading it takes microseconds and never waits for a disk.
     return _read_mounts_sync()
