@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import pytest
 
 from aiocsi.host import files
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 MIB = 1024 * 1024
 
@@ -93,3 +90,22 @@ def test_filesystem_space(workdir: Path) -> None:
     st = os.statvfs(workdir)
     assert total == st.f_blocks * st.f_frsize
     assert 0 < available <= total
+
+
+def test_canonical_paths_match_resolve(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "dangling").symlink_to("/nowhere/at/all")
+    cases = [
+        tmp_path / "real",
+        tmp_path / "link",
+        tmp_path / "link" / "not" / "made" / "yet",
+        tmp_path / "dangling",
+        tmp_path / "dangling" / "below",
+        tmp_path / "link" / ".." / "real",
+        tmp_path / "file" / "below",
+        Path("/"),
+    ]
+    for path in cases:
+        assert files.canonical_sync(path) == path.resolve(), path

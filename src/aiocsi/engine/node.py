@@ -748,11 +748,11 @@ def _refuses_writes(entry: mount.MountEntry, path: Path) -> bool:
 
 def _resolve_under(path: Path, roots: Sequence[Path]) -> Path | None:
     """`path` resolved; None when it resolves outside every root (no roots: anywhere)."""
-    resolved = path.resolve()
+    resolved = files.canonical_sync(path)
     if not roots:
         return resolved
     for root in roots:
-        real_root = root.resolve()
+        real_root = files.canonical_sync(root)
         if resolved != real_root and resolved.is_relative_to(real_root):
             return resolved
     return None

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import fcntl
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from aiocsi import threads
@@ -17,7 +18,6 @@ from aiocsi.errors import FailedPrecondition
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 CopyMethod = Literal["reflink", "sparse-copy"]
 
@@ -80,6 +80,42 @@ def read_proc(path: str) -> bytes:
     finally:
         os.close(fd)
     return b"".join(chunks)
+
+
+_DELETED = " (deleted)"
+
+
+def _kernel_path(path: Path) -> Path:
+    """The canonical path of an existing `path`, as the kernel resolved it while opening."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        real = str(Path(f"/proc/self/fd/{fd}").readlink())
+    finally:
+        os.close(fd)
+    if not real.startswith("/") or real.endswith(_DELETED):
+        raise FileNotFoundError(errno.ENOENT, "vanished while resolved", str(path))
+    return Path(real)
+
+
+def canonical_sync(path: Path) -> Path:
+    """`path` with every symlink resolved, like `Path.resolve()`, in one or two system calls.
+
+    `Path.resolve()` takes an lstat per component (and the GIL back after each); the kernel
+    resolves an existing path in one open. A path that does not exist yet resolves as its
+    parent does, plus its name: nothing can be a symlink in a part that does not exist.
+    Anything else (a dangling symlink, "..") goes the careful way.
+    """
+    if ".." in path.parts:
+        return path.resolve()
+    try:
+        return _kernel_path(path)
+    except FileNotFoundError:
+        pass
+    except OSError:  # not a directory on the way, no permission: as resolve() sees it
+        return path.resolve()
+    if os.path.lexists(path) or path.parent == path:
+        return path.resolve()
+    return canonical_sync(path.parent) / path.name
 
 
 def holds_data_sync(path: Path) -> bool:

@@ -142,13 +142,9 @@ def mounts_at_point(point: Path) -> list[MountEntry]:
     return found
 
 
-def _canonical_sync(path: Path) -> Path:
-    return path.resolve()
-
-
 async def canonical(path: Path) -> Path:
     """`path` with every symlink resolved (walks the filesystem: in a worker thread)."""
-    return await threads.run_sync(_canonical_sync, path)
+    return await threads.run_sync(files.canonical_sync, path)
 
 
 async def mounts_at(path: Path) -> list[MountEntry]:
