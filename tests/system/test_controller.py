@@ -677,6 +677,17 @@ async def test_validate_volume_capabilities(driver: Driver) -> None:
 # -- ControllerGetVolume and ListVolumes --------------------------------------------------
 
 
+async def test_a_delete_cut_short_after_the_image_went_finishes_on_retry(driver: Driver) -> None:
+    # What a crash between removing the image and removing the record leaves behind.
+    volume = await create(driver, "half-deleted", required=0)
+    image(driver, volume.volume_id).unlink()
+    await driver.client.controller.delete_volume(
+        csi.DeleteVolumeRequest(volume_id=volume.volume_id)
+    )
+    listed = await driver.client.controller.list_volumes(csi.ListVolumesRequest())
+    assert [entry.volume.volume_id for entry in listed.entries if entry.volume] == []
+
+
 async def test_controller_get_volume_reports_condition(driver: Driver) -> None:
     healthy, truncated, missing = [
         await create(driver, name, required=0) for name in ("healthy", "truncated", "missing")

@@ -190,34 +190,57 @@ class VolumeService:
                 f"the pool filesystem has {available} bytes free; a preallocated volume of "
                 f"{size} bytes does not fit"
             )
+        volume = Volume(
+            id=new_volume_id(),
+            name=request.name,
+            capacity_bytes=size,
+            state=VolumeState.CREATING,
+            node_id=self._ctx.config.node_id,
+            parameters=params,
+            mutable_parameters=dict(request.mutable_parameters),
+            source=request.source,
+            ephemeral=ephemeral,
+            created_at=time.time(),
+        )
+        if volume.source is None and not preallocated:
+            volume = await self._create_image_first(volume, budget)
+        else:
+            volume = await self._create_record_first(volume, budget, preallocated=preallocated)
+        log.info("volume_created", volume_id=volume.id, name=volume.name, bytes=size)
+        return volume
+
+    async def _record(self, volume: Volume, budget: int | None) -> Volume:
+        # The budget check and the record are one step: concurrent creates cannot together
+        # promise more than the pool has.
         try:
-            # The budget check and the record are one step: concurrent creates cannot
-            # together promise more than the pool has.
-            volume = await self._store.insert_volume(
-                Volume(
-                    id=new_volume_id(),
-                    name=request.name,
-                    capacity_bytes=size,
-                    state=VolumeState.CREATING,
-                    node_id=self._ctx.config.node_id,
-                    parameters=params,
-                    mutable_parameters=dict(request.mutable_parameters),
-                    source=request.source,
-                    ephemeral=ephemeral,
-                    created_at=time.time(),
-                ),
-                budget=budget,
-            )
+            return await self._store.insert_volume(volume, budget=budget)
         except OverBudget as exc:
             overcommit = self._ctx.config.overcommit
-            raise over_budget(f"a volume {request.name!r}", exc, overcommit) from None
+            raise over_budget(f"a volume {volume.name!r}", exc, overcommit) from None
+
+    async def _create_image_first(self, volume: Volume, budget: int | None) -> Volume:
+        """A sparse image costs nothing to make or to undo: make it, then record the volume
+        ready in one commit. A crash in between leaves an image without a record, which
+        reconcile removes on start; the CO, never answered, asks again."""
+        await self._materialise(volume, preallocated=False)
+        try:
+            return await self._record(dataclasses.replace(volume, state=VolumeState.READY), budget)
+        except BaseException:
+            await files.remove_file(self._pool.volume_image(volume.id))
+            raise
+
+    async def _create_record_first(
+        self, volume: Volume, budget: int | None, *, preallocated: bool
+    ) -> Volume:
+        """A copy or a preallocation costs time and space: the budget is claimed first (the
+        record, "creating"), then the image is made, then the record is marked ready."""
+        volume = await self._record(volume, budget)
         try:
             await self._materialise(volume, preallocated=preallocated)
             await self._store.set_volume_state(volume.id, VolumeState.READY)
         except BaseException:
             await self._remove(volume)
             raise
-        log.info("volume_created", volume_id=volume.id, name=volume.name, bytes=size)
         return dataclasses.replace(volume, state=VolumeState.READY)
 
     async def _source_size(self, source: ContentSource | None) -> int:
@@ -281,8 +304,12 @@ class VolumeService:
         log.info("volume_deleted", volume_id=volume_id)
 
     async def _remove(self, volume: Volume) -> None:
-        """Mark, remove the image, then the record: a crash in between is finished on start."""
-        await self._store.set_volume_state(volume.id, VolumeState.DELETING)
+        """Remove the image, then the record.
+
+        A crash in between leaves a record whose image is gone: the CO, never answered,
+        deletes again, and the retry finds nothing to remove but the record. (Marking the
+        record "deleting" first cost a commit per delete.)
+        """
         await files.remove_file(self._pool.volume_image(volume.id))
         await self._store.delete_volume(volume.id)
 
