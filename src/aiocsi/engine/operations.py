@@ -74,14 +74,29 @@ class Operations:
         call = current_call()
         left = call.time_left() if call is not None else None
         # shield: the caller giving up (deadline, cancel) must not cancel the shared task.
+        waiting = asyncio.shield(task)
+        if left is None:
+            return await waiting
+        # A timer of our own rather than asyncio.wait_for, whose extra futures cost each
+        # call two more trips through the event loop.
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            waiting.cancel()
+
+        timer = asyncio.get_running_loop().call_later(max(left, 0), expire)
         try:
-            if left is None:
-                return await asyncio.shield(task)
-            return await asyncio.wait_for(asyncio.shield(task), timeout=max(left, 0))
-        except TimeoutError:
-            raise DeadlineExceeded(
-                "the operation is still running and will finish; retry to get its result"
-            ) from None
+            return await waiting
+        except asyncio.CancelledError:
+            if expired:
+                raise DeadlineExceeded(
+                    "the operation is still running and will finish; retry to get its result"
+                ) from None
+            raise
+        finally:
+            timer.cancel()
 
     async def drain(self) -> None:
         """Wait until every running operation has finished."""
