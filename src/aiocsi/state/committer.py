@@ -82,8 +82,9 @@ class Committer:
             raise RuntimeError("store is not open")
         future: asyncio.Future[T] = self._loop.create_future()
         self._jobs.put(_Job(fn, future, transaction, then))
-        # The job runs whatever happens to this caller; it only stops waiting.
-        return await asyncio.shield(future)
+        # The job runs whatever happens to this caller: a cancelled caller stops waiting, and
+        # `_finish` leaves its future alone (no shield: that cost a trip through the loop).
+        return await future
 
     # -- the store thread -------------------------------------------------------------------
 
