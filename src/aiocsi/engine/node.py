@@ -568,8 +568,11 @@ class NodeService:
         pub = await self._find(volume.id, PublicationKind.PUBLISH, str(target))
         async with _host_step(f"unpublishing volume {volume.id} from {target}"):
             await self._unmount_ours(real, device)
-        # No record: a retry after a crash that may have left a read-only view behind.
-        if device is not None and (pub is None or _access_type(pub) is AccessType.BLOCK):
+        # Only a read-only block publication has a view to detach; without a record (a retry
+        # after a crash), one may have been left behind.
+        if device is not None and (
+            pub is None or (_access_type(pub) is AccessType.BLOCK and pub.read_only)
+        ):
             await self._detach_unused_views(device)
         await _remove_target(real)
         await self._store.remove_publication(volume.id, PublicationKind.PUBLISH, str(target))

@@ -129,6 +129,11 @@ class Committer:
     def _commit(db: sqlite3.Connection, jobs: list[_Job[Any]]) -> None:
         try:
             db.execute("BEGIN")
+            if len(jobs) == 1:  # the common case: no savepoint needed to undo it alone
+                [job] = jobs
+                job.outcome = _attempt(job.fn, db)
+                db.execute("COMMIT" if job.outcome[0] else "ROLLBACK")
+                return
             for job in jobs:
                 db.execute("SAVEPOINT job")
                 job.outcome = _attempt(job.fn, db)

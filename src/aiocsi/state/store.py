@@ -126,6 +126,9 @@ def _publication(row: sqlite3.Row) -> Publication:
     )
 
 
+_PubKey = tuple[str, PublicationKind, str]  # volume id, kind, path: the table's key
+
+
 class Store:
     """Durable state with an in-memory mirror of volumes and publications.
 
@@ -140,7 +143,9 @@ class Store:
         self._committer = Committer(self._connect, name="aiocsi-store")
         self._volumes: dict[str, Volume] = {}
         self._volume_ids: dict[str, str] = {}  # name -> id
-        self._publications: list[Publication] = []  # in insertion order, like rowid
+        # In insertion order, like rowid; and per volume, as most look-ups ask.
+        self._publications: dict[_PubKey, Publication] = {}
+        self._by_volume: dict[str, dict[_PubKey, Publication]] = {}
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -168,9 +173,8 @@ class Store:
             db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={target};\nCOMMIT;")
         for row in db.execute("SELECT * FROM volumes ORDER BY seq"):
             self._remember(_volume(row))
-        self._publications = [
-            _publication(r) for r in db.execute("SELECT * FROM publications ORDER BY rowid")
-        ]
+        for row in db.execute("SELECT * FROM publications ORDER BY rowid"):
+            self._append_publication(_publication(row))
 
     def _remember(self, volume: Volume) -> Volume:
         self._volumes[volume.id] = volume
@@ -388,7 +392,9 @@ class Store:
     def _append_publication(self, p: Publication) -> None:
         # INSERT OR REPLACE gives the row a new rowid: it moves to the end.
         self._forget_publication(p.volume_id, p.kind, p.path)
-        self._publications.append(p)
+        key = (p.volume_id, p.kind, p.path)
+        self._publications[key] = p
+        self._by_volume.setdefault(p.volume_id, {})[key] = p
 
     async def remove_publication(self, volume_id: str, kind: PublicationKind, path: str) -> None:
         await self._write(
@@ -398,17 +404,15 @@ class Store:
         )
 
     def _forget_publication(self, volume_id: str, kind: PublicationKind, path: str) -> None:
-        self._publications = [
-            p
-            for p in self._publications
-            if (p.volume_id, p.kind, p.path) != (volume_id, kind, path)
-        ]
+        key = (volume_id, kind, path)
+        self._publications.pop(key, None)
+        if (of_volume := self._by_volume.get(volume_id)) is not None:
+            of_volume.pop(key, None)
+            if not of_volume:
+                del self._by_volume[volume_id]
 
     async def publications(
         self, volume_id: str | None = None, kind: PublicationKind | None = None
     ) -> list[Publication]:
-        return [
-            p
-            for p in self._publications
-            if (volume_id is None or p.volume_id == volume_id) and (kind is None or p.kind is kind)
-        ]
+        pubs = self._publications if volume_id is None else self._by_volume.get(volume_id, {})
+        return [p for p in pubs.values() if kind is None or p.kind is kind]
