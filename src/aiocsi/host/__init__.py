@@ -1,9 +1,10 @@
 """The host layer: the only code in aiocsi that touches the OS.
 
-Subprocesses run as argv lists through `process.run`; file, sysfs and procfs work runs in
-worker threads, so nothing here blocks the event loop. Modules: `process` (commands),
-`loop` (loop devices via losetup and sysfs), `mount` (mountinfo, mount, umount),
-`fs` (blkid, mkfs, grow, statvfs), `files` (image files in the pool).
+Subprocesses run as argv lists through `process.run`; file work and system calls run in
+worker threads (`aiocsi.threads`); procfs and sysfs, kernel memory, are read on the event
+loop. Modules: `process` (commands), `syscalls` (mount(2), umount2(2), the loop ioctls),
+`loop` (loop devices via the ioctls and sysfs), `mount` (mountinfo, mount, unmount),
+`fs` (blkid, mkfs, grow, statvfs), `files` (image files in the pool, path helpers).
 """
 
 from __future__ import annotations

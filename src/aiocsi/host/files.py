@@ -1,7 +1,9 @@
-"""Image files in the pool: created exclusively, grown, copied sparsely, removed durably.
+"""Image files in the pool: created exclusively, grown, copied sparsely, removed durably;
+and the small file helpers the other host modules share (mount targets, procfs reads,
+canonical paths).
 
 The `*_sync` functions and the small stat helpers block; async callers run them through
-`anyio.to_thread.run_sync`, as the async wrappers here do.
+`aiocsi.threads.run_sync`, as the async wrappers here do.
 """
 
 from __future__ import annotations
