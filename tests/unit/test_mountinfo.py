@@ -94,10 +94,13 @@ async def test_reads_this_process_mounts() -> None:
 def test_lines_that_may_show_a_use_of_a_loop_device() -> None:
     from aiocsi.host.loop import mountinfo_line_of_use  # noqa: PLC0415 - the helper under test
 
-    bind_of_node = "120 27 0:5 /loop7 /var/lib/kubelet/t/blk rw,nosuid - devtmpfs udev rw"
-    lines = [*SAMPLE.splitlines(), bind_of_node]
+    binds = [
+        "120 27 0:5 /loop3 /var/lib/kubelet/t/blk rw,nosuid - devtmpfs udev rw",
+        "121 27 0:5 /loop7 /var/lib/kubelet/t/other rw,nosuid - devtmpfs udev rw",
+    ]
+    lines = [*SAMPLE.splitlines(), *binds]
     used = [line for line in lines if mountinfo_line_of_use(line, {"/dev/loop3"})]
-    # The mount of loop3 (not of loop33 or a path merely containing it) and the bind of a
-    # loop device node; which device a node is, a stat tells later.
+    # The mount of loop3 (not of loop33, not a path merely containing it) and the bind of
+    # a node named loop3; which device a node really is, a stat tells later.
     assert [line.split()[0] for line in used] == ["105", "120"]
-    assert not [line for line in lines[:-1] if mountinfo_line_of_use(line, {"/dev/loop33"})]
+    assert not [line for line in lines if mountinfo_line_of_use(line, {"/dev/loop33"})]

@@ -206,12 +206,18 @@ def loop_device_of(path: Path) -> str | None:
 
 
 def mountinfo_line_of_use(line: str, devices: Iterable[str]) -> bool:
-    """Whether a mountinfo line may show a use of one of `devices`: a mount of one of them,
-    or a bind of some loop device node (told apart later, by a stat)."""
+    """Whether a mountinfo line may show a use of one of `devices` ("/dev/loopN"): a mount
+    of one, or a bind of a device node named like one (a block publication; which device
+    the node really is, a stat tells later).
+
+    A node of the same device under another name is not looked for: the detach that
+    follows then finds the device busy and says so, instead of a stat of every bind.
+    """
     if any(f" {device} " in line for device in devices):
         return True
     root = line.split(" ", 4)[3]
-    return _LOOP_NAME.fullmatch(root.rpartition("/")[2]) is not None
+    name = root.rpartition("/")[2]
+    return any(device.rpartition("/")[2] == name for device in devices)
 
 
 def loop_node_mounts(mounts: Iterable[MountEntry]) -> list[MountEntry]:
