@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
@@ -48,6 +49,8 @@ EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral"
 EPHEMERAL_PREFIX = "ephemeral:"
 DEFAULT_EPHEMERAL_SIZE = "1Gi"
 _NO_FS_STATS = FsStats(0, 0, 0, 0, 0, 0)
+# Stacked mounts are possible; more than this many of ours at one path is not a real case.
+_MAX_STACKED_MOUNTS = 16
 
 
 @dataclass(frozen=True)
@@ -145,8 +148,6 @@ class NodeService:
             return False
         if entry.source == device:
             return True
-        # A block publication binds the device node (or a read-only view's): its source is
-        # the filesystem holding /dev (devtmpfs), so look at the node itself instead.
         return await threads.run_sync(_shows_device, path, device)
 
     async def _our_top_mount(
@@ -401,15 +402,22 @@ class NodeService:
                     # Still held open by a process; the kernel detaches it at its last close.
                     log.warning("loop_view_busy", device=device, view=view)
 
-    async def _unmount_ours(self, point: Path, device: str | None) -> None:
+    async def _unmount_ours(
+        self, point: Path, device: str | None, *, remove_target: bool = False
+    ) -> None:
         """Unmount every mount of `device` stacked at `point` (canonical); refuse to touch
-        anything else."""
-        while (top := self._top_mount(point)) is not None:
-            if not await self._is_ours(top, point, device):
-                raise FailedPrecondition(
-                    f"{point} has a mount of {top.source} that does not belong to this volume"
-                )
-            await mount.unmount(point)
+        anything else. With `remove_target`, remove the emptied target too.
+
+        Looks on the loop first; the unmounts, the checks between them and the removal are
+        then one worker-thread call.
+        """
+        if self._top_mount(point) is None:
+            if remove_target:
+                await _remove_target(point)
+            return
+        await threads.run_sync(
+            functools.partial(_unmount_ours_sync, point, device, remove_target=remove_target)
+        )
 
     # -- publish --------------------------------------------------------------------------
 
@@ -567,14 +575,13 @@ class NodeService:
         device = await self._device(volume)
         pub = await self._find(volume.id, PublicationKind.PUBLISH, str(target))
         async with _host_step(f"unpublishing volume {volume.id} from {target}"):
-            await self._unmount_ours(real, device)
+            await self._unmount_ours(real, device, remove_target=True)
         # Only a read-only block publication has a view to detach; without a record (a retry
         # after a crash), one may have been left behind.
         if device is not None and (
             pub is None or (_access_type(pub) is AccessType.BLOCK and pub.read_only)
         ):
             await self._detach_unused_views(device)
-        await _remove_target(real)
         await self._store.remove_publication(volume.id, PublicationKind.PUBLISH, str(target))
         log.info("volume_unpublished", volume_id=volume.id, path=str(target))
         if volume.ephemeral:
@@ -735,6 +742,30 @@ class NodeService:
         )
 
 
+def _is_ours_sync(entry: mount.MountEntry, path: Path, device: str | None) -> bool:
+    # A block publication binds the device node (or a read-only view's): its source is the
+    # filesystem holding /dev (devtmpfs), so look at the node itself instead.
+    return device is not None and (entry.source == device or _shows_device(path, device))
+
+
+def _unmount_ours_sync(point: Path, device: str | None, *, remove_target: bool) -> None:
+    """`NodeService._unmount_ours` in a worker thread: every step blocks, none waits long."""
+    for _ in range(_MAX_STACKED_MOUNTS):
+        entries = mount.mounts_at_point(point)
+        if not entries:
+            break
+        top = entries[-1]
+        if not _is_ours_sync(top, point, device):
+            raise FailedPrecondition(
+                f"{point} has a mount of {top.source} that does not belong to this volume"
+            )
+        mount.unmount_sync(point)
+    else:
+        raise FailedPrecondition(f"{point} is still mounted after {_MAX_STACKED_MOUNTS} unmounts")
+    if remove_target:
+        _remove_target_sync(point)
+
+
 def _shows_device(path: Path, device: str) -> bool:
     """Whether `path` is the node of `device`, or of a read-only view stacked on it."""
     shown = loop.loop_device_of(path)
@@ -766,9 +797,9 @@ async def _remove_path(path: Path) -> None:
     await threads.run_sync(files.remove_empty_sync, path)
 
 
-async def _remove_target(path: Path) -> None:
+def _remove_target_sync(path: Path) -> None:
     try:
-        await _remove_path(path)
+        files.remove_empty_sync(path)
     except OSError as exc:
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
             # Not a mount any more, yet it holds files: never delete what may be data.
@@ -776,3 +807,7 @@ async def _remove_target(path: Path) -> None:
                 f"{path} is not mounted but not empty; it is left for an operator"
             ) from exc
         raise
+
+
+async def _remove_target(path: Path) -> None:
+    await threads.run_sync(_remove_target_sync, path)

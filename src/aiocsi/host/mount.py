@@ -226,9 +226,10 @@ async def bind_mount(
     return await threads.run_sync(_made_then, target, make_target, act)
 
 
-def _unmount_sync(target: str) -> None:
+def unmount_sync(target: str | Path) -> None:
+    """`unmount` for a caller already in a worker thread."""
     try:
-        syscalls.unmount(target)
+        syscalls.unmount(str(target))
     except syscalls.SystemCallFailed as exc:
         # Not a mount point (EINVAL) or no such path: someone unmounted it first.
         if exc.errno not in (errno.EINVAL, errno.ENOENT, errno.ENOTDIR):
@@ -237,4 +238,4 @@ def _unmount_sync(target: str) -> None:
 
 async def unmount(target: Path) -> None:
     """Unmount the top mount at `target`; nothing mounted there (or no such path) is fine."""
-    await threads.run_sync(_unmount_sync, str(target))
+    await threads.run_sync(unmount_sync, target)
