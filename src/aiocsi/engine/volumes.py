@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aiocsi import threads
@@ -34,7 +35,7 @@ from aiocsi.models import (
     VolumeCondition,
     VolumeState,
 )
-from aiocsi.state.store import OverBudget, Store
+from aiocsi.state.store import Budget, OverBudget, Store
 
 log = get_logger("aiocsi.engine")
 DEFAULT_FS = "ext4"
@@ -106,6 +107,11 @@ async def pool_space(ctx: EngineContext) -> tuple[int, int]:
     """The pool's provisioning budget (its size times --overcommit) and its free bytes."""
     total, available = await threads.run_sync(files.filesystem_space, ctx.pool.root)
     return int(total * ctx.config.overcommit), available
+
+
+def pool_budget(ctx: EngineContext) -> Callable[[], int]:
+    """The pool's provisioning budget, to be read where it is checked (the store thread)."""
+    return lambda: int(files.filesystem_space(ctx.pool.root)[0] * ctx.config.overcommit)
 
 
 def over_budget(what: str, exc: OverBudget, overcommit: float) -> ResourceExhausted:
@@ -184,12 +190,6 @@ class VolumeService:
             floor=source_size,
         )
         preallocated = preallocate(params, request.mutable_parameters)
-        budget, available = await pool_space(self._ctx)
-        if preallocated and size > available:
-            raise ResourceExhausted(
-                f"the pool filesystem has {available} bytes free; a preallocated volume of "
-                f"{size} bytes does not fit"
-            )
         volume = Volume(
             id=new_volume_id(),
             name=request.name,
@@ -203,13 +203,19 @@ class VolumeService:
             created_at=time.time(),
         )
         if volume.source is None and not preallocated:
-            volume = await self._create_image_first(volume, budget)
+            volume = await self._create_image_first(volume, pool_budget(self._ctx))
         else:
+            budget, available = await pool_space(self._ctx)
+            if preallocated and size > available:
+                raise ResourceExhausted(
+                    f"the pool filesystem has {available} bytes free; a preallocated volume "
+                    f"of {size} bytes does not fit"
+                )
             volume = await self._create_record_first(volume, budget, preallocated=preallocated)
         log.info("volume_created", volume_id=volume.id, name=volume.name, bytes=size)
         return volume
 
-    async def _record(self, volume: Volume, budget: int | None) -> Volume:
+    async def _record(self, volume: Volume, budget: Budget) -> Volume:
         # The budget check and the record are one step: concurrent creates cannot together
         # promise more than the pool has.
         try:
@@ -218,7 +224,7 @@ class VolumeService:
             overcommit = self._ctx.config.overcommit
             raise over_budget(f"a volume {volume.name!r}", exc, overcommit) from None
 
-    async def _create_image_first(self, volume: Volume, budget: int | None) -> Volume:
+    async def _create_image_first(self, volume: Volume, budget: Budget) -> Volume:
         """A sparse image costs nothing to make or to undo: make it, then record the volume
         ready in one commit. A crash in between leaves an image without a record, which
         reconcile removes on start; the CO, never answered, asks again."""
