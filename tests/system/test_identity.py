@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -163,3 +164,24 @@ async def test_probe_reuses_a_fresh_report(driver: Driver) -> None:
         moved.rename(driver.pool)
     assert cached.ready is True
     assert fresh.ready is False
+
+
+async def test_a_stale_report_is_answered_at_once_and_refreshed_behind(driver: Driver) -> None:
+    health = driver.server.engine.health
+    health.max_age = 60
+    assert (await driver.client.identity.probe(csi.ProbeRequest())).ready is True
+    moved = driver.pool.with_name("pool-away")
+    driver.pool.rename(moved)
+    try:
+        health.max_age = 0.01
+        await asyncio.sleep(0.02)
+        # Stale: this call gets the last report, and starts the refresh it does not wait for.
+        assert (await driver.client.identity.probe(csi.ProbeRequest())).ready is True
+        for _ in range(100):
+            reply = await driver.client.identity.probe(csi.ProbeRequest())
+            if reply.ready is False:
+                break
+            await asyncio.sleep(0.01)
+        assert reply.ready is False
+    finally:
+        moved.rename(driver.pool)
