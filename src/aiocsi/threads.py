@@ -35,8 +35,10 @@ _Job = tuple[
 ]
 
 
-def _settle(future: asyncio.Future[object], outcome: object, error: BaseException | None) -> None:
-    if future.done():  # the caller was cancelled meanwhile
+def settle(future: asyncio.Future[T], outcome: T, error: BaseException | None) -> None:
+    """Complete `future` from another thread's outcome, on the loop; a future whose waiter
+    was cancelled meanwhile is left alone."""
+    if future.done():
         return
     if error is None:
         future.set_result(outcome)
@@ -84,7 +86,7 @@ class _Workers:
                 error = exc
             # A closed loop (RuntimeError) has nobody waiting any more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, future, outcome, error)
+                loop.call_soon_threadsafe(settle, future, outcome, error)
 
 
 _workers = _Workers(MAX_WORKERS)

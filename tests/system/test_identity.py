@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from structlog.testing import capture_logs
 from aiocsi import __version__
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.config import Mode
+from aiocsi.engine.health import HealthChecker
 
 from .conftest import Driver, driver_config, mount_capability, running_driver
 
@@ -150,29 +153,31 @@ async def test_secret_values_never_reach_logs_or_error_messages(driver: Driver) 
     assert secret not in repr(logs)
 
 
-async def test_probe_reuses_a_fresh_report(driver: Driver) -> None:
+@contextlib.asynccontextmanager
+async def pool_moved_after_a_ready_report(driver: Driver) -> AsyncIterator[HealthChecker]:
+    """A Probe answered ready (and its report kept a minute), then the pool moved away."""
     health = driver.server.engine.health
     health.max_age = 60
     assert (await driver.client.identity.probe(csi.ProbeRequest())).ready is True
     moved = driver.pool.with_name("pool-away")
     driver.pool.rename(moved)
     try:
+        yield health
+    finally:
+        moved.rename(driver.pool)
+
+
+async def test_probe_reuses_a_fresh_report(driver: Driver) -> None:
+    async with pool_moved_after_a_ready_report(driver) as health:
         cached = await driver.client.identity.probe(csi.ProbeRequest())
         health.max_age = 0
         fresh = await driver.client.identity.probe(csi.ProbeRequest())
-    finally:
-        moved.rename(driver.pool)
     assert cached.ready is True
     assert fresh.ready is False
 
 
 async def test_a_stale_report_is_answered_at_once_and_refreshed_behind(driver: Driver) -> None:
-    health = driver.server.engine.health
-    health.max_age = 60
-    assert (await driver.client.identity.probe(csi.ProbeRequest())).ready is True
-    moved = driver.pool.with_name("pool-away")
-    driver.pool.rename(moved)
-    try:
+    async with pool_moved_after_a_ready_report(driver) as health:
         health.max_age = 0.01
         await asyncio.sleep(0.02)
         # Stale: this call gets the last report, and starts the refresh it does not wait for.
@@ -183,5 +188,3 @@ async def test_a_stale_report_is_answered_at_once_and_refreshed_behind(driver: D
                 break
             await asyncio.sleep(0.01)
         assert reply.ready is False
-    finally:
-        moved.rename(driver.pool)

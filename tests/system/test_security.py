@@ -1105,16 +1105,19 @@ class SecretCalls:
 
 async def _volume_calls(c: SecretCalls) -> tuple[str, str]:
     ctl = c.client.controller
-    a = volume_id_of(
-        await ctl.create_volume(
+
+    async def create(name: str, capability: csi.VolumeCapability) -> str:
+        reply = await ctl.create_volume(
             csi.CreateVolumeRequest(
-                name="sec-a",
-                volume_capabilities=[mount_capability()],
+                name=name,
+                volume_capabilities=[capability],
                 capacity_range=csi.CapacityRange(required_bytes=16 * MiB),
                 secrets=c.secret("CreateVolume", "OK"),
             )
         )
-    )
+        return volume_id_of(reply)
+
+    a = await create("sec-a", mount_capability())
     s = c.secret("CreateVolume", "INVALID_ARGUMENT")
     await c.expect(
         ctl.create_volume(
@@ -1126,16 +1129,7 @@ async def _volume_calls(c: SecretCalls) -> tuple[str, str]:
             )
         )
     )
-    b = volume_id_of(
-        await ctl.create_volume(
-            csi.CreateVolumeRequest(
-                name="sec-b",
-                volume_capabilities=[block_capability()],
-                capacity_range=csi.CapacityRange(required_bytes=16 * MiB),
-                secrets=c.secret("CreateVolume", "OK"),
-            )
-        )
-    )
+    b = await create("sec-b", block_capability())
     s = c.secret("ValidateVolumeCapabilities", "OK")
     await c.expect(
         ctl.validate_volume_capabilities(

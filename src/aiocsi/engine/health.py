@@ -13,6 +13,9 @@ from pathlib import Path
 
 from aiocsi import threads
 from aiocsi.config import Config
+from aiocsi.logging import get_logger
+
+log = get_logger("aiocsi.engine")
 
 # Tools without which the node side cannot stage any volume. Mounts and loop devices are
 # system calls (host/syscalls.py): no mount(8) or losetup(8) is needed.
@@ -79,8 +82,11 @@ class HealthChecker:
         self._last = (now, report)
         return report
 
-    def _refresh_done(self, _: asyncio.Task[HealthReport]) -> None:
+    def _refresh_done(self, task: asyncio.Task[HealthReport]) -> None:
         self._refreshing = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Nobody awaits a background refresh: say why it failed; the next call retries.
+            log.warning("health_check_failed", error=str(exc))
 
     async def check(self) -> HealthReport:
         last = self._last

@@ -144,11 +144,9 @@ class NodeService:
 
     async def _is_ours(self, entry: mount.MountEntry, path: Path, device: str | None) -> bool:
         """Whether `entry`, the visible mount at `path`, is a mount of this volume's device."""
-        if device is None:
-            return False
-        if entry.source == device:
-            return True
-        return await threads.run_sync(_shows_device, path, device)
+        if device is not None and entry.source == device:
+            return True  # the common case, told without a stat
+        return await threads.run_sync(_is_ours_sync, entry, path, device)
 
     async def _our_top_mount(
         self, point: Path, device: str | None

@@ -103,15 +103,19 @@ def is_preallocated(volume: Volume) -> bool:
     return preallocate(volume.parameters, volume.mutable_parameters)
 
 
+def _pool_space_sync(ctx: EngineContext) -> tuple[int, int]:
+    total, available = files.filesystem_space(ctx.pool.root)
+    return int(total * ctx.config.overcommit), available
+
+
 async def pool_space(ctx: EngineContext) -> tuple[int, int]:
     """The pool's provisioning budget (its size times --overcommit) and its free bytes."""
-    total, available = await threads.run_sync(files.filesystem_space, ctx.pool.root)
-    return int(total * ctx.config.overcommit), available
+    return await threads.run_sync(_pool_space_sync, ctx)
 
 
 def pool_budget(ctx: EngineContext) -> Callable[[], int]:
     """The pool's provisioning budget, to be read where it is checked (the store thread)."""
-    return lambda: int(files.filesystem_space(ctx.pool.root)[0] * ctx.config.overcommit)
+    return lambda: _pool_space_sync(ctx)[0]
 
 
 def over_budget(what: str, exc: OverBudget, overcommit: float) -> ResourceExhausted:
@@ -236,7 +240,7 @@ class VolumeService:
             raise
 
     async def _create_record_first(
-        self, volume: Volume, budget: int | None, *, preallocated: bool
+        self, volume: Volume, budget: Budget, *, preallocated: bool
     ) -> Volume:
         """A copy or a preallocation costs time and space: the budget is claimed first (the
         record, "creating"), then the image is made, then the record is marked ready."""

@@ -120,26 +120,17 @@ def mounts_at_point(point: Path) -> list[MountEntry]:
     as `canonical` returns it): mountinfo shows resolved paths.
 
     Runs on the event loop: procfs is kernel memory, and only the lines of mounts at
-    `point` are parsed in full.
+    `point` are parsed.
     """
     wanted = _escape(os.fsdecode(point))
-    text = _mountinfo_text()
-    # Look for the path itself rather than splitting every line: under churn the table
-    # holds dozens of mounts and only a few lines mention `point`.
-    needle = f" {wanted} "
-    found = []
-    start = 0
-    while (hit := text.find(needle, start)) != -1:
-        line_start = text.rfind("\n", 0, hit) + 1
-        line_end = text.find("\n", hit)
-        if line_end == -1:
-            line_end = len(text)
-        line = text[line_start:line_end]
-        fields = line.split(" ", _MOUNT_POINT_FIELD + 1)
-        if fields[_MOUNT_POINT_FIELD] == wanted:
-            found.append(_parse_line(line))
-        start = line_end
-    return found
+    needle = f" {wanted} "  # a cheap test first; then the mount point field must match
+
+    def at_point(line: str) -> bool:
+        return (
+            needle in line and line.split(" ", _MOUNT_POINT_FIELD + 1)[_MOUNT_POINT_FIELD] == wanted
+        )
+
+    return mounts_where(at_point)
 
 
 async def canonical(path: Path) -> Path:

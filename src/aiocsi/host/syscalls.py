@@ -13,12 +13,13 @@ call, the object and the errno, so that a message says what failed and why.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 
 from aiocsi.errors import HostFailure
@@ -35,7 +36,6 @@ MS_NOSYMFOLLOW = 256
 MS_NOATIME = 1024
 MS_NODIRATIME = 2048
 MS_BIND = 4096
-MS_SILENT = 32768
 MS_RELATIME = 1 << 21
 MS_STRICTATIME = 1 << 24
 MS_LAZYTIME = 1 << 25
@@ -173,22 +173,26 @@ def unmount(target: str) -> None:
         raise SystemCallFailed("umount", target, ctypes.get_errno())
 
 
-def _device_ioctl(device: str, request: int, call: str) -> None:
-    """Open `device`, issue an argument-less ioctl, close it."""
-    fd = _open(device, os.O_RDONLY, "open")
+@contextlib.contextmanager
+def _opened(path: str, flags: int) -> Iterator[int]:
+    """A file descriptor of `path` for the block; a failed open names the path and errno."""
     try:
-        fcntl.ioctl(fd, request, 0)
+        fd = os.open(path, flags | os.O_CLOEXEC)
     except OSError as exc:
-        raise SystemCallFailed(call, device, exc.errno or errno.EIO) from None
+        raise SystemCallFailed("open", path, exc.errno or errno.EIO) from None
+    try:
+        yield fd
     finally:
         os.close(fd)
 
 
-def _open(path: str, flags: int, call: str) -> int:
-    try:
-        return os.open(path, flags | os.O_CLOEXEC)
-    except OSError as exc:
-        raise SystemCallFailed(call, path, exc.errno or errno.EIO) from None
+def _device_ioctl(device: str, request: int, call: str) -> None:
+    """Open `device`, issue an argument-less ioctl, close it."""
+    with _opened(device, os.O_RDONLY) as fd:
+        try:
+            fcntl.ioctl(fd, request, 0)
+        except OSError as exc:
+            raise SystemCallFailed(call, device, exc.errno or errno.EIO) from None
 
 
 def _free_loop_index(control: int) -> int:
@@ -206,19 +210,16 @@ def attach_loop(backing: str, *, read_only: bool) -> str:
     LOOP_CONFIGURE refuses a bound device (EBUSY) and the next free one is tried.
     """
     mode = os.O_RDONLY if read_only else os.O_RDWR
-    backing_fd = _open(backing, mode, "open")
-    try:
+    with _opened(backing, mode) as backing_fd, _opened(_LOOP_CONTROL, os.O_RDWR) as control:
         name = os.fsencode(backing)[: _LO_NAME_SIZE - 1]
         config = _LOOP_CONFIG.pack(
             backing_fd, 0, 0, 0, 0, 0, 0, 0, 0, 0,
             LO_FLAGS_READ_ONLY if read_only else 0,
             name, b"", b"", 0, 0, *([0] * 8),
         )  # fmt: skip
-        control = _open(_LOOP_CONTROL, os.O_RDWR, "open")
-        try:
-            for _ in range(_ATTACH_TRIES):
-                device = f"/dev/loop{_free_loop_index(control)}"
-                device_fd = _open(device, mode, "open")
+        for _ in range(_ATTACH_TRIES):
+            device = f"/dev/loop{_free_loop_index(control)}"
+            with _opened(device, mode) as device_fd:
                 try:
                     fcntl.ioctl(device_fd, LOOP_CONFIGURE, config)
                 except OSError as exc:
@@ -227,13 +228,7 @@ def attach_loop(backing: str, *, read_only: bool) -> str:
                     raise SystemCallFailed(
                         "LOOP_CONFIGURE", f"{device} with {backing}", exc.errno or errno.EIO
                     ) from None
-                finally:
-                    os.close(device_fd)
-                return device
-        finally:
-            os.close(control)
-    finally:
-        os.close(backing_fd)
+            return device
     raise LoopDevicesExhausted("LOOP_CONFIGURE", backing, errno.EBUSY)
 
 

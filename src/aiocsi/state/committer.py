@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from aiocsi.threads import settle
+
 T = TypeVar("T")
 
 # More than this many jobs in one transaction gain nothing and delay the first one's answer.
@@ -92,9 +94,9 @@ class Committer:
         try:
             db = self._connect()
         except BaseException as exc:  # noqa: BLE001 - handed to the opener, who re-raises
-            self._deliver_soon(functools.partial(_settle, ready, exc))
+            self._deliver_soon(functools.partial(settle, ready, None, exc))
             return
-        self._deliver_soon(functools.partial(_settle, ready, None))
+        self._deliver_soon(functools.partial(settle, ready, None, None))
         try:
             while (first := self._jobs.get()) is not None:
                 batch, stop = self._drain(first)
@@ -117,12 +119,13 @@ class Committer:
         return batch, False
 
     def _run_batch(self, db: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
-        plain = [job for job in batch if not job.transaction]
-        for job in plain:
-            job.outcome = _attempt(job.fn, db)
         writes = [job for job in batch if job.transaction]
         if writes:
             self._commit(db, writes)
+        # Reads after the commit: none sees less than the writes queued before it.
+        for job in batch:
+            if not job.transaction:
+                job.outcome = _attempt(job.fn, db)
         self._deliver_soon(functools.partial(_finish, batch))
 
     @staticmethod
@@ -160,15 +163,6 @@ def _attempt(fn: Callable[[sqlite3.Connection], Any], db: sqlite3.Connection) ->
         return False, exc
 
 
-def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is None:
-        future.set_result(None)
-    else:
-        future.set_exception(exc)
-
-
 def _finish(batch: list[_Job[Any]]) -> None:
     """On the event loop: update mirrors in commit order, then wake the callers."""
     for job in batch:
@@ -178,9 +172,7 @@ def _finish(batch: list[_Job[Any]]) -> None:
                 job.then(value)
             except Exception as exc:  # noqa: BLE001 - the caller sees it; the batch goes on
                 ok, value = False, exc
-        if job.future.done():
-            continue
         if ok:
-            job.future.set_result(value)
+            settle(job.future, value, None)
         else:
-            job.future.set_exception(value)
+            settle(job.future, None, value)
