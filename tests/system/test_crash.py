@@ -8,6 +8,7 @@ loop device, mount or image file is left. AIOCSI_KILL_ROUNDS sets the number of 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -47,10 +48,18 @@ class Sidecar:
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
         self.client = Csi.connect(socket_path)
+        self._clients = [self.client]
 
     def reconnect(self) -> None:
         self.client.channel.close()
         self.client = Csi.connect(self.socket_path)
+        self._clients.append(self.client)
+
+    def close(self) -> None:
+        """Close every channel ever opened: a close while a channel was still connecting
+        (another task's call) leaves the connection it then makes open."""
+        for client in self._clients:
+            client.channel.close()
 
     async def call(self, rpc: Callable[[Csi], Awaitable[T]], deadline: float = 60.0) -> T:
         give_up = time.monotonic() + deadline
@@ -147,12 +156,16 @@ async def test_volumes_survive_repeated_sigkill(cleanup: Path) -> None:
     ids: dict[str, str] = {}
     started: list[ServerProcess] = []
     killer = asyncio.create_task(_killer(cleanup, KILL_ROUNDS, rng, started))
-    names = [f"k{i:03d}" for i in range(KILL_ROUNDS * 3)]
+    # New lifecycles start for as long as the kills go on: every kill lands on a driver at
+    # work, however fast it gets through a lifecycle.
+    names = (f"k{i:04d}" for i in itertools.count())
+    begun = 0
     lifecycles: set[asyncio.Task[None]] = set()
     try:
         while not killer.done():
-            while len(lifecycles) < 4 and names:
-                name = names.pop()
+            while len(lifecycles) < 4:
+                name = next(names)
+                begun += 1
                 lifecycles.add(
                     asyncio.create_task(
                         _lifecycle(side, cleanup, name, keep=rng.random() < 0.3, ids=ids)
@@ -166,12 +179,13 @@ async def test_volumes_survive_repeated_sigkill(cleanup: Path) -> None:
                 task.result()
         await killer
         assert len(started) == KILL_ROUNDS
-        assert len(names) < KILL_ROUNDS * 3 - KILL_ROUNDS, "too few lifecycles ran between kills"
+        assert begun > KILL_ROUNDS, "too few lifecycles ran between kills"
         # Kills landed mid-operation: some restart had something to finish or undo.
         repairs = [
             e["repaired"] for s in started for e in s.log_lines() if e["event"] == "reconciled"
         ]
-        assert any(repairs)
+        # (Most restarts have something to repair; a quarter is a floor with room to spare.)
+        assert sum(1 for repaired in repairs if repaired) >= KILL_ROUNDS // 4, repairs
         async with serve_process(cleanup, socket_path=cleanup / "csi.sock"):
             side.reconnect()
             for task in lifecycles:
@@ -184,7 +198,7 @@ async def test_volumes_survive_repeated_sigkill(cleanup: Path) -> None:
             for volume_id in ids.values():
                 await _delete(side, volume_id)
     finally:
-        side.client.channel.close()
+        side.close()
         killer.cancel()
     assert not list((cleanup / "pool" / "volumes").glob("*.img"))
     assert not [f for f in all_loop_backing_files().values() if f.startswith(str(cleanup))]
