@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aiocsi._proto.csi import v1 as csi
-from aiocsi.server.interceptor import wrong_wire_type
+from aiocsi.server.wire import wrong_wire_type
 
 
 @pytest.mark.parametrize(

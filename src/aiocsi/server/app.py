@@ -18,8 +18,9 @@ from aiocsi.config import Config, EventLoop
 from aiocsi.engine.core import Engine
 from aiocsi.host.lock import PoolLocked
 from aiocsi.logging import configure, get_logger
-from aiocsi.server.interceptor import CallTracker, install
+from aiocsi.server.interceptor import install
 from aiocsi.server.socket import BoundSocket, SocketError, bind_unix_socket
+from aiocsi.server.tracker import CallTracker
 from aiocsi.services import build_services
 
 EXIT_OK = 0
