@@ -21,6 +21,7 @@ from aiocsi.config import (
     LogFormat,
     default_node_id,
     parse_endpoint,
+    parse_http_endpoint,
     parse_mode,
     parse_octal_mode,
     parse_size,
@@ -119,6 +120,13 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
         "1Gi",
         "size of a volume whose request names none",
     )
+    _flag(
+        p,
+        "--http-endpoint",
+        "AIOCSI_HTTP_ENDPOINT",
+        "",
+        "HOST:PORT serving /metrics, /healthz and /readyz (:9808 = every interface; empty = off)",
+    )
     p.add_argument(
         "--allow-mount-flag",
         action="append",
@@ -198,6 +206,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             ),
             allowed_path_roots=tuple(Path(r) for r in roots),
             allowed_mount_flags=_mount_flags(args),
+            http_endpoint=parse_http_endpoint(args.http_endpoint),
         )
     )
 

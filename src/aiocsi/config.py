@@ -72,6 +72,9 @@ class Config:
     allowed_path_roots: tuple[Path, ...] = field(default=(Path("/var/lib/kubelet"),))
     # Mount flags the operator allows beyond the built-in list (docs/security.md).
     allowed_mount_flags: frozenset[str] = frozenset()
+    # (host, port) of /metrics, /healthz and /readyz; None = not served. Host "" = every
+    # interface.
+    http_endpoint: tuple[str, int] | None = None
 
 
 def parse_endpoint(endpoint: str) -> Path:
@@ -94,6 +97,21 @@ def parse_endpoint(endpoint: str) -> Path:
             f"unix sockets allow at most {MAX_SOCKET_PATH_BYTES}"
         )
     return path
+
+
+def parse_http_endpoint(value: str) -> tuple[str, int] | None:
+    """`HOST:PORT`, `:PORT` (every interface) or `[::1]:PORT`; "" means off."""
+    text = value.strip()
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:  # noqa: PLR2004 - TCP
+        raise ConfigError(f"http endpoint {value!r}: expected HOST:PORT, e.g. :9808")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ConfigError(f"http endpoint {value!r}: put an IPv6 address in brackets")
+    return host, int(port)
 
 
 def parse_mode(value: str) -> Mode:

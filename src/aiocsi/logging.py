@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import sys
+import threading
 from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import structlog
@@ -17,6 +21,11 @@ SECRET_KEYS = frozenset({"secrets"})
 # Libraries whose debug output is every HTTP/2 header of every call: noise that costs time
 # per request and would put any metadata value a client sends into the log.
 QUIET_LIBRARIES = ("hpack", "h2")
+# Lines a stalled reader may leave waiting before new ones are dropped: a few seconds of a
+# busy driver's rpc lines, a few hundred KiB of memory.
+MAX_BUFFERED_LINES = 1024
+# Lines the writer thread joins into one write(2).
+_WRITE_BATCH = 256
 
 
 def _redact(value: object, secrets: frozenset[str]) -> object:
@@ -59,14 +68,115 @@ class _StdlibBridge(logging.Handler):
             self.handleError(record)
 
 
+@dataclass(frozen=True)
+class LogStatistics:
+    buffered: int
+    # Lines dropped since start because the buffer was full (or the reader gone).
+    dropped: int
+
+
+class LogStream:
+    """Log lines written to a file descriptor by a writer thread, never by the caller.
+
+    A reader that stops reading (a stuck log shipper, a paused terminal, a full journald)
+    blocks whoever writes to its pipe: here that is the writer thread alone. Lines that
+    arrive while the buffer is full are dropped and counted, and once a write goes through
+    again one `log_dropped` line says how many were lost.
+    """
+
+    def __init__(self, fd: int, max_lines: int = MAX_BUFFERED_LINES) -> None:
+        self._fd = fd
+        self._max_lines = max_lines
+        # str: a line; Event: a flush marker, set once everything before it is written;
+        # None: stop.
+        self._lines: queue.SimpleQueue[str | threading.Event | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._unreported = 0
+        self._dropped = 0
+        self._thread = threading.Thread(target=self._write_lines, name="aiocsi-log", daemon=True)
+        self._thread.start()
+
+    # structlog's logger interface: the rendered line, whatever the level.
+    def msg(self, message: str) -> None:
+        if (
+            self._lines.qsize() >= self._max_lines
+            and threading.current_thread() is not self._thread
+        ):
+            self._count_dropped(1)
+            return
+        self._lines.put(message + "\n")
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+    def statistics(self) -> LogStatistics:
+        return LogStatistics(self._lines.qsize(), self._dropped)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every line logged so far is written; False if `timeout` ran out."""
+        written = threading.Event()
+        self._lines.put(written)
+        return written.wait(timeout)
+
+    def close(self, timeout: float) -> bool:
+        """Write what is buffered (for at most `timeout` seconds) and stop the thread."""
+        flushed = self.flush(timeout)
+        self._lines.put(None)
+        self._thread.join(timeout=0.1 if flushed else 0)
+        return flushed
+
+    def _count_dropped(self, count: int) -> None:
+        with self._lock:
+            self._unreported += count
+            self._dropped += count
+
+    def _write_lines(self) -> None:
+        while (item := self._lines.get()) is not None:
+            batch, markers, stop = [item], [], False
+            while len(batch) < _WRITE_BATCH:
+                try:
+                    item = self._lines.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            lines = [line for line in batch if isinstance(line, str)]
+            markers = [marker for marker in batch if isinstance(marker, threading.Event)]
+            self._write("".join(lines).encode(errors="replace"), len(lines))
+            for marker in markers:
+                marker.set()
+            if stop:
+                return
+
+    def _write(self, data: bytes, lines: int) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            # The reader is gone (EPIPE) or the descriptor broken: nobody reads these lines.
+            self._count_dropped(lines)
+            return
+        with self._lock:
+            lost, self._unreported = self._unreported, 0
+        if lost:
+            # Back in the buffer through the pipeline, so it is rendered like any line.
+            get_logger("aiocsi.logging").warning("log_dropped", count=lost)
+
+
 def configure(
     log_format: str = "json",
     level: str = "info",
     stream: TextIO | None = None,
     *,
     cache: bool = False,
+    buffered: LogStream | None = None,
 ) -> None:
     """Configure structlog and the stdlib root logger once, at start.
+
+    With `buffered`, lines go through that stream's writer thread (`aiocsi serve`);
+    otherwise they are written to `stream` (default stdout) by the caller.
 
     With `cache`, each logger is built once, at its first use, instead of at every log
     call: right for a server that configures logging once; wrong for a test process that
@@ -88,7 +198,11 @@ def configure(
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, redact_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
-        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
+        logger_factory=(
+            (lambda *_: buffered)
+            if buffered is not None
+            else structlog.WriteLoggerFactory(file=stream or sys.stdout)
+        ),
         cache_logger_on_first_use=cache,
     )
     root = logging.getLogger()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 from aiocsi import threads
 from aiocsi.config import Config
@@ -35,13 +36,15 @@ class Engine:
         self.snapshots = SnapshotService(self.ctx)
         self.node = NodeService(self.ctx, self.volumes)
         self._lock = PoolLock(config.pool / LOCK_NAME)
+        # What the start-up reconcile repaired, by kind (read by metrics).
+        self.repaired: Counter[str] = Counter()
 
     async def start(self) -> None:
         """Prepare and lock the pool, open state, reconcile. Raises PoolLocked."""
         await threads.run_sync(self.ctx.pool.prepare)
         self._lock.acquire()
         await self.ctx.store.open()
-        await reconcile(self.ctx)
+        self.repaired = await reconcile(self.ctx)
 
     async def drain(self) -> None:
         await self.ctx.operations.drain()

@@ -14,7 +14,7 @@ from aiocsi import threads
 from aiocsi.errors import CommandFailed
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Sequence
+    from collections.abc import Callable, Collection, Sequence
 
 _log = structlog.get_logger("aiocsi.host")
 
@@ -22,6 +22,15 @@ _log = structlog.get_logger("aiocsi.host")
 NOT_FOUND_CODE = 127
 NOT_EXECUTABLE_CODE = 126
 _READ_CHUNK = 65536
+
+# Told how long each command took: (its name, e.g. "mkfs.ext4", seconds). Process-wide, like
+# the log configuration: set once by the server when metrics are served.
+_observer: list[Callable[[str, float], None]] = []
+
+
+def observe_commands(observer: Callable[[str, float], None] | None) -> None:
+    """Call `observer` after every command (None: stop)."""
+    _observer[:] = [] if observer is None else [observer]
 
 
 @dataclass(frozen=True)
@@ -100,11 +109,14 @@ async def run(
     command = tuple(argv)
     started = time.perf_counter()
     done = await _spawn(command)
+    seconds = time.perf_counter() - started
+    for observe in _observer:
+        observe(command[0].rpartition("/")[2], seconds)
     _log.debug(
         "host_command",
         argv=list(command),
         returncode=done.returncode,
-        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        duration_ms=round(seconds * 1000, 2),
     )
     if check and done.returncode not in ok_codes:
         raise CommandFailed(command, done.returncode, done.stderr)

@@ -17,14 +17,17 @@ from aiocsi import __version__, threads
 from aiocsi.config import Config, EventLoop
 from aiocsi.engine.core import Engine
 from aiocsi.host.lock import PoolLocked
-from aiocsi.logging import configure, get_logger
+from aiocsi.logging import LogStream, configure, get_logger
 from aiocsi.server.interceptor import install
+from aiocsi.server.operator import OperatorSide
 from aiocsi.server.socket import BoundSocket, SocketError, bind_unix_socket
 from aiocsi.server.tracker import CallTracker
 from aiocsi.services import build_services
 
 EXIT_OK = 0
 EXIT_STARTUP = 2
+# A second signal means "now": the log lines get this long to reach a slow reader.
+ABANDON_FLUSH = 1.0
 
 log = get_logger("aiocsi.server")
 
@@ -32,12 +35,17 @@ log = get_logger("aiocsi.server")
 class DriverServer:
     """The running driver: services on a socket, with a drain that honours a grace period."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, log_stream: LogStream | None = None) -> None:
         self.config = config
         self.tracker = CallTracker()
         self.engine = Engine(config)
         self._server = Server(build_services(config, self.engine))
-        install(self._server, self.tracker)
+        self.operator = (
+            OperatorSide(config, self.engine, self.tracker, log_stream)
+            if config.http_endpoint is not None
+            else None
+        )
+        install(self._server, self.tracker, self.operator.observers if self.operator else ())
         self._bound: BoundSocket | None = None
         self._started = False
 
@@ -50,6 +58,8 @@ class DriverServer:
         await self.engine.start()
         await self._server.start(sock=self._bound.sock)
         self._started = True
+        if self.operator is not None:
+            await self.operator.start()
         log.info(
             "serving",
             endpoint=str(self.config.socket_path),
@@ -98,6 +108,8 @@ class DriverServer:
         await self.engine.drain()
 
     async def close(self) -> None:
+        if self.operator is not None:
+            await self.operator.close()
         if self._bound is not None:
             self._bound.remove()
         if self._started:
@@ -126,10 +138,10 @@ class _Signals:
             loop.add_signal_handler(signum, self, signum)
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, log_stream: LogStream | None = None) -> int:
     signals = _Signals()
     signals.install()
-    driver = DriverServer(config)
+    driver = DriverServer(config, log_stream)
     try:
         await driver.start()
     except (SocketError, PoolLocked) as exc:
@@ -147,7 +159,8 @@ async def serve(config: Config) -> int:
         if signals.again.is_set() and driver.busy:
             # A second signal means "now": waiting for children (mkfs, copies) is not "now".
             await driver.abandon()
-            sys.stdout.flush()
+            if log_stream is not None:
+                await threads.run_sync(log_stream.flush, ABANDON_FLUSH)
             os._exit(EXIT_OK)
     finally:
         await driver.close()
@@ -163,6 +176,12 @@ def _loop_factory(kind: EventLoop) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def run(config: Config) -> int:
-    configure(config.log_format.value, config.log_level, cache=True)
-    with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
-        return runner.run(serve(config))
+    # Every line is written by the stream's thread: a reader that stops reading must not
+    # stop the loop (DESIGN.md §3).
+    log_stream = LogStream(sys.stdout.fileno())
+    configure(config.log_format.value, config.log_level, cache=True, buffered=log_stream)
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
+            return runner.run(serve(config, log_stream))
+    finally:
+        log_stream.close(timeout=config.shutdown_grace)

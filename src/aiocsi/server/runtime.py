@@ -1,0 +1,141 @@
+"""What a scrape reads: the runtime's statistics, and a census of the pool taken off the loop.
+
+The adapters here are the one place that knows where each number lives (the call tracker,
+the operations registry, the worker pool, the store), so metrics.py renders plain data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiocsi import threads
+from aiocsi.engine.pool import Pool
+from aiocsi.host import loop
+from aiocsi.metrics import (
+    OperationCounts,
+    PoolCensus,
+    Runtime,
+    StoreCounts,
+    WorkerCounts,
+)
+
+if TYPE_CHECKING:
+    from aiocsi.engine.core import Engine
+    from aiocsi.logging import LogStream
+    from aiocsi.server.tracker import CallTracker
+
+# Counted by the database itself, in one read transaction of a connection of our own:
+# a scrape never makes the event loop walk 10,000 rows, nor waits behind the store's writes.
+_VOLUMES_BY_STATE = "SELECT state, COUNT(*) FROM volumes GROUP BY state"
+_SNAPSHOTS_BY_STATE = (
+    "SELECT CASE ready WHEN 1 THEN 'ready' ELSE 'creating' END, COUNT(*)"
+    " FROM snapshots GROUP BY ready"
+)
+_PROVISIONED = (
+    "SELECT (SELECT COALESCE(SUM(capacity_bytes), 0) FROM volumes)"
+    " + (SELECT COALESCE(SUM(size_bytes), 0) FROM snapshots)"
+)
+BLOCK = 512  # st_blocks counts 512-byte units whatever the filesystem's block size
+
+
+def _allocated(directory: Path) -> int:
+    total = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.endswith(".img"):
+                with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                    total += entry.stat(follow_symlinks=False).st_blocks * BLOCK
+    return total
+
+
+def _attached(pool: Pool) -> int:
+    backing = loop.all_loop_backing_files().values()
+    return sum(1 for b in backing if pool.owns_image(loop.attached_path(b)))
+
+
+def pool_census(pool: Pool, database: Path) -> PoolCensus:
+    """Bytes, devices and rows of the pool (blocking: call from a worker thread)."""
+    fs = os.statvfs(pool.root)
+    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True, isolation_level=None)
+    try:
+        db.execute("BEGIN")
+        volumes = dict(db.execute(_VOLUMES_BY_STATE).fetchall())
+        snapshots = dict(db.execute(_SNAPSHOTS_BY_STATE).fetchall())
+        provisioned = int(db.execute(_PROVISIONED).fetchone()[0])
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    return PoolCensus(
+        total_bytes=fs.f_blocks * fs.f_frsize,
+        free_bytes=fs.f_bavail * fs.f_frsize,
+        provisioned_bytes=provisioned,
+        used_bytes=_allocated(pool.volumes_dir) + _allocated(pool.snapshots_dir),
+        loop_devices=_attached(pool),
+        volumes=volumes,
+        snapshots=snapshots,
+    )
+
+
+def _operations(engine: Engine) -> OperationCounts:
+    operations = engine.ctx.operations
+    statistics: Callable[[], object] | None = getattr(operations, "statistics", None)
+    if statistics is None:
+        return OperationCounts(running=operations.active)
+    s = statistics()
+    return OperationCounts(
+        running=s.running,  # type: ignore[attr-defined]
+        queued=s.queued,  # type: ignore[attr-defined]
+        joined=s.joined,  # type: ignore[attr-defined]
+        refused=s.refused,  # type: ignore[attr-defined]
+    )
+
+
+def _workers(engine: Engine) -> WorkerCounts:
+    pool = getattr(engine, "workers", None)
+    if pool is not None:
+        s = pool.statistics()
+        return WorkerCounts(limit=s.limit, threads=s.threads, busy=s.busy, queued=s.queued)
+    # The process-wide pool before the engine owned one.
+    w = threads._workers  # noqa: SLF001 - read-only, until the pool has statistics()
+    return WorkerCounts(
+        limit=w._limit,  # noqa: SLF001 - same
+        threads=w._threads,  # noqa: SLF001 - same
+        busy=w._threads - w._idle,  # noqa: SLF001 - same
+        queued=w._queued,  # noqa: SLF001 - same
+    )
+
+
+def _store(engine: Engine) -> StoreCounts | None:
+    statistics: Callable[[], object] | None = getattr(engine.ctx.store, "statistics", None)
+    if statistics is None:
+        return None
+    s = statistics()
+    return StoreCounts(
+        commits=s.commits,  # type: ignore[attr-defined]
+        jobs=s.jobs,  # type: ignore[attr-defined]
+        failed_jobs=s.failed_jobs,  # type: ignore[attr-defined]
+        queued=s.queued,  # type: ignore[attr-defined]
+    )
+
+
+async def take_snapshot(
+    engine: Engine, tracker: CallTracker, log_stream: LogStream | None
+) -> Runtime:
+    """The numbers of one scrape: counters read on the loop, the census in a worker."""
+    calls = tracker.statistics()
+    census = await threads.run_sync(pool_census, engine.ctx.pool, engine.ctx.store.path)
+    return Runtime(
+        calls_in_flight=calls.active,
+        calls_refused_draining=calls.refused_draining,
+        operations=_operations(engine),
+        pool=census,
+        workers=_workers(engine),
+        store=_store(engine),
+        repairs=dict(engine.repaired),
+        log_lines_dropped=log_stream.statistics().dropped if log_stream is not None else None,
+    )
