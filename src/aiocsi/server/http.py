@@ -70,7 +70,7 @@ class OperatorEndpoint:
         self._snapshot = snapshot
         self._health = health
         self._lag = lag
-        self._max_lag = max_lag
+        self.max_lag = max_lag
         # One scrape renders at a time: the collector holds the scrape's snapshot.
         self._scrape = asyncio.Lock()
         self._server: asyncio.Server | None = None
@@ -134,10 +134,10 @@ class OperatorEndpoint:
 
     def _healthz(self) -> Reply:
         lag = self._lag.current()
-        if lag > self._max_lag:
+        if lag > self.max_lag:
             return _text(
                 HTTPStatus.SERVICE_UNAVAILABLE,
-                f"event loop lag {lag:.3f} s is over {self._max_lag:.3f} s",
+                f"event loop lag {lag:.3f} s is over {self.max_lag:.3f} s",
             )
         return _text(HTTPStatus.OK, "ok")
 

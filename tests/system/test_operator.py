@@ -1,0 +1,322 @@
+"""What an operator sees (issue 13): metrics during a real lifecycle, health endpoints, rpc
+lines naming Kubernetes objects, and a log stream whose reader may stall."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from structlog.testing import capture_logs
+
+from aiocsi._proto.csi import v1 as csi
+from aiocsi.host.loop import all_loop_backing_files
+
+from .conftest import Csi, Driver, driver_config, mount_capability, running_driver, volume_id_of
+from .operator import CREATE, DELETE, STAGE, Scrape, http_get, scrape
+from .process import aiocsi_argv, answers, slow_tool_dir, wait_for_slow_tools, wait_until_started
+
+pytestmark = pytest.mark.system
+
+MiB = 1024 * 1024
+PROBES = 3000
+
+
+@pytest.fixture
+async def driver(cleanup: Path) -> AsyncIterator[Driver]:
+    """A driver with its operator endpoint on a port of the kernel's choice."""
+    config = driver_config(cleanup, http_endpoint=("127.0.0.1", 0))
+    async with running_driver(config, cleanup) as running:
+        yield running
+
+
+def _address(driver: Driver) -> tuple[str, int]:
+    assert driver.server.operator is not None
+    return driver.server.operator.endpoint.address
+
+
+def _allocated(pool: Path) -> int:
+    images = [*pool.glob("volumes/*.img"), *pool.glob("snapshots/*.img")]
+    return sum(image.stat().st_blocks * 512 for image in images)
+
+
+def _attached(pool: Path) -> int:
+    return sum(1 for b in all_loop_backing_files().values() if b.startswith(f"{pool}/"))
+
+
+async def _stage_held_in_mkfs(
+    driver: Driver, volume_id: str, staging: Path, monkeypatch: pytest.MonkeyPatch
+) -> Scrape:
+    """Stage with a slow mkfs; scrape while it runs and have a different operation refused."""
+    client, address = driver.client, _address(driver)
+    slowbin = slow_tool_dir(driver.root, "mkfs.ext4", 1.0)
+    monkeypatch.setenv("PATH", f"{slowbin}:{os.environ['PATH']}")
+    stage = asyncio.create_task(
+        client.node.node_stage_volume(
+            csi.NodeStageVolumeRequest(
+                volume_id=volume_id,
+                staging_target_path=str(staging),
+                volume_capability=mount_capability(),
+            )
+        )
+    )
+    try:
+        await wait_until_started(slowbin)
+        during = await scrape(address)
+        with pytest.raises(GRPCError) as refused:
+            await client.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id))
+        assert refused.value.status is Status.ABORTED
+    finally:
+        await stage
+        await wait_for_slow_tools(slowbin)
+    return during
+
+
+async def test_a_lifecycle_is_counted_exactly(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address, client = _address(driver), driver.client
+    first = await scrape(address)
+    assert first.calls(CREATE, "OK") == 0
+    assert first("aiocsi_operations_in_flight") == 0
+    created = await client.controller.create_volume(
+        csi.CreateVolumeRequest(
+            name="m1",
+            volume_capabilities=[mount_capability()],
+            capacity_range=csi.CapacityRange(required_bytes=16 * MiB),
+        )
+    )
+    volume_id = volume_id_of(created)
+    with pytest.raises(GRPCError) as invalid:
+        await client.controller.create_volume(csi.CreateVolumeRequest(name=""))
+    assert invalid.value.status is Status.INVALID_ARGUMENT
+    after_create = await scrape(address)
+    assert after_create.calls(CREATE, "OK") == 1
+    assert after_create.calls(CREATE, "InvalidArgument") == 1
+    assert after_create("aiocsi_volumes", state="ready") == 1
+    assert after_create("aiocsi_pool_provisioned_bytes") == 16 * MiB
+
+    staging = driver.root / "staging"
+    staging.mkdir()
+    during = await _stage_held_in_mkfs(driver, volume_id, staging, monkeypatch)
+    assert during("aiocsi_operations_in_flight") == 1
+    assert during("aiocsi_calls_in_flight") == 1
+    assert during.calls(STAGE, "OK") == 0
+
+    staged = await scrape(address)
+    assert staged("aiocsi_operations_in_flight") == 0
+    assert staged("aiocsi_calls_in_flight") == 0
+    assert staged.calls(DELETE, "Aborted") == 1
+    assert staged.calls(STAGE, "OK") == 1
+    assert staged("aiocsi_command_seconds_count", command="mkfs.ext4") == 1
+    assert staged("aiocsi_loop_devices_attached") == 1 == _attached(driver.pool)
+    fs = os.statvfs(driver.pool)
+    assert staged("aiocsi_pool_total_bytes") == fs.f_blocks * fs.f_frsize
+    # ext4's lazy inode-table init may still be allocating blocks of the image: bound it.
+    used_before = _allocated(driver.pool)
+    used = (await scrape(address))("aiocsi_pool_used_bytes")
+    assert used_before <= used <= _allocated(driver.pool)
+    assert used > 0
+
+    await client.node.node_unstage_volume(
+        csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(staging))
+    )
+    await client.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id))
+    last = await scrape(address)
+    assert last.calls(DELETE, "OK") == 1
+    assert last.labelled("aiocsi_volumes", "state") == {}
+    assert last("aiocsi_pool_provisioned_bytes") == 0
+    assert last("aiocsi_pool_used_bytes") == 0
+    assert last("aiocsi_loop_devices_attached") == 0
+    assert last("aiocsi_event_loop_lag_seconds_count") > 0
+
+
+async def test_readyz_and_healthz_answer_200_when_healthy(driver: Driver) -> None:
+    address = _address(driver)
+    assert await http_get(address, "/healthz") == (200, "ok\n")
+    assert await http_get(address, "/readyz") == (200, "ok\n")
+    status, _ = await http_get(address, "/nothing")
+    assert status == 404
+
+
+async def test_readyz_is_503_with_the_reason_when_mkfs_is_missing(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bindir = driver.root / "bin"
+    bindir.mkdir()
+    for tool in ("blkid", "e2fsck", "resize2fs"):  # mkfs.ext4 left out
+        found = shutil.which(tool)
+        assert found is not None
+        (bindir / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(bindir))
+    driver.server.engine.health.max_age = 0
+    status, body = await http_get(_address(driver), "/readyz")
+    assert status == 503
+    assert body == "host tool 'mkfs.ext4' not found in PATH\n"
+    # /healthz is about the process, not the host: still fine.
+    assert (await http_get(_address(driver), "/healthz"))[0] == 200
+
+
+async def test_healthz_is_503_while_the_loop_lags(driver: Driver) -> None:
+    assert driver.server.operator is not None
+    endpoint = driver.server.operator.endpoint
+    endpoint.max_lag = 0.05
+    # The request is sent from a thread while the driver's loop stalls.
+    loop = asyncio.get_running_loop()
+    request = loop.run_in_executor(None, _blocking_get, endpoint.address, "/healthz")
+    time.sleep(0.3)  # noqa: ASYNC251 - the stall under test
+    status, body = await request
+    assert status == 503
+    assert body.startswith("event loop lag ")
+    await asyncio.sleep(0.3)  # the watchdog wakes on time again
+    assert (await http_get(endpoint.address, "/healthz"))[0] == 200
+
+
+async def test_rpc_lines_name_the_pvc_pv_and_pod(driver: Driver) -> None:
+    client, cap = driver.client, mount_capability()
+    metadata = {
+        "csi.storage.k8s.io/pvc/namespace": "shop",
+        "csi.storage.k8s.io/pvc/name": "data-db-0",
+        "csi.storage.k8s.io/pv/name": "pvc-1234",
+    }
+    pod = {"csi.storage.k8s.io/pod.namespace": "shop", "csi.storage.k8s.io/pod.name": "db-0"}
+    staging, target = driver.root / "st", driver.root / "tg"
+    staging.mkdir()
+    with capture_logs() as logs:
+        created = await client.controller.create_volume(
+            csi.CreateVolumeRequest(name="k8s", volume_capabilities=[cap], parameters=metadata)
+        )
+        volume_id = volume_id_of(created)
+        await client.node.node_stage_volume(
+            csi.NodeStageVolumeRequest(
+                volume_id=volume_id, staging_target_path=str(staging), volume_capability=cap
+            )
+        )
+        await client.node.node_publish_volume(
+            csi.NodePublishVolumeRequest(
+                volume_id=volume_id,
+                staging_target_path=str(staging),
+                target_path=str(target),
+                volume_capability=cap,
+                volume_context=pod,
+            )
+        )
+    await client.node.node_unpublish_volume(
+        csi.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target))
+    )
+    await client.node.node_unstage_volume(
+        csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(staging))
+    )
+    await client.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id))
+    rpc = {e["method"]: e for e in logs if e["event"] == "rpc"}
+    create, stage, publish = rpc["CreateVolume"], rpc["NodeStageVolume"], rpc["NodePublishVolume"]
+    assert (create["pvc_namespace"], create["pvc_name"], create["pv_name"]) == (
+        "shop",
+        "data-db-0",
+        "pvc-1234",
+    )
+    assert create["volume_id"] == volume_id
+    assert (publish["pod_namespace"], publish["pod_name"]) == ("shop", "db-0")
+    assert "pod_name" not in create
+    assert "pvc_name" not in stage
+    assert "pod_name" not in stage
+
+
+def _blocking_get(address: tuple[str, int], path: str) -> tuple[int, str]:
+    with socket.create_connection(address, timeout=10) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def _probe_many(client: Csi, count: int, concurrency: int = 8) -> int:
+    answered = 0
+
+    async def worker(share: int) -> None:
+        nonlocal answered
+        for _ in range(share):
+            reply = await client.identity.probe(csi.ProbeRequest(), timeout=5)
+            answered += 1 if reply.ready else 0
+
+    await asyncio.gather(*(worker(count // concurrency) for _ in range(concurrency)))
+    return answered
+
+
+@contextlib.asynccontextmanager
+async def _serve_unread(root: Path, port: int) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """`aiocsi serve` whose stdout is a pipe that nobody reads (until the test does)."""
+    sock = root / "unread.sock"
+    argv = [
+        *aiocsi_argv(),
+        "serve",
+        f"--endpoint=unix://{sock}",
+        f"--pool={root / 'pool'}",
+        "--node-id=test-node",
+        f"--allowed-path-root={root}",
+        "--shutdown-grace=10",
+        f"--http-endpoint=127.0.0.1:{port}",
+    ]
+    with (root / "unread.err").open("wb") as stderr:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr)  # noqa: ASYNC220 - a fork
+    try:
+        deadline = time.monotonic() + 15
+        while not answers(sock):
+            assert proc.poll() is None, (root / "unread.err").read_text()
+            assert time.monotonic() < deadline, "aiocsi serve did not start"
+            await asyncio.sleep(0.02)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        assert proc.stdout is not None
+        proc.stdout.close()
+        proc.wait(timeout=10)
+
+
+async def test_a_reader_that_stops_reading_costs_log_lines_not_calls(cleanup: Path) -> None:
+    port = _free_port()
+    async with _serve_unread(cleanup, port) as proc:
+        client = Csi.connect(cleanup / "unread.sock")
+        try:
+            started = time.monotonic()
+            answered = await asyncio.wait_for(_probe_many(client, PROBES), timeout=30)
+            elapsed = time.monotonic() - started
+        finally:
+            client.channel.close()
+        assert answered == PROBES
+        assert elapsed < 30
+        dropped = (await scrape(("127.0.0.1", port)))("aiocsi_log_lines_dropped_total")
+        assert dropped > 0
+        # Read the pipe again: the buffered lines, then the notice, then the shutdown's.
+        assert proc.stdout is not None
+        reading = asyncio.create_task(asyncio.to_thread(proc.stdout.read))
+        proc.send_signal(signal.SIGTERM)
+        output = await asyncio.wait_for(reading, timeout=30)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    events = [json.loads(line) for line in output.decode().splitlines()]
+    notices = [e for e in events if e["event"] == "log_dropped"]
+    assert notices
+    assert notices[0]["count"] > 0
+    assert sum(e["count"] for e in notices) >= dropped
+    assert events[-1]["event"] == "stopped"
