@@ -76,8 +76,11 @@ def test_observed_calls_land_in_the_kubernetes_csi_histogram() -> None:
     census = PoolCensus(100, 50, 10, 5, 0, volumes={"ready": 2}, snapshots={})
     text = metrics.render(Runtime(0, 0, OperationCounts(running=0), census)).decode()
     samples = _samples(text)
-    probe = (("driver_name", "drv"), ("grpc_status_code", "OK"))
-    probe += (("method_name", "/csi.v1.Identity/Probe"),)
+    probe = (
+        ("driver_name", "drv"),
+        ("grpc_status_code", "OK"),
+        ("method_name", "/csi.v1.Identity/Probe"),
+    )
     assert samples["csi_plugin_operations_seconds_count", probe] == 2
     le_01 = tuple(sorted((*probe, ("le", "0.1"))))
     assert samples["csi_plugin_operations_seconds_bucket", le_01] == 1
@@ -89,8 +92,11 @@ def test_observed_calls_land_in_the_kubernetes_csi_histogram() -> None:
         and labels["le"] != "+Inf"
     ]
     assert buckets == [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 25, 50, 120, 300, 600]
-    stage = (("driver_name", "drv"), ("grpc_status_code", "NotFound"))
-    stage += (("method_name", "/csi.v1.Node/NodeStageVolume"),)
+    stage = (
+        ("driver_name", "drv"),
+        ("grpc_status_code", "NotFound"),
+        ("method_name", "/csi.v1.Node/NodeStageVolume"),
+    )
     assert samples["csi_plugin_operations_seconds_count", stage] == 1
     assert samples["aiocsi_volumes", (("state", "ready"),)] == 2
     # Not counted by the runtime: not exported, rather than shown as 0.

@@ -47,15 +47,13 @@ def _our_sources() -> list[Path]:
 
 def _private_uses(path: Path, names: set[str]) -> list[str]:
     """`obj._name` for a grpclib private name, on anything but `self`/`cls`."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if (
-            isinstance(node, ast.Attribute)
-            and node.attr in names
-            and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
-        ):
-            found.append(f"{path.relative_to(SRC)}:{node.lineno} {node.attr}")
-    return found
+    return [
+        f"{path.relative_to(SRC)}:{node.lineno} {node.attr}"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute)
+        and node.attr in names
+        and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+    ]
 
 
 def _private_imports(path: Path) -> list[str]:
