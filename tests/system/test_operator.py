@@ -185,52 +185,48 @@ async def test_healthz_is_503_while_the_loop_lags(driver: Driver) -> None:
 
 async def test_rpc_lines_name_the_pvc_pv_and_pod(driver: Driver) -> None:
     client, cap = driver.client, mount_capability()
-    metadata = {
+    claim = {
         "csi.storage.k8s.io/pvc/namespace": "shop",
         "csi.storage.k8s.io/pvc/name": "data-db-0",
         "csi.storage.k8s.io/pv/name": "pvc-1234",
     }
-    pod = {"csi.storage.k8s.io/pod.namespace": "shop", "csi.storage.k8s.io/pod.name": "db-0"}
-    staging, target = driver.root / "st", driver.root / "tg"
-    staging.mkdir()
+    pod = {
+        "csi.storage.k8s.io/ephemeral": "true",  # an inline volume: no stage needed
+        "csi.storage.k8s.io/pod.namespace": "shop",
+        "csi.storage.k8s.io/pod.name": "db-0",
+    }
+    inline_id, target = "csi-" + "ab" * 30, driver.root / "pod" / "vol"
+    target.parent.mkdir()
     with capture_logs() as logs:
         created = await client.controller.create_volume(
-            csi.CreateVolumeRequest(name="k8s", volume_capabilities=[cap], parameters=metadata)
+            csi.CreateVolumeRequest(name="k8s", volume_capabilities=[cap], parameters=claim)
         )
-        volume_id = volume_id_of(created)
-        await client.node.node_stage_volume(
-            csi.NodeStageVolumeRequest(
-                volume_id=volume_id, staging_target_path=str(staging), volume_capability=cap
-            )
+        await client.controller.delete_volume(
+            csi.DeleteVolumeRequest(volume_id=volume_id_of(created))
         )
         await client.node.node_publish_volume(
             csi.NodePublishVolumeRequest(
-                volume_id=volume_id,
-                staging_target_path=str(staging),
+                volume_id=inline_id,
                 target_path=str(target),
                 volume_capability=cap,
                 volume_context=pod,
             )
         )
-    await client.node.node_unpublish_volume(
-        csi.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target))
-    )
-    await client.node.node_unstage_volume(
-        csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(staging))
-    )
-    await client.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id))
+        await client.node.node_unpublish_volume(
+            csi.NodeUnpublishVolumeRequest(volume_id=inline_id, target_path=str(target))
+        )
     rpc = {e["method"]: e for e in logs if e["event"] == "rpc"}
-    create, stage, publish = rpc["CreateVolume"], rpc["NodeStageVolume"], rpc["NodePublishVolume"]
-    assert (create["pvc_namespace"], create["pvc_name"], create["pv_name"]) == (
+    create, publish = rpc["CreateVolume"], rpc["NodePublishVolume"]
+    assert [create[f] for f in ("pvc_namespace", "pvc_name", "pv_name")] == [
         "shop",
         "data-db-0",
         "pvc-1234",
-    )
-    assert create["volume_id"] == volume_id
+    ]
+    assert create["volume_id"] == volume_id_of(created)
     assert (publish["pod_namespace"], publish["pod_name"]) == ("shop", "db-0")
     assert "pod_name" not in create
-    assert "pvc_name" not in stage
-    assert "pod_name" not in stage
+    for other in (rpc["DeleteVolume"], rpc["NodeUnpublishVolume"]):
+        assert not {"pvc_name", "pod_name"} & set(other)
 
 
 def _blocking_get(address: tuple[str, int], path: str) -> tuple[int, str]:

@@ -7,11 +7,12 @@ the operations registry, the worker pool, the store), so metrics.py renders plai
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from aiocsi import threads
 from aiocsi.engine.pool import Pool
@@ -81,25 +82,26 @@ def pool_census(pool: Pool, database: Path) -> PoolCensus:
     )
 
 
+_Counts = TypeVar("_Counts", OperationCounts, WorkerCounts, StoreCounts)
+
+
+def _counts(kind: type[_Counts], statistics: object) -> _Counts:
+    """`kind` filled from the runtime's frozen statistics, field by field of the same name."""
+    return kind(**{f.name: getattr(statistics, f.name) for f in dataclasses.fields(kind)})
+
+
 def _operations(engine: Engine) -> OperationCounts:
     operations = engine.ctx.operations
     statistics: Callable[[], object] | None = getattr(operations, "statistics", None)
     if statistics is None:
         return OperationCounts(running=operations.active)
-    s = statistics()
-    return OperationCounts(
-        running=s.running,  # type: ignore[attr-defined]
-        queued=s.queued,  # type: ignore[attr-defined]
-        joined=s.joined,  # type: ignore[attr-defined]
-        refused=s.refused,  # type: ignore[attr-defined]
-    )
+    return _counts(OperationCounts, statistics())
 
 
 def _workers(engine: Engine) -> WorkerCounts:
     pool = getattr(engine, "workers", None)
     if pool is not None:
-        s = pool.statistics()
-        return WorkerCounts(limit=s.limit, threads=s.threads, busy=s.busy, queued=s.queued)
+        return _counts(WorkerCounts, pool.statistics())
     # The process-wide pool before the engine owned one.
     w = threads._workers  # noqa: SLF001 - read-only, until the pool has statistics()
     return WorkerCounts(
@@ -112,15 +114,7 @@ def _workers(engine: Engine) -> WorkerCounts:
 
 def _store(engine: Engine) -> StoreCounts | None:
     statistics: Callable[[], object] | None = getattr(engine.ctx.store, "statistics", None)
-    if statistics is None:
-        return None
-    s = statistics()
-    return StoreCounts(
-        commits=s.commits,  # type: ignore[attr-defined]
-        jobs=s.jobs,  # type: ignore[attr-defined]
-        failed_jobs=s.failed_jobs,  # type: ignore[attr-defined]
-        queued=s.queued,  # type: ignore[attr-defined]
-    )
+    return None if statistics is None else _counts(StoreCounts, statistics())
 
 
 async def take_snapshot(
