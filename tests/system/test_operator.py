@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -21,9 +22,21 @@ from grpclib.exceptions import GRPCError
 from structlog.testing import capture_logs
 
 from aiocsi._proto.csi import v1 as csi
+from aiocsi.engine.pool import Pool, new_volume_id
 from aiocsi.host.loop import all_loop_backing_files
+from aiocsi.models import Volume, VolumeState
+from aiocsi.state.store import DB_NAME, Store
 
-from .conftest import Csi, Driver, driver_config, mount_capability, running_driver, volume_id_of
+from .conftest import (
+    MAX_LOOP_STALL,
+    Csi,
+    Driver,
+    LoopWatchdog,
+    driver_config,
+    mount_capability,
+    running_driver,
+    volume_id_of,
+)
 from .operator import CREATE, DELETE, STAGE, Scrape, http_get, scrape
 from .process import aiocsi_argv, answers, slow_tool_dir, wait_for_slow_tools, wait_until_started
 
@@ -227,6 +240,47 @@ async def test_rpc_lines_name_the_pvc_pv_and_pod(driver: Driver) -> None:
     assert "pod_name" not in create
     for other in (rpc["DeleteVolume"], rpc["NodeUnpublishVolume"]):
         assert not {"pvc_name", "pod_name"} & set(other)
+
+
+def _seed(pool: Path, count: int) -> None:
+    """`count` ready volumes, each with its sparse image, as if created one by one."""
+    layout = Pool(pool)
+    layout.prepare()
+    volumes = [
+        Volume(new_volume_id(), f"seed-{n}", MiB, VolumeState.READY, "test-node")
+        for n in range(count)
+    ]
+    for volume in volumes:
+        with layout.volume_image(volume.id).open("wb") as image:
+            image.truncate(MiB)
+
+    async def insert() -> None:
+        store = Store(pool / DB_NAME)
+        await store.open()
+        try:
+            await asyncio.gather(*(store.insert_volume(v) for v in volumes))
+        finally:
+            await store.close()
+
+    asyncio.run(insert())
+
+
+async def test_a_scrape_of_10000_volumes_does_not_stall_the_loop(cleanup: Path) -> None:
+    config = driver_config(cleanup, http_endpoint=("127.0.0.1", 0))
+    await asyncio.to_thread(_seed, config.pool, 10_000)
+    async with running_driver(config, cleanup) as driver:
+        address = _address(driver)
+        gc.collect()
+        watchdog = LoopWatchdog()
+        watching = asyncio.create_task(watchdog.run())
+        try:
+            scrapes = [await scrape(address) for _ in range(3)]
+        finally:
+            watching.cancel()
+    assert all(s("aiocsi_volumes", state="ready") == 10_000 for s in scrapes)
+    assert scrapes[-1]("aiocsi_pool_provisioned_bytes") == 10_000 * MiB
+    assert watchdog.samples > 0
+    assert watchdog.worst < MAX_LOOP_STALL, f"a scrape stalled the loop {watchdog.worst:.3f} s"
 
 
 def _blocking_get(address: tuple[str, int], path: str) -> tuple[int, str]:
