@@ -38,7 +38,14 @@ from .conftest import (
     volume_id_of,
 )
 from .operator import CREATE, DELETE, STAGE, Scrape, http_get, scrape
-from .process import aiocsi_argv, answers, slow_tool_dir, wait_for_slow_tools, wait_until_started
+from .process import (
+    aiocsi_argv,
+    answers,
+    run_cli,
+    slow_tool_dir,
+    wait_for_slow_tools,
+    wait_until_started,
+)
 
 pytestmark = pytest.mark.system
 
@@ -179,6 +186,44 @@ async def test_readyz_is_503_with_the_reason_when_mkfs_is_missing(
     assert body == "host tool 'mkfs.ext4' not found in PATH\n"
     # /healthz is about the process, not the host: still fine.
     assert (await http_get(_address(driver), "/healthz"))[0] == 200
+
+
+async def test_a_failing_scrape_is_a_500_and_one_log_line(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert driver.server.operator is not None
+
+    async def broken() -> None:
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(driver.server.operator.endpoint, "_snapshot", broken)
+    with capture_logs() as logs:
+        status, _ = await http_get(_address(driver), "/metrics")
+    assert status == 500
+    [failure] = [e for e in logs if e["event"] == "http_request_failed"]
+    assert failure["error_type"] == "ZeroDivisionError"
+    assert (await http_get(_address(driver), "/healthz"))[0] == 200
+
+
+def test_a_taken_http_port_is_a_startup_failure(cleanup: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli(
+            [
+                "serve",
+                f"--endpoint=unix://{cleanup / 'taken.sock'}",
+                f"--pool={cleanup / 'pool'}",
+                "--node-id=test-node",
+                f"--http-endpoint=127.0.0.1:{port}",
+            ]
+        )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"aiocsi serve: error: http endpoint 127.0.0.1:{port}: Address already in use"
+    )
+    assert not (cleanup / "taken.sock").exists()
 
 
 async def test_healthz_is_503_while_the_loop_lags(driver: Driver) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -21,6 +22,7 @@ from aiocsi.engine.health import HealthChecker
 from aiocsi.logging import get_logger
 from aiocsi.metrics import CONTENT_TYPE, Metrics, Runtime
 from aiocsi.server.lag import MAX_HEALTHY_LAG, LoopLag
+from aiocsi.server.socket import SocketError
 
 log = get_logger("aiocsi.http")
 
@@ -83,9 +85,15 @@ class OperatorEndpoint:
         return host, port
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._serve, self._host, self._port, limit=MAX_REQUEST_BYTES
-        )
+        """Listen; raises SocketError (one line for the operator) if the port is taken."""
+        try:
+            self._server = await asyncio.start_server(
+                self._serve, self._host, self._port, limit=MAX_REQUEST_BYTES
+            )
+        except OSError as exc:
+            where = f"{self._host or ''}:{self._port}"
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise SocketError(f"http endpoint {where}: {reason}") from None
         host, port = self.address
         log.info(
             "http_serving", address=f"{host}:{port}", paths=["/metrics", "/healthz", "/readyz"]
@@ -101,7 +109,13 @@ class OperatorEndpoint:
         try:
             async with asyncio.timeout(READ_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
-            reply = await self._answer(head)
+            try:
+                reply = await self._answer(head)
+            except Exception as exc:
+                log.exception("http_request_failed", error_type=type(exc).__name__)
+                reply = _text(
+                    HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the driver log"
+                )
             writer.write(reply.encode())
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
