@@ -131,7 +131,7 @@ class LogStream:
 
     def _write_lines(self) -> None:
         while (item := self._lines.get()) is not None:
-            batch, markers, stop = [item], [], False
+            batch, stop = [item], False
             while len(batch) < _WRITE_BATCH:
                 try:
                     item = self._lines.get_nowait()
