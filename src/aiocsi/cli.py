@@ -120,12 +120,11 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
         "1Gi",
         "size of a volume whose request names none",
     )
-    _flag(
-        p,
+    p.add_argument(
         "--http-endpoint",
-        "AIOCSI_HTTP_ENDPOINT",
-        "",
-        "HOST:PORT serving /metrics, /healthz and /readyz (:9808 = every interface; empty = off)",
+        default=_env("AIOCSI_HTTP_ENDPOINT", ""),
+        help="HOST:PORT serving /metrics, /healthz and /readyz (:9808 = every interface) "
+        "[env AIOCSI_HTTP_ENDPOINT; default: off]",
     )
     p.add_argument(
         "--allow-mount-flag",
