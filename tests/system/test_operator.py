@@ -189,7 +189,7 @@ async def test_a_failing_scrape_is_a_500_and_one_log_line(
     async def broken() -> None:
         raise ZeroDivisionError
 
-    monkeypatch.setattr(driver.server.operator.endpoint, "_snapshot", broken)
+    monkeypatch.setattr(driver.server.operator.endpoint, "_metrics_text", broken)
     with capture_logs() as logs:
         status, _ = await http_get(_address(driver), "/metrics")
     assert status == 500

@@ -1,11 +1,12 @@
 """The operator endpoint (`--http-endpoint`): /metrics, /healthz and /readyz.
 
-An asyncio server on the driver's own loop, with the rendering in a worker thread. On the
-loop because that is what /healthz must vouch for (a stalled loop does not answer, which is
-the right answer) and because the statistics it reads belong to the loop: read from a
-thread of its own (prometheus_client's `start_http_server`), they could be caught half
-updated. The work that grows with the pool (the census, the text rendering) runs in
-worker threads, so a scrape of a pool with 10,000 volumes costs the loop a few callbacks.
+An asyncio server on the driver's own loop, with the rendering in a worker thread
+(`metrics_text` sees to that). On the loop because that is what /healthz must vouch for
+(a stalled loop does not answer, which is the right answer) and because the statistics it
+reads belong to the loop: read from a thread of its own (prometheus_client's
+`start_http_server`), they could be caught half updated. The work that grows with the
+pool (the census, the text rendering) runs in worker threads, so a scrape of a pool with
+10,000 volumes costs the loop a few callbacks.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from aiocsi import threads
 from aiocsi.engine.health import HealthChecker
 from aiocsi.logging import get_logger
-from aiocsi.metrics import CONTENT_TYPE, Metrics, Runtime
+from aiocsi.metrics import CONTENT_TYPE
 from aiocsi.server.lag import MAX_HEALTHY_LAG, LoopLag
 from aiocsi.server.socket import SocketError
 
@@ -60,21 +60,17 @@ class OperatorEndpoint:
         host: str,
         port: int,
         *,
-        metrics: Metrics,
-        snapshot: Callable[[], Awaitable[Runtime]],
+        metrics_text: Callable[[], Awaitable[bytes]],
         health: HealthChecker,
         lag: LoopLag,
         max_lag: float = MAX_HEALTHY_LAG,
     ) -> None:
         self._host = host or None  # "" = every interface, as Go's ":8080"
         self._port = port
-        self._metrics = metrics
-        self._snapshot = snapshot
+        self._metrics_text = metrics_text
         self._health = health
         self._lag = lag
         self.max_lag = max_lag
-        # One scrape renders at a time: the collector holds the scrape's snapshot.
-        self._scrape = asyncio.Lock()
         self._server: asyncio.Server | None = None
 
     @property
@@ -141,10 +137,7 @@ class OperatorEndpoint:
         return _text(HTTPStatus.NOT_FOUND, "not found: try /metrics, /healthz or /readyz")
 
     async def _render_metrics(self) -> Reply:
-        async with self._scrape:
-            runtime = await self._snapshot()
-            body = await threads.run_sync(self._metrics.render, runtime)
-        return Reply(HTTPStatus.OK, body, CONTENT_TYPE)
+        return Reply(HTTPStatus.OK, await self._metrics_text(), CONTENT_TYPE)
 
     def _healthz(self) -> Reply:
         lag = self._lag.current()

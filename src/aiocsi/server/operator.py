@@ -3,10 +3,12 @@ endpoint serving them. Off, none of it exists and no call pays for it."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
+from aiocsi import threads
 from aiocsi.host import process
-from aiocsi.metrics import Metrics, Runtime
+from aiocsi.metrics import Metrics
 from aiocsi.server.http import OperatorEndpoint
 from aiocsi.server.lag import LoopLag
 from aiocsi.server.runtime import take_snapshot
@@ -34,11 +36,14 @@ class OperatorSide:
         self._tracker = tracker
         self._log_stream = log_stream
         host, port = config.http_endpoint
+        # Every blocking step of a scrape (the census, the rendering) runs in these threads.
+        self._run_sync = threads.run_sync
+        # One scrape renders at a time: the collector holds the scrape's snapshot meanwhile.
+        self._scrape = asyncio.Lock()
         self.endpoint = OperatorEndpoint(
             host,
             port,
-            metrics=self.metrics,
-            snapshot=self.snapshot,
+            metrics_text=self.metrics_text,
             health=engine.health,
             lag=self.lag,
         )
@@ -47,8 +52,12 @@ class OperatorSide:
     def observers(self) -> tuple[CallObserver, ...]:
         return (self.metrics.observe_call,)
 
-    async def snapshot(self) -> Runtime:
-        return await take_snapshot(self._engine, self._tracker, self._log_stream)
+    async def metrics_text(self) -> bytes:
+        async with self._scrape:
+            runtime = await take_snapshot(
+                self._engine, self._tracker, self._log_stream, self._run_sync
+            )
+            return await self._run_sync(self.metrics.render, runtime)
 
     async def start(self) -> None:
         """After the engine started: the census reads the store's database."""

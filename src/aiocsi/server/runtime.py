@@ -12,7 +12,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiocsi import threads
 from aiocsi.engine.pool import Pool
@@ -26,6 +26,8 @@ from aiocsi.metrics import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from aiocsi.engine.core import Engine
     from aiocsi.logging import LogStream
     from aiocsi.server.tracker import CallTracker
@@ -41,6 +43,8 @@ _PROVISIONED = (
     "SELECT (SELECT COALESCE(SUM(capacity_bytes), 0) FROM volumes)"
     " + (SELECT COALESCE(SUM(size_bytes), 0) FROM snapshots)"
 )
+# How a scrape runs blocking work: in the engine's worker threads.
+RunSync = Callable[..., "Awaitable[Any]"]
 BLOCK = 512  # st_blocks counts 512-byte units whatever the filesystem's block size
 
 
@@ -118,11 +122,14 @@ def _store(engine: Engine) -> StoreCounts | None:
 
 
 async def take_snapshot(
-    engine: Engine, tracker: CallTracker, log_stream: LogStream | None
+    engine: Engine,
+    tracker: CallTracker,
+    log_stream: LogStream | None,
+    run_sync: RunSync,
 ) -> Runtime:
     """The numbers of one scrape: counters read on the loop, the census in a worker."""
     calls = tracker.statistics()
-    census = await threads.run_sync(pool_census, engine.ctx.pool, engine.ctx.store.path)
+    census = await run_sync(pool_census, engine.ctx.pool, engine.ctx.store.path)
     return Runtime(
         calls_in_flight=calls.active,
         calls_refused_draining=calls.refused_draining,
