@@ -145,14 +145,38 @@ async def test_a_lifecycle_is_counted_exactly(
     await client.node.node_unstage_volume(
         csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(staging))
     )
+    snapshot = await client.controller.create_snapshot(
+        csi.CreateSnapshotRequest(name="s1", source_volume_id=volume_id)
+    )
+    assert snapshot.snapshot is not None
+    snapped = await scrape(address)
+    assert snapped.labelled("aiocsi_snapshots", "state") == {"ready": 1}
+    assert snapped("aiocsi_pool_provisioned_bytes") == 2 * 16 * MiB
+    await client.controller.delete_snapshot(
+        csi.DeleteSnapshotRequest(snapshot_id=snapshot.snapshot.snapshot_id)
+    )
     await client.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id))
     last = await scrape(address)
+    assert last.labelled("aiocsi_snapshots", "state") == {}
     assert last.calls(DELETE, "OK") == 1
     assert last.labelled("aiocsi_volumes", "state") == {}
     assert last("aiocsi_pool_provisioned_bytes") == 0
     assert last("aiocsi_pool_used_bytes") == 0
     assert last("aiocsi_loop_devices_attached") == 0
     assert last("aiocsi_event_loop_lag_seconds_count") > 0
+
+
+async def test_reconcile_repairs_are_counted_by_kind(cleanup: Path) -> None:
+    config = driver_config(cleanup, http_endpoint=("127.0.0.1", 0))
+    layout = Pool(config.pool)
+    await asyncio.to_thread(layout.prepare)
+    for _ in range(2):  # images with no record: a crash between file and record
+        await asyncio.to_thread(layout.volume_image(new_volume_id()).write_bytes, b"")
+    async with running_driver(config, cleanup) as driver:
+        repairs = (await scrape(_address(driver))).labelled(
+            "aiocsi_reconcile_repairs_total", "kind"
+        )
+    assert repairs == {"orphan_image_removed": 2}
 
 
 async def test_readyz_and_healthz_answer_200_when_healthy(driver: Driver) -> None:
