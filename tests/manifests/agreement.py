@@ -107,36 +107,44 @@ def driver_of(spec: Obj) -> Driver | None:
     return None
 
 
-def check_names(obj: Obj) -> Iterator[Problem]:
-    """Every place a manifest names the driver names the one the code is called."""
+def _named(obj: Obj) -> list[tuple[str, object]]:
+    """(field, value) for every field of the object that names a CSI driver."""
     kind = obj.get("kind")
-    where = ref(obj)
     spec = obj.get("spec") or {}
+    fields = {
+        "CSIDriver": ("metadata.name", (obj.get("metadata") or {}).get("name")),
+        "StorageClass": ("provisioner", obj.get("provisioner")),
+        "VolumeSnapshotClass": ("driver", obj.get("driver")),
+        "VolumeGroupSnapshotClass": ("driver", obj.get("driver")),
+        "VolumeAttributesClass": ("driverName", obj.get("driverName")),
+        "VolumeSnapshotContent": ("spec.driver", spec.get("driver")),
+        "VolumeGroupSnapshotContent": ("spec.driver", spec.get("driver")),
+    }
     named: list[tuple[str, object]] = []
-    if kind == "CSIDriver":
-        named.append(("metadata.name", (obj.get("metadata") or {}).get("name")))
-    elif kind == "StorageClass":
-        named.append(("provisioner", obj.get("provisioner")))
-    elif kind in {"VolumeSnapshotClass", "VolumeGroupSnapshotClass"}:
-        named.append(("driver", obj.get("driver")))
-    elif kind == "VolumeAttributesClass":
-        named.append(("driverName", obj.get("driverName")))
-    elif kind in {"VolumeSnapshotContent", "VolumeGroupSnapshotContent"}:
-        named.append(("spec.driver", spec.get("driver")))
-    elif kind == "PersistentVolume" and "csi" in spec:
+    if kind in fields:
+        named.append(fields[str(kind)])
+    if kind == "PersistentVolume" and "csi" in spec:
         named.append(("spec.csi.driver", spec["csi"].get("driver")))
-    pod = pod_spec(obj)
-    for volume in (pod or {}).get("volumes") or []:
+    return named + _named_by_pod(pod_spec(obj) or {})
+
+
+def _named_by_pod(spec: Obj) -> list[tuple[str, object]]:
+    named: list[tuple[str, object]] = []
+    for volume in spec.get("volumes") or []:
         if "csi" in volume:
             named.append((f"volume {volume.get('name')}: csi.driver", volume["csi"].get("driver")))
-        if "hostPath" in volume:
-            path = str(volume["hostPath"].get("path", ""))
-            if path.startswith(KUBELET_PLUGINS):
-                plugin = path[len(KUBELET_PLUGINS) :].strip("/").split("/", 1)[0]
-                named.append((f"volume {volume.get('name')}: hostPath {path}", plugin))
-    for field, value in named:
+        path = str((volume.get("hostPath") or {}).get("path", ""))
+        if path.startswith(KUBELET_PLUGINS):
+            plugin = path[len(KUBELET_PLUGINS) :].strip("/").split("/", 1)[0]
+            named.append((f"volume {volume.get('name')}: hostPath {path}", plugin))
+    return named
+
+
+def check_names(obj: Obj) -> Iterator[Problem]:
+    """Every place a manifest names the driver names the one the code is called."""
+    for field, value in _named(obj):
         if value != DEFAULT_DRIVER_NAME:
-            yield where, f"{field} is {value!r}; the driver is {DEFAULT_DRIVER_NAME!r}"
+            yield ref(obj), f"{field} is {value!r}; the driver is {DEFAULT_DRIVER_NAME!r}"
 
 
 def check_topology(obj: Obj) -> Iterator[Problem]:
@@ -171,7 +179,7 @@ def host_path(spec: Obj, container: Obj, path: str) -> str | None:
             continue
         if best is None or len(mount_path) > best[0]:
             base = str(source.get("path", "")).rstrip("/")
-            best = (len(mount_path), os.path.normpath(os.path.join(base, inside)))
+            best = (len(mount_path), os.path.normpath(PurePosixPath(base, inside)))
     return None if best is None else best[1]
 
 

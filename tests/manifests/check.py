@@ -86,12 +86,14 @@ def main(argv: list[str]) -> int:
         found = check_target(target)
         findings.extend(found)
         state = "ok" if not found else f"{len(found)} problem(s)"
-        print(f"{target.name}: {len(target.objects)} objects, {state}")
+        sys.stdout.write(f"{target.name}: {len(target.objects)} objects, {state}\n")
     findings.extend(check_containerfile(root / "Containerfile"))
     for finding in findings:
-        print(finding, file=sys.stderr)
+        sys.stderr.write(f"{finding}\n")
     if findings:
-        print(f"{len(findings)} problem(s) in manifests/ and the Containerfile", file=sys.stderr)
+        sys.stderr.write(f"{len(findings)} problem(s) in manifests/ and the Containerfile\n")
         return 1
-    print(f"{len(targets)} deployments and examples, and the Containerfile: no problem")
+    sys.stdout.write(
+        f"{len(targets)} deployments and examples, and the Containerfile: no problem\n"
+    )
     return 0

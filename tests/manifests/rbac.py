@@ -20,6 +20,7 @@ from tests.manifests.sidecars import (
 CLUSTER = "cluster"
 # (scope, apiGroup, resource, verb): scope is CLUSTER or a namespace.
 Perm = tuple[str, str, str, str]
+Needed = dict[Perm, set[str]]
 
 
 @dataclass(frozen=True)
@@ -98,41 +99,46 @@ def _show(perm: Perm) -> str:
     return f"{verb} {group or 'core'}/{resource} {where}"
 
 
-def check(obj: Obj, objects: list[Obj], driver: Driver | None) -> Iterator[Problem]:
-    spec = pod_spec(obj)
-    if spec is None:
-        return
-    sidecars = list(_sidecars(spec))
-    if not sidecars:
-        return
+def _needed(obj: Obj, spec: Obj, driver: Driver | None) -> tuple[Needed, dict[str, set[Perm]]]:
+    """What the pod's sidecars need, by permission and by role hint."""
     namespace = str((obj.get("metadata") or {}).get("namespace", "default"))
-    account = str(spec.get("serviceAccountName", "default"))
     attach = driver.attach if driver else False
-    needed: dict[Perm, set[str]] = {}
+    needed: Needed = {}
     by_hint: dict[str, set[Perm]] = {}
-    for name, sidecar, flags in sidecars:
+    for name, sidecar, flags in _sidecars(spec):
         options = Options(flags, driver_attach=attach, owner_kind=str(obj.get("kind")))
         perms = _perms(CLUSTER, sidecar.needs(options), namespace)
         for perm in perms:
             needed.setdefault(perm, set()).add(name)
         if sidecar.role_hint:
             by_hint[sidecar.role_hint] = perms
-    granted: dict[Perm, set[str]] = {}
+    return needed, by_hint
+
+
+def check(obj: Obj, objects: list[Obj], driver: Driver | None) -> Iterator[Problem]:
+    spec = pod_spec(obj)
+    if spec is None or not any(_sidecars(spec)):
+        return
+    namespace = str((obj.get("metadata") or {}).get("namespace", "default"))
+    account = str(spec.get("serviceAccountName", "default"))
+    needed, by_hint = _needed(obj, spec, driver)
+    granted: Needed = {}
     for item in _grants(objects, account, namespace):
         if isinstance(item, Grant):
             granted.setdefault(item.perm, set()).add(item.role)
         else:
             yield item
     for perm in sorted(set(needed) - set(granted)):
-        if (CLUSTER, *perm[1:]) in granted:
-            continue
-        users = ", ".join(sorted(needed[perm]))
-        yield ref(obj), f"ServiceAccount {account} lacks {_show(perm)} ({users} needs it)"
+        if (CLUSTER, *perm[1:]) not in granted:
+            users = ", ".join(sorted(needed[perm]))
+            yield ref(obj), f"ServiceAccount {account} lacks {_show(perm)} ({users} needs it)"
     for perm in sorted(set(granted) - set(needed)):
-        roles = ", ".join(sorted(granted[perm]))
-        yield roles, f"grants {_show(perm)}, which no sidecar in {ref(obj)} needs"
-    for perm, roles in sorted(granted.items()):
-        for role in sorted(roles):
+        yield (
+            ", ".join(sorted(granted[perm])),
+            f"grants {_show(perm)}, which no sidecar in {ref(obj)} needs",
+        )
+    for perm, granting in sorted(granted.items()):
+        for role in sorted(granting):
             hint = next((h for h in by_hint if h in role), None)
             if hint is not None and perm in needed and perm not in by_hint[hint]:
                 yield role, f"grants {_show(perm)}, which {hint} does not need (another role's)"

@@ -33,8 +33,8 @@ def discover(root: Path) -> list[Target]:
             continue
         targets.append(Target(_name(root, directory), directory, is_example=False))
     if examples.is_dir():
-        for directory in sorted({p.parent for p in examples.rglob("*.yaml")}):
-            targets.append(Target(_name(root, directory), directory, is_example=True))
+        directories = sorted({p.parent for p in examples.rglob("*.yaml")})
+        targets.extend(Target(_name(root, d), d, is_example=True) for d in directories)
     return targets
 
 
