@@ -1,8 +1,10 @@
 """What each CSI sidecar version accepts on its command line and needs from the API server.
 
-Flags: from each sidecar's README ("Command line options") and `--help` of the tagged
-release. Rules: from each sidecar's published deploy/kubernetes/rbac.yaml for that release,
-with the conditions their comments state (leader election needs leases, capacity needs
+Flags: from each sidecar's README ("Command line options"); a flag is listed only when a
+README or a release's `--help` names it, so the table may miss a rare flag (add it, with
+its source, when a manifest needs it) but does not admit one the sidecar lacks.
+Rules: from each sidecar's published deploy/kubernetes/rbac.yaml for that release, with
+the conditions their comments state (leader election needs leases, capacity needs
 CSIStorageCapacity and the owner walk, and so on). A sidecar or version missing here is a
 finding: add its row from its release's docs before deploying it.
 """
@@ -195,7 +197,8 @@ _PROVISIONER_FLAGS = _CONTROLLER | {
     "controller-publish-readonly",
     "enable-pprof",
 }
-_RESIZER_FLAGS = _CONTROLLER | {
+# csi-resizer names its worker count --workers, not --worker-threads.
+_RESIZER_FLAGS = (_CONTROLLER - {"worker-threads"}) | {
     "resync-period",
     "workers",
     "handle-volume-inuse-error",
@@ -233,8 +236,6 @@ _LIVENESSPROBE_FLAGS = _KLOG | {
     "http-endpoint",
     "health-port",
     "probe-timeout",
-    "metrics-address",
-    "metrics-path",
     "version",
 }
 

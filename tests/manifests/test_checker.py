@@ -41,6 +41,119 @@ def one(found: list[str], *parts: str) -> None:
         assert part in found[0], found
 
 
+DS = "30-node-daemonset.yaml"
+RBAC = "20-rbac.yaml"
+PROVISIONER_ADDRESS = (
+    "image: registry.k8s.io/sig-storage/csi-provisioner:v6.3.0\n"
+    "          imagePullPolicy: IfNotPresent\n          args:\n"
+    "            - --csi-address=/csi/"
+)
+# The snapshotter's --node-deployment is the one followed by its env block.
+SNAPSHOTTER_ARGS_END = (
+    "            - --node-deployment=true\n          env:\n            - name: NODE_NAME\n"
+    "              valueFrom:\n                fieldRef:\n"
+    "                  fieldPath: spec.nodeName\n          securityContext:"
+)
+
+# (target, file, text, replacement, what the one finding must name)
+KNOWN_BAD = {
+    "snapshot class API version": (
+        BASE,
+        "41-volumesnapshotclass.yaml",
+        "/v1\n",
+        "/v1beta1\n",
+        ("VolumeSnapshotClass/aiocsi-loop", "apiVersion", "v1beta1"),
+    ),
+    "flag serve lacks": (
+        BASE,
+        DS,
+        'args: ["serve"]',
+        'args: ["serve", "--no-such=1"]',
+        ("DaemonSet/aiocsi-node", "driver", "has no --no-such"),
+    ),
+    "env serve does not read": (
+        BASE,
+        DS,
+        "            - name: AIOCSI_MODE\n",
+        (
+            '            - name: AIOCSI_TURBO\n              value: "1"\n'
+            "            - name: AIOCSI_MODE\n"
+        ),
+        ("env AIOCSI_TURBO", "aiocsi serve"),
+    ),
+    "missing RBAC verb": (
+        BASE,
+        RBAC,
+        '["get", "list", "watch", "create", "patch", "delete"]',
+        '["get", "list", "watch", "patch", "delete"]',
+        ("lacks create core/persistentvolumes cluster-wide", "csi-provisioner"),
+    ),
+    "RBAC broader than needed": (
+        BASE,
+        RBAC,
+        '    resources: ["nodes"]\n    verbs: ["get", "list", "watch"]',
+        '    resources: ["nodes"]\n    verbs: ["get", "list", "watch", "delete"]',
+        ("ClusterRole/aiocsi-external-provisioner", "grants delete core/nodes"),
+    ),
+    "sidecar socket path differs": (
+        BASE,
+        DS,
+        PROVISIONER_ADDRESS + "csi.sock",
+        PROVISIONER_ADDRESS + "other.sock",
+        ("csi-provisioner: --csi-address /csi/other.sock", "csi.sock"),
+    ),
+    "driver socket path differs": (
+        BASE,
+        DS,
+        "unix:///csi/csi.sock",
+        "unix:///csi/driver.sock",
+        ("driver's socket /csi/driver.sock", "/plugins/loop.csi.aiocsi.dev/csi.sock"),
+    ),
+    "registration path differs": (
+        BASE,
+        DS,
+        "aiocsi.dev/csi.sock\n",
+        "aiocsi.dev/reg.sock\n",
+        ("--kubelet-registration-path", "reg.sock"),
+    ),
+    "sidecar flag the version lacks": (
+        BASE,
+        DS,
+        SNAPSHOTTER_ARGS_END,
+        SNAPSHOTTER_ARGS_END.replace("true\n", "true\n            - --turbo=on\n", 1),
+        ("csi-snapshotter v8.6.0 has no --turbo",),
+    ),
+    "driver name differs": (
+        BASE,
+        "40-storageclass.yaml",
+        "provisioner: loop.csi.aiocsi.dev",
+        "provisioner: loop.aiocsi.dev",
+        ("StorageClass/aiocsi-loop", "provisioner is 'loop.aiocsi.dev'"),
+    ),
+    "group snapshot class field": (
+        "manifests/examples/group-snapshot",
+        "group-snapshot.yaml",
+        "deletionPolicy: Delete",
+        "deletionPolicy: Keep",
+        ("VolumeGroupSnapshotClass/aiocsi-loop", "deletionPolicy"),
+    ),
+    "kustomization names a missing file": (
+        "manifests/attach",
+        "kustomization.yaml",
+        "rbac-attacher.yaml",
+        "rbac-missing.yaml",
+        ("kubectl kustomize failed",),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(KNOWN_BAD))
+def test_known_bad_copy(tree: Path, case: str) -> None:
+    target, name, old, new, parts = KNOWN_BAD[case]
+    edit(tree / target / name, old, new)
+    one(findings(tree, target), *parts)
+
+
 def test_tree_passes() -> None:
     found = [str(f) for f in check_tree(ROOT)]
     if "--http-endpoint" in cli.help_of("serve").flags:
@@ -55,77 +168,37 @@ def test_copy_of_the_base_passes(tree: Path) -> None:
     assert findings(tree) == []
 
 
-def test_wrong_api_version(tree: Path) -> None:
-    edit(
-        tree / BASE / "10-csidriver.yaml",
+SCHEMA_BREAKS = {
+    "removed API version": (
         "apiVersion: storage.k8s.io/v1\n",
         "apiVersion: storage.k8s.io/v1beta1\n",
-    )
-    found = findings(tree)
-    assert found, "a removed API version passed"
-    assert all("CSIDriver/loop.csi.aiocsi.dev" in f and "v1beta1" in f for f in found), found
-
-
-def test_wrong_api_version_of_a_snapshot_class(tree: Path) -> None:
-    edit(tree / BASE / "41-volumesnapshotclass.yaml", "/v1\n", "/v1beta1\n")
-    one(findings(tree), "VolumeSnapshotClass/aiocsi-loop", "apiVersion", "v1beta1")
-
-
-def test_unknown_field_in_a_core_object(tree: Path) -> None:
-    edit(
-        tree / BASE / "10-csidriver.yaml",
+        "v1beta1",
+    ),
+    "unknown field": (
         "  podInfoOnMount: true\n",
         "  podInfoOnMount: true\n  mountInfo: 1\n",
-    )
+        "mountInfo",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SCHEMA_BREAKS))
+def test_core_schema_break(tree: Path, case: str) -> None:
+    old, new, named = SCHEMA_BREAKS[case]
+    edit(tree / BASE / "10-csidriver.yaml", old, new)
     found = findings(tree)
     assert len(found) == 2, found  # once per Kubernetes version checked
-    assert all("mountInfo" in f for f in found), found
-
-
-def test_flag_serve_lacks(tree: Path) -> None:
-    edit(
-        tree / BASE / "30-node-daemonset.yaml", 'args: ["serve"]', 'args: ["serve", "--no-such=1"]'
-    )
-    one(findings(tree), "DaemonSet/aiocsi-node", "driver", "has no --no-such")
-
-
-def test_env_serve_does_not_read(tree: Path) -> None:
-    edit(
-        tree / BASE / "30-node-daemonset.yaml",
-        "            - name: AIOCSI_MODE\n",
-        "            - name: AIOCSI_TURBO\n"
-        '              value: "1"\n'
-        "            - name: AIOCSI_MODE\n",
-    )
-    one(findings(tree), "env AIOCSI_TURBO", "aiocsi serve")
-
-
-def test_missing_rbac_verb(tree: Path) -> None:
-    edit(
-        tree / BASE / "20-rbac.yaml",
-        '["get", "list", "watch", "create", "patch", "delete"]',
-        '["get", "list", "watch", "patch", "delete"]',
-    )
-    one(findings(tree), "lacks create core/persistentvolumes cluster-wide", "csi-provisioner")
-
-
-def test_rbac_broader_than_needed(tree: Path) -> None:
-    edit(
-        tree / BASE / "20-rbac.yaml",
-        '    resources: ["nodes"]\n    verbs: ["get", "list", "watch"]',
-        '    resources: ["nodes"]\n    verbs: ["get", "list", "watch", "delete"]',
-    )
-    one(findings(tree), "ClusterRole/aiocsi-external-provisioner", "grants delete core/nodes")
+    assert all("CSIDriver/loop.csi.aiocsi.dev" in f and named in f for f in found), found
 
 
 def test_rbac_wildcard(tree: Path) -> None:
-    edit(tree / BASE / "20-rbac.yaml", 'resources: ["storageclasses",', 'resources: ["*",')
+    edit(tree / BASE / RBAC, 'resources: ["storageclasses",', 'resources: ["*",')
     assert any("wildcard" in f for f in findings(tree))
 
 
 def test_rbac_lease_granted_to_the_wrong_sidecar(tree: Path) -> None:
     edit(
-        tree / BASE / "20-rbac.yaml",
+        tree / BASE / RBAC,
         "  # --enable-capacity",
         '  - apiGroups: ["coordination.k8s.io"]\n    resources: ["leases"]\n'
         '    verbs: ["get", "watch", "list", "delete", "update", "create"]\n  # --enable-capacity',
@@ -135,59 +208,10 @@ def test_rbac_lease_granted_to_the_wrong_sidecar(tree: Path) -> None:
     assert all("Role/aiocsi-external-provisioner-cfg" in f and "leases" in f for f in found)
 
 
-def test_sidecar_socket_path_differs(tree: Path) -> None:
-    edit(
-        tree / BASE / "30-node-daemonset.yaml",
-        "image: registry.k8s.io/sig-storage/csi-provisioner:v6.3.0\n"
-        "          imagePullPolicy: IfNotPresent\n          args:\n"
-        "            - --csi-address=/csi/csi.sock",
-        "image: registry.k8s.io/sig-storage/csi-provisioner:v6.3.0\n"
-        "          imagePullPolicy: IfNotPresent\n          args:\n"
-        "            - --csi-address=/csi/other.sock",
-    )
-    one(findings(tree), "csi-provisioner: --csi-address /csi/other.sock", "csi.sock")
-
-
-def test_driver_socket_path_differs(tree: Path) -> None:
-    edit(tree / BASE / "30-node-daemonset.yaml", "unix:///csi/csi.sock", "unix:///csi/driver.sock")
-    found = findings(tree)
-    one(
-        found,
-        "driver's socket /csi/driver.sock",
-        "/var/lib/kubelet/plugins/loop.csi.aiocsi.dev/csi.sock",
-    )
-
-
-def test_registration_path_differs(tree: Path) -> None:
-    edit(tree / BASE / "30-node-daemonset.yaml", "aiocsi.dev/csi.sock\n", "aiocsi.dev/reg.sock\n")
-    one(findings(tree), "--kubelet-registration-path", "reg.sock")
-
-
-def test_unknown_sidecar_flag_and_version(tree: Path) -> None:
-    daemonset = tree / BASE / "30-node-daemonset.yaml"
-    # The snapshotter's --node-deployment is the one followed by its env block.
-    edit(
-        daemonset,
-        "            - --node-deployment=true\n          env:\n            - name: NODE_NAME\n"
-        "              valueFrom:\n                fieldRef:\n"
-        "                  fieldPath: spec.nodeName\n          securityContext:",
-        "            - --node-deployment=true\n            - --turbo=on\n          env:\n"
-        "            - name: NODE_NAME\n              valueFrom:\n                fieldRef:\n"
-        "                  fieldPath: spec.nodeName\n          securityContext:",
-    )
-    one(findings(tree), "csi-snapshotter v8.6.0 has no --turbo")
-    edit(daemonset, "livenessprobe:v2.19.0", "livenessprobe:v9.9.9")
+def test_sidecar_version_without_a_table(tree: Path) -> None:
+    edit(tree / BASE / DS, "livenessprobe:v2.19.0", "livenessprobe:v9.9.9")
     found = findings(tree)
     assert any("livenessprobe:v9.9.9: no flag and RBAC table" in f for f in found), found
-
-
-def test_driver_name_differs(tree: Path) -> None:
-    edit(
-        tree / BASE / "40-storageclass.yaml",
-        "provisioner: loop.csi.aiocsi.dev",
-        "provisioner: loop.aiocsi.dev",
-    )
-    one(findings(tree), "StorageClass/aiocsi-loop", "provisioner is 'loop.aiocsi.dev'")
 
 
 def test_topology_key_differs(tree: Path) -> None:
@@ -204,7 +228,7 @@ def test_topology_key_differs(tree: Path) -> None:
 
 
 def test_attach_on_one_side_only(tree: Path) -> None:
-    edit(tree / BASE / "30-node-daemonset.yaml", 'value: "false"\n', 'value: "true"\n')
+    edit(tree / BASE / DS, 'value: "false"\n', 'value: "true"\n')
     found = findings(tree)
     assert any("attachRequired is False" in f for f in found), found
     assert any("csi-attacher is missing" in f for f in found), found
@@ -217,17 +241,6 @@ def test_bad_snapshot_example(tree: Path) -> None:
     found = findings(tree, name)
     assert found, "a VolumeSnapshot with an unknown source field passed"
     assert all("VolumeSnapshot/aiocsi-example-snap" in f for f in found), found
-
-
-def test_bad_group_snapshot_example(tree: Path) -> None:
-    name = "manifests/examples/group-snapshot"
-    edit(tree / name / "group-snapshot.yaml", "deletionPolicy: Delete", "deletionPolicy: Keep")
-    one(findings(tree, name), "VolumeGroupSnapshotClass/aiocsi-loop", "deletionPolicy")
-
-
-def test_broken_kustomization(tree: Path) -> None:
-    edit(tree / "manifests/attach/kustomization.yaml", "rbac-attacher.yaml", "rbac-missing.yaml")
-    one(findings(tree, "manifests/attach"), "kubectl kustomize failed")
 
 
 def test_new_overlays_and_examples_are_found(tree: Path) -> None:
