@@ -8,35 +8,56 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.manifests import agreement, rbac, render, schemas
+from tests.manifests import agreement, classes, rbac, render, schemas
 from tests.manifests.model import Finding, Obj, Target, pod_spec, ref
 
 
 def check_tree(root: Path) -> list[Finding]:
-    findings: list[Finding] = []
-    for target in render.discover(root):
-        findings.extend(check_target(target))
+    """Every deployment and example, with the names they refer to looked up across all."""
+    targets = render.discover(root)
+    findings = [f for target in targets for f in _render(target)]
+    catalogue = frozenset(
+        (str(obj.get("kind")), str((obj.get("metadata") or {}).get("name")))
+        for target in targets
+        for obj in target.objects
+    )
+    for target in targets:
+        if target.objects:
+            findings.extend(_findings(target, catalogue))
     findings.extend(check_containerfile(root / "Containerfile"))
     return findings
 
 
 def check_target(target: Target) -> list[Finding]:
+    """One deployment or example on its own (names in other targets are not looked up)."""
+    return _render(target) or _findings(target, None)
+
+
+def _render(target: Target) -> list[Finding]:
     try:
         target.objects = render.load(target)
     except render.RenderError as exc:
         return [Finding(target.name, "", str(exc))]
     if not target.objects:
         return [Finding(target.name, "", "renders no objects")]
-    return [Finding(target.name, where, message) for where, message in _problems(target)]
+    return []
 
 
-def _problems(target: Target) -> Iterator[tuple[str, str]]:
+def _findings(target: Target, catalogue: classes.Catalogue | None) -> list[Finding]:
+    return [Finding(target.name, where, message) for where, message in _problems(target, catalogue)]
+
+
+def _problems(target: Target, catalogue: classes.Catalogue | None) -> Iterator[tuple[str, str]]:
     objects = target.objects
     for obj in objects:
         for problem in schemas.validate(obj):
             yield ref(obj), problem
         yield from agreement.check_names(obj)
         yield from agreement.check_topology(obj)
+        yield from classes.check_class(obj)
+        yield from classes.check_inline_volumes(obj)
+        yield from classes.check_claim(obj, catalogue)
+        yield from classes.check_snapshot_refs(obj, catalogue)
         yield from _check_workload(obj, objects)
 
 
@@ -80,14 +101,11 @@ def check_containerfile(path: Path) -> list[Finding]:
 
 def main(argv: list[str]) -> int:
     root = Path(argv[0]) if argv else Path.cwd()
+    findings = check_tree(root)
     targets = render.discover(root)
-    findings: list[Finding] = []
     for target in targets:
-        found = check_target(target)
-        findings.extend(found)
-        state = "ok" if not found else f"{len(found)} problem(s)"
-        sys.stdout.write(f"{target.name}: {len(target.objects)} objects, {state}\n")
-    findings.extend(check_containerfile(root / "Containerfile"))
+        found = sum(1 for f in findings if f.target == target.name)
+        sys.stdout.write(f"{target.name}: {'ok' if not found else f'{found} problem(s)'}\n")
     for finding in findings:
         sys.stderr.write(f"{finding}\n")
     if findings:

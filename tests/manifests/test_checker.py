@@ -137,6 +137,34 @@ KNOWN_BAD = {
         "deletionPolicy: Keep",
         ("VolumeGroupSnapshotClass/aiocsi-loop", "deletionPolicy"),
     ),
+    "StorageClass parameter the driver lacks": (
+        BASE,
+        "40-storageclass.yaml",
+        'preallocate: "false"',
+        'preallocate: "false"\n  thin: "true"',
+        ("StorageClass/aiocsi-loop", "unknown key 'thin'"),
+    ),
+    "mount option not allowed on the filesystem": (
+        "manifests/examples/xfs",
+        "storageclass.yaml",
+        "  - noatime\n",
+        "  - noatime\n  - data=ordered\n",
+        ("StorageClass/aiocsi-loop-xfs", "'data=ordered' is not allowed on xfs"),
+    ),
+    "inline volume attribute the driver lacks": (
+        "manifests/examples/inline-ephemeral",
+        "pod.yaml",
+        "          size: 256Mi\n",
+        "          size: 256Mi\n          color: blue\n",
+        ("volume cache", "volumeAttributes 'color'"),
+    ),
+    "access mode the driver lacks": (
+        "manifests/examples/block",
+        "pvc-pod.yaml",
+        'accessModes: ["ReadWriteOnce"]',
+        'accessModes: ["ReadWriteMany"]',
+        ("PersistentVolumeClaim/aiocsi-example-block", "ReadWriteMany"),
+    ),
     "kustomization names a missing file": (
         "manifests/attach",
         "kustomization.yaml",
@@ -162,6 +190,16 @@ def test_tree_passes() -> None:
         # The metrics overlay turns on a flag that `aiocsi serve` does not have yet: that,
         # and only that, is reported until it lands.
         one(found, "manifests/metrics", "AIOCSI_HTTP_ENDPOINT")
+
+
+def test_names_are_looked_up_across_examples(tree: Path) -> None:
+    edit(
+        tree / "manifests/examples/clone/clone.yaml",
+        "name: aiocsi-example-data",
+        "name: aiocsi-example-dat",
+    )
+    found = [str(f) for f in check_tree(tree) if f.target == "manifests/examples/clone"]
+    one(found, "PersistentVolumeClaim 'aiocsi-example-dat', which no manifest defines")
 
 
 def test_copy_of_the_base_passes(tree: Path) -> None:
