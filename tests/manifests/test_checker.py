@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.manifests import cli, render
+from tests.manifests import cli, render, schemas
 from tests.manifests.check import check_containerfile, check_target, check_tree
 from tests.manifests.model import Target
 from tests.manifests.sidecars import split_image
@@ -306,3 +306,59 @@ def test_parse_help_and_images() -> None:
         "v2.19.0",
     )
     assert split_image("localhost:5000/aiocsi@sha256:abc") == ("localhost:5000/aiocsi", "")
+
+
+def _content(kind: str, api_version: str, spec: dict[str, object]) -> dict[str, object]:
+    return {"apiVersion": api_version, "kind": kind, "metadata": {"name": "c"}, "spec": spec}
+
+
+CRD_OBJECTS: dict[str, tuple[dict[str, object], dict[str, object]]] = {
+    "snapshot content": (
+        _content(
+            "VolumeSnapshotContent",
+            "snapshot.storage.k8s.io/v1",
+            {
+                "deletionPolicy": "Retain",
+                "driver": "loop.csi.aiocsi.dev",
+                "source": {"snapshotHandle": "snap-1"},
+                "volumeSnapshotRef": {"name": "s", "namespace": "default"},
+            },
+        ),
+        {"source": {"snapshotHandle": "snap-1", "volumeHandle": "vol-1"}},  # both: oneOf
+    ),
+    "group snapshot content": (
+        _content(
+            "VolumeGroupSnapshotContent",
+            "groupsnapshot.storage.k8s.io/v1",
+            {
+                "deletionPolicy": "Delete",
+                "driver": "loop.csi.aiocsi.dev",
+                "source": {"volumeHandles": ["vol-1", "vol-2"]},
+                "volumeGroupSnapshotRef": {"name": "g", "namespace": "default"},
+            },
+        ),
+        {"driver": 7},
+    ),
+    "pod monitor": (
+        _content(
+            "PodMonitor",
+            "monitoring.coreos.com/v1",
+            {
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "aiocsi"}},
+                "podMetricsEndpoints": [{"port": "driver-metrics", "interval": "30s"}],
+            },
+        ),
+        {"podMetricsEndpoints": [{"port": "driver-metrics", "every": "30s"}]},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CRD_OBJECTS))
+def test_crd_schemas(case: str) -> None:
+    good, breakage = CRD_OBJECTS[case]
+    assert schemas.validate(good) == []
+    bad = dict(good)
+    spec = good["spec"]
+    assert isinstance(spec, dict)
+    bad["spec"] = spec | breakage
+    assert schemas.validate(bad), f"a broken {case} passed"
