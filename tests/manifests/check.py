@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.manifests import agreement, classes, rbac, render, schemas
-from tests.manifests.model import Finding, Obj, Target, pod_spec, ref
+from tests.manifests.model import Finding, Obj, Target, containers, pod_spec, ref
 
 
 def check_tree(root: Path) -> list[Finding]:
@@ -66,7 +66,7 @@ def _check_workload(obj: Obj, objects: list[Obj]) -> Iterator[tuple[str, str]]:
     if spec is None:
         return
     where = ref(obj)
-    for container in spec.get("containers") or []:
+    for container in containers(spec):
         yield from agreement.check_aiocsi_container(where, container)
     yield from agreement.check_sidecar_flags(where, spec)
     driver = agreement.driver_of(spec)

@@ -25,8 +25,9 @@ class HelpError(Exception):
 
 @cache
 def help_of(command: str) -> Help:
+    """`command` is the words before the first flag: `serve`, `flexvolume install`, ..."""
     done = subprocess.run(
-        [sys.executable, "-m", "aiocsi", command, "--help"],
+        [sys.executable, "-m", "aiocsi", *command.split(), "--help"],
         capture_output=True,
         text=True,
         check=False,

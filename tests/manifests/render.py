@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -43,12 +45,39 @@ def _name(root: Path, directory: Path) -> str:
 
 
 def load(target: Target) -> list[Obj]:
-    if (target.path / KUSTOMIZATION).exists():
+    kfile = target.path / KUSTOMIZATION
+    if kfile.exists():
+        if _is_component(kfile):
+            return _kustomize_component(target.path)
         return kustomize(target.path)
     objects: list[Obj] = []
     for path in sorted(target.path.glob("*.yaml")):
         objects.extend(parse(path.read_text(), str(path.name)))
     return objects
+
+
+def _is_component(kfile: Path) -> bool:
+    try:
+        spec = yaml.safe_load(kfile.read_text())
+    except yaml.YAMLError as exc:
+        raise RenderError(f"{kfile.name}: not YAML: {exc}") from None
+    return isinstance(spec, dict) and spec.get("kind") == "Component"
+
+
+def _kustomize_component(component: Path) -> list[Obj]:
+    """A kustomize Component cannot be built alone: build the base with it applied."""
+    manifests = next(p for p in component.parents if p.name == "manifests")
+    base = manifests / "base" if (manifests / "base" / KUSTOMIZATION).exists() else manifests
+    with tempfile.TemporaryDirectory(prefix="aiocsi-kustomize-") as scratch:
+        # kustomize takes relative paths only, from anywhere.
+        wrapper = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [os.path.relpath(base, scratch)],
+            "components": [os.path.relpath(component, scratch)],
+        }
+        (Path(scratch) / KUSTOMIZATION).write_text(yaml.safe_dump(wrapper))
+        return kustomize(Path(scratch))
 
 
 def kustomize(directory: Path) -> list[Obj]:

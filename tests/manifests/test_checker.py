@@ -362,3 +362,21 @@ def test_crd_schemas(case: str) -> None:
     assert isinstance(spec, dict)
     bad["spec"] = spec | breakage
     assert schemas.validate(bad), f"a broken {case} passed"
+
+
+def test_a_component_is_checked_over_the_base(tree: Path) -> None:
+    component = tree / "manifests/flexvolume"
+    component.mkdir()
+    (component / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\n"
+        "patchesStrategicMerge:\n  - patch.yaml\n"
+    )
+    # An init container running an aiocsi command with a flag that command lacks.
+    (component / "patch.yaml").write_text(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: aiocsi-node\n"
+        "  namespace: aiocsi\nspec:\n  template:\n    spec:\n      initContainers:\n"
+        "        - name: setup\n          image: ghcr.io/aiocsi/aiocsi:0.1.0\n"
+        '          args: ["bench", "probe", "--count=1", "--no-such=1"]\n'
+    )
+    found = findings(tree, "manifests/flexvolume")
+    one(found, "DaemonSet/aiocsi-node", "container setup", "`aiocsi bench probe` has no --no-such")
