@@ -282,10 +282,10 @@ def test_bad_snapshot_example(tree: Path) -> None:
 
 
 def test_new_overlays_and_examples_are_found(tree: Path) -> None:
-    shutil.copytree(tree / "manifests/attach", tree / "manifests/flexvolume")
-    shutil.copytree(tree / "manifests/examples/ext4", tree / "manifests/examples/pre-provisioned")
+    shutil.copytree(tree / "manifests/attach", tree / "manifests/another-overlay")
+    shutil.copytree(tree / "manifests/examples/ext4", tree / "manifests/examples/another")
     names = {t.name for t in render.discover(tree)}
-    assert {"manifests/flexvolume", "manifests/examples/pre-provisioned"} <= names
+    assert {"manifests/another-overlay", "manifests/examples/another"} <= names
 
 
 def test_containerfile(tree: Path) -> None:
@@ -365,7 +365,7 @@ def test_crd_schemas(case: str) -> None:
 
 
 def test_a_component_is_checked_over_the_base(tree: Path) -> None:
-    component = tree / "manifests/flexvolume"
+    component = tree / "manifests/a-component"
     component.mkdir()
     (component / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\n"
@@ -378,5 +378,5 @@ def test_a_component_is_checked_over_the_base(tree: Path) -> None:
         "        - name: setup\n          image: ghcr.io/aiocsi/aiocsi:0.1.0\n"
         '          args: ["bench", "probe", "--count=1", "--no-such=1"]\n'
     )
-    found = findings(tree, "manifests/flexvolume")
+    found = findings(tree, "manifests/a-component")
     one(found, "DaemonSet/aiocsi-node", "container setup", "`aiocsi bench probe` has no --no-such")
