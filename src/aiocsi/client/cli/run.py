@@ -1,0 +1,56 @@
+"""One client command: connect, call, print, and the exit code of what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiocsi.client.cli import info, node, snapshots, volumes
+from aiocsi.client.cli.render import show
+from aiocsi.client.cli.session import EXIT_REFUSED, ClientError, PartialFailure, Session
+from aiocsi.client.codes import BadResponse
+from aiocsi.client.stubs import CsiStubs
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Awaitable, Callable
+
+    from aiocsi.client.cli.render import Output
+
+    Command = Callable[[Session, argparse.Namespace], Awaitable[Output]]
+
+COMMANDS: dict[str, Command] = {
+    "info": info.info,
+    "capacity": snapshots.capacity,
+    **{f"volume {name}": command for name, command in volumes.COMMANDS.items()},
+    **{f"volume {name}": command for name, command in node.COMMANDS.items()},
+    **{f"snapshot {name}": command for name, command in snapshots.COMMANDS.items()},
+}
+
+
+async def _run(args: argparse.Namespace) -> Output:
+    stubs = CsiStubs.connect(Path(args.endpoint))
+    try:
+        session = Session(stubs, args.endpoint, args.timeout, args.client_command)
+        return await COMMANDS[args.client_command](session, args)
+    finally:
+        stubs.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        output = asyncio.run(_run(args))
+    except ClientError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return exc.exit_code
+    except PartialFailure as exc:
+        output, code = exc.output, exc.exit_code
+    except BadResponse as exc:
+        sys.stderr.write(f"BAD_RESPONSE: {exc}\n")
+        return EXIT_REFUSED
+    else:
+        code = 0
+    show(output, as_json=args.json)
+    return code
