@@ -102,9 +102,15 @@ async def test_a_whole_lifecycle_through_the_client(cleanup: Path, form: str) ->
             stubs.close()
 
 
-async def _lifecycle(client: Client, stubs: Csi, root: Path) -> None:  # noqa: PLR0915 - one story
-    pool = root / "pool"
+async def _lifecycle(client: Client, stubs: Csi, root: Path) -> None:
     await _info(client, stubs)
+    volume_id = await _create_and_look(client, stubs)
+    await _stage_publish_stats(client, volume_id, root)
+    snapshot_id, restored_id = await _snapshot_and_restore(client, stubs, volume_id, root)
+    await _expand_and_delete(client, stubs, volume_id, snapshot_id, restored_id)
+
+
+async def _create_and_look(client: Client, stubs: Csi) -> str:
     # 100M (decimal) is rounded up to whole MiB by the driver: 96 MiB.
     volume_id, made = await client.new_volume(stubs, "v1", "--size", "100M", "--fs-type", "ext4")
     assert (await volumes(stubs))[volume_id].volume.capacity_bytes == 96 * MiB  # type: ignore[union-attr]
@@ -128,7 +134,11 @@ async def _lifecycle(client: Client, stubs: Csi, root: Path) -> None:  # noqa: P
         assert got["status"]["volume_condition"]["abnormal"] is False
     else:
         assert shows(got, "condition", "ok: volume is healthy")
+    return volume_id
 
+
+async def _stage_publish_stats(client: Client, volume_id: str, root: Path) -> None:
+    pool = root / "pool"
     staging, target = root / "stage" / "v1", root / "pods" / "p1" / "mnt"
     staged = await client.run(
         "volume", "stage", volume_id, "--staging-path", str(staging), "--fs-type", "ext4"
@@ -175,6 +185,10 @@ async def _lifecycle(client: Client, stubs: Csi, root: Path) -> None:  # noqa: P
     assert not mounted(staging)
     assert pool_devices(pool) == {}
 
+
+async def _snapshot_and_restore(
+    client: Client, stubs: Csi, volume_id: str, root: Path
+) -> tuple[str, str]:
     snapped = await client.run("snapshot", "create", "s1", "--source", volume_id)
     (snapshot_id,) = await snapshots(stubs)
     real = (await snapshots(stubs))[snapshot_id]
@@ -200,7 +214,12 @@ async def _lifecycle(client: Client, stubs: Csi, root: Path) -> None:  # noqa: P
     else:
         assert shows(restored, "restored from", f"snapshot {snapshot_id}")
     await _check_restored_data(client, restored_id, root)
+    return snapshot_id, restored_id
 
+
+async def _expand_and_delete(
+    client: Client, stubs: Csi, volume_id: str, snapshot_id: str, restored_id: str
+) -> None:
     expanded = await client.run("volume", "expand", volume_id, "--size", "0.25Gi")
     assert (await volumes(stubs))[volume_id].volume.capacity_bytes == 256 * MiB  # type: ignore[union-attr]
     if client.as_json:

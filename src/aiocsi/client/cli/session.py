@@ -35,6 +35,10 @@ NodeCap = csi.NodeServiceCapabilityRpcType
 CONTROLLER, NODE, IDENTITY = "Controller", "Node", "Identity"
 # grpclib's answer for a method the server has no handler for: not worth repeating.
 _NO_HANDLER = "Method not found"
+# A grpclib server answers an unknown method with a trailers-only UNIMPLEMENTED that has no
+# content-type, and a grpclib client then reports only this (grpclib 0.4.9). Our requests
+# always carry their content-type, so the answer can only have been that refusal.
+_NO_HANDLER_SEEN_BY_GRPCLIB = "Missing content-type header"
 
 
 class ClientError(Exception):
@@ -108,14 +112,19 @@ class Session:
 
     async def require(self, rpc: Rpc, hint: str = "") -> None:
         if await self.offers(rpc) is False:
-            raise refused("UNIMPLEMENTED", self._missing(rpc) + hint)
+            # The hint names another way in the same service; without the service, none.
+            service_there = self._offers.get(rpc.service) is not False
+            raise refused("UNIMPLEMENTED", self._missing(rpc) + (hint if service_there else ""))
 
     async def raw(self, rpc: Rpc, call: Callable[[float], Awaitable[T]]) -> T:
         try:
             return await call(self.timeout)
         except GRPCError as exc:
-            if exc.status is Status.UNIMPLEMENTED:
-                detail = "" if exc.message in (None, "", _NO_HANDLER) else f": {exc.message}"
+            if exc.status is Status.UNIMPLEMENTED or (
+                exc.status is Status.UNKNOWN and exc.message == _NO_HANDLER_SEEN_BY_GRPCLIB
+            ):
+                plain = (None, "", _NO_HANDLER, _NO_HANDLER_SEEN_BY_GRPCLIB)
+                detail = "" if exc.message in plain else f": {exc.message}"
                 raise refused("UNIMPLEMENTED", self._missing(rpc) + detail) from None
             raise refused(exc.status.name, exc.message or "(the driver gave no message)") from None
         except TimeoutError:
