@@ -25,11 +25,13 @@ PAGE = 2
 
 class MinimalIdentity(csi.IdentityBase):
     async def get_plugin_info(self, message: csi.GetPluginInfoRequest) -> csi.GetPluginInfoResponse:
+        del message  # the generated signature; nothing to read
         return csi.GetPluginInfoResponse(name="minimal.test.example", vendor_version="9.9")
 
     async def get_plugin_capabilities(
         self, message: csi.GetPluginCapabilitiesRequest
     ) -> csi.GetPluginCapabilitiesResponse:
+        del message
         service = csi.PluginCapabilityService(
             type=csi.PluginCapabilityServiceType.CONTROLLER_SERVICE
         )
@@ -38,6 +40,7 @@ class MinimalIdentity(csi.IdentityBase):
         )
 
     async def probe(self, message: csi.ProbeRequest) -> csi.ProbeResponse:
+        del message
         return csi.ProbeResponse()
 
 
@@ -145,33 +148,45 @@ async def test_works_with_what_another_driver_offers(workdir: Path) -> None:
     [
         (
             ["volume", "stats", "m-x", "--path", "/p"],
-            "the driver does not offer the Node service: `aiocsi volume stats` needs its "
-            "NodeGetVolumeStats (node capability GET_VOLUME_STATS)",
+            (
+                "the driver does not offer the Node service: `aiocsi volume stats` needs its "
+                "NodeGetVolumeStats (node capability GET_VOLUME_STATS)"
+            ),
         ),
         (
             ["volume", "stage", "m-x", "--staging-path", "{root}/s"],
-            "the driver does not offer the Node service: `aiocsi volume stage` needs its "
-            "NodeStageVolume (node capability STAGE_UNSTAGE_VOLUME)",
+            (
+                "the driver does not offer the Node service: `aiocsi volume stage` needs its "
+                "NodeStageVolume (node capability STAGE_UNSTAGE_VOLUME)"
+            ),
         ),
         (
             ["volume", "expand", "m-x", "--size", "2Gi"],
-            "the driver does not offer ControllerExpandVolume (controller capability "
-            "EXPAND_VOLUME), which `aiocsi volume expand` needs",
+            (
+                "the driver does not offer ControllerExpandVolume (controller capability "
+                "EXPAND_VOLUME), which `aiocsi volume expand` needs"
+            ),
         ),
         (
             ["snapshot", "create", "s", "--source", "m-x"],
-            "the driver does not offer CreateSnapshot (controller capability "
-            "CREATE_DELETE_SNAPSHOT), which `aiocsi snapshot create` needs",
+            (
+                "the driver does not offer CreateSnapshot (controller capability "
+                "CREATE_DELETE_SNAPSHOT), which `aiocsi snapshot create` needs"
+            ),
         ),
         (
             ["volume", "attach", "m-x", "--node", "n"],
-            "the driver does not offer ControllerPublishVolume (controller capability "
-            "PUBLISH_UNPUBLISH_VOLUME), which `aiocsi volume attach` needs",
+            (
+                "the driver does not offer ControllerPublishVolume (controller capability "
+                "PUBLISH_UNPUBLISH_VOLUME), which `aiocsi volume attach` needs"
+            ),
         ),
         (
             ["capacity"],
-            "the driver does not offer GetCapacity (controller capability GET_CAPACITY), "
-            "which `aiocsi capacity` needs",
+            (
+                "the driver does not offer GetCapacity (controller capability GET_CAPACITY), "
+                "which `aiocsi capacity` needs"
+            ),
         ),
     ],
 )
