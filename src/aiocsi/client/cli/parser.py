@@ -32,8 +32,12 @@ _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m)?")
 _DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0}
 
 
+def usage_line(prog: str, message: str) -> str:
+    return f"USAGE: {prog}: {message} (see `{prog} --help`)"
+
+
 def usage_exit(prog: str, message: str) -> NoReturn:
-    sys.stderr.write(f"USAGE: {prog}: {message} (see `{prog} --help`)\n")
+    sys.stderr.write(usage_line(prog, message) + "\n")
     raise SystemExit(EXIT_USAGE)
 
 

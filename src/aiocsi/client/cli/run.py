@@ -8,8 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiocsi.client.cli import info, node, snapshots, volumes
+from aiocsi.client.cli.parser import usage_line
 from aiocsi.client.cli.render import show
-from aiocsi.client.cli.session import EXIT_REFUSED, ClientError, PartialFailure, Session
+from aiocsi.client.cli.session import (
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    ClientError,
+    PartialFailure,
+    Session,
+)
 from aiocsi.client.codes import BadResponse
 from aiocsi.client.stubs import CsiStubs
 
@@ -43,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         output = asyncio.run(_run(args))
     except ClientError as exc:
-        sys.stderr.write(f"{exc}\n")
+        if exc.exit_code == EXIT_USAGE:  # found past argparse: said the way argparse says it
+            sys.stderr.write(usage_line(f"aiocsi {args.client_command}", exc.message) + "\n")
+        else:
+            sys.stderr.write(f"{exc}\n")
         return exc.exit_code
     except PartialFailure as exc:
         output, code = exc.output, exc.exit_code
