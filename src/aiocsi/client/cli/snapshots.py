@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.client.cli.render import Fields, Json, Output, Table, message_json, pairs
 from aiocsi.client.cli.session import CONTROLLER, Ctrl, Rpc, Session, follow_pages, refused
-from aiocsi.client.cli.volumes import capability_of, each_id
+from aiocsi.client.cli.volumes import capability_of, delete_each
 from aiocsi.client.codes import BadResponse
 from aiocsi.client.sizes import human_size
 
@@ -106,13 +106,14 @@ async def get(session: Session, args: argparse.Namespace) -> Output:
 
 async def delete(session: Session, args: argparse.Namespace) -> Output:
     controller = session.stubs.controller
-
-    async def one(snapshot_id: str) -> csi.DeleteSnapshotRequest:
-        request = csi.DeleteSnapshotRequest(snapshot_id=snapshot_id)
-        await session.call(DELETE, lambda t: controller.delete_snapshot(request, timeout=t))
-        return request
-
-    return await each_id(session, args.id, "Deleted snapshots", one)
+    return await delete_each(
+        session,
+        args.id,
+        "snapshots",
+        DELETE,
+        request_of=lambda snapshot_id: csi.DeleteSnapshotRequest(snapshot_id=snapshot_id),
+        send=lambda request, t: controller.delete_snapshot(request, timeout=t),
+    )
 
 
 async def capacity(session: Session, args: argparse.Namespace) -> Output:

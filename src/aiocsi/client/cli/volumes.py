@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from typing import TYPE_CHECKING, TypeVar
 
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.client.cli.render import Fields, Json, Output, Table, message_json, pairs
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
     import betterproto2
 
+R = TypeVar("R", bound="betterproto2.Message")
 CREATE = Rpc(CONTROLLER, "CreateVolume", Ctrl.CREATE_DELETE_VOLUME)
 CLONE = Rpc(CONTROLLER, "CreateVolume from a volume", Ctrl.CLONE_VOLUME)
 DELETE = Rpc(CONTROLLER, "DeleteVolume", Ctrl.CREATE_DELETE_VOLUME)
@@ -175,19 +177,24 @@ async def get(session: Session, args: argparse.Namespace) -> Output:
     return Output(message_json(found), [fields])
 
 
-async def each_id(
+async def delete_each(
     session: Session,
     ids: list[str],
-    title: str,
-    call: Callable[[str], Awaitable[betterproto2.Message]],
+    what: str,
+    rpc: Rpc,
+    *,
+    request_of: Callable[[str], R],
+    send: Callable[[R, float], Awaitable[object]],
 ) -> Output:
-    """One call per id; a refusal is reported and the rest still run (exit 1 at the end)."""
+    """One delete per id; a refusal is reported and the rest still run (exit 1 at the end)."""
     done: list[Json] = []
-    table = Table(title, ("ID",), empty="nothing")
+    table = Table(f"Deleted {what}", ("ID",), empty="nothing")
     failed = 0
     for one in ids:
+        request = request_of(one)
         try:
-            done.append(request_json(await call(one)))
+            await session.call(rpc, functools.partial(send, request))
+            done.append(request_json(request))
         except ClientError as exc:
             if exc.exit_code != 1:
                 raise
@@ -203,13 +210,14 @@ async def each_id(
 
 async def delete(session: Session, args: argparse.Namespace) -> Output:
     controller = session.stubs.controller
-
-    async def one(volume_id: str) -> csi.DeleteVolumeRequest:
-        request = csi.DeleteVolumeRequest(volume_id=volume_id)
-        await session.call(DELETE, lambda t: controller.delete_volume(request, timeout=t))
-        return request
-
-    return await each_id(session, args.id, "Deleted volumes", one)
+    return await delete_each(
+        session,
+        args.id,
+        "volumes",
+        DELETE,
+        request_of=lambda volume_id: csi.DeleteVolumeRequest(volume_id=volume_id),
+        send=lambda request, t: controller.delete_volume(request, timeout=t),
+    )
 
 
 async def _controller_expand(
