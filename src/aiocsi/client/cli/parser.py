@@ -96,7 +96,7 @@ def _common() -> argparse.ArgumentParser:
         type=endpoint,
         default=env or DEFAULT_ENDPOINT,
         help=f"the driver's socket: unix:///path or a path [env CSI_ENDPOINT; default "
-        f"{DEFAULT_ENDPOINT}; now {env or DEFAULT_ENDPOINT}]",
+        f"{DEFAULT_ENDPOINT}" + (f"; now {env}]" if env else "]"),
     )
     common.add_argument(
         "--timeout", type=duration, default=30.0, help="per call: 30, 10s, 500ms [default 30s]"
@@ -112,7 +112,13 @@ def _common() -> argparse.ArgumentParser:
 def _capability_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block", action="store_true", help="a raw block volume, not a filesystem")
     p.add_argument("--fs-type", default="", help="filesystem, e.g. ext4 [default: the driver's]")
-    p.add_argument("--mount-flag", action="append", default=[], help="a mount option; repeatable")
+    p.add_argument(
+        "--mount-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="a mount option; repeatable",
+    )
     p.add_argument(
         "--access-mode",
         type=access_mode,
@@ -127,11 +133,13 @@ def _contexts(p: argparse.ArgumentParser) -> None:
         type=pair,
         action="append",
         default=None,
+        metavar="KEY=VALUE",
         help="volume_context KEY=VALUE; repeatable [default: the volume's, when the "
         "driver can list or get volumes]",
     )
     p.add_argument(
         "--publish-context",
+        metavar="KEY=VALUE",
         type=pair,
         action="append",
         default=[],
@@ -140,11 +148,15 @@ def _contexts(p: argparse.ArgumentParser) -> None:
 
 
 def _params(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--param", type=pair, action="append", default=[], help=f"{what}; repeatable")
+    p.add_argument(
+        "--param", type=pair, action="append", default=[], metavar="KEY=VALUE", help=what
+    )
 
 
 def _topology(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--topology", type=pair, action="append", default=[], help=f"{what}; repeatable")
+    p.add_argument(
+        "--topology", type=pair, action="append", default=[], metavar="KEY=VALUE", help=what
+    )
 
 
 def _paging(p: argparse.ArgumentParser) -> None:
@@ -158,8 +170,8 @@ def _volume_tree(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("create", "CreateVolume", "NAME")
     p.add_argument("--size", type=size, default=None, help="1Gi, 500M, 1.5G or bytes")
     _capability_flags(p)
-    _params(p, "StorageClass parameter KEY=VALUE")
-    _topology(p, "place the volume in this topology segment KEY=VALUE")
+    _params(p, "StorageClass parameter; repeatable")
+    _topology(p, "place the volume in this topology segment; repeatable")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--from-snapshot", metavar="ID", help="restore this snapshot")
     source.add_argument("--from-volume", metavar="ID", help="clone this volume")
@@ -201,7 +213,7 @@ def _volume_tree(add: Callable[..., argparse.ArgumentParser]) -> None:
 def _snapshot_tree(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("create", "CreateSnapshot", "NAME")
     p.add_argument("--source", required=True, metavar="ID", help="the volume to snapshot")
-    _params(p, "VolumeSnapshotClass parameter KEY=VALUE")
+    _params(p, "VolumeSnapshotClass parameter; repeatable")
     p = add("list", "ListSnapshots")
     p.add_argument("--source", metavar="ID", help="only this volume's snapshots")
     _paging(p)
@@ -247,8 +259,8 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     _group(commands, "volume", "volumes of any CSI driver (docs/client.md)", common, _volume_tree)
     _group(commands, "snapshot", "snapshots of any CSI driver", common, _snapshot_tree)
     capacity = commands.add_parser("capacity", help="GetCapacity", parents=[common], client=True)
-    _params(capacity, "StorageClass parameter KEY=VALUE")
-    _topology(capacity, "capacity in this topology segment KEY=VALUE")
+    _params(capacity, "StorageClass parameter; repeatable")
+    _topology(capacity, "capacity in this topology segment; repeatable")
     _capability_flags(capacity)
     capacity.set_defaults(func=run_client, client_command="capacity")
 
