@@ -257,3 +257,25 @@ async def _check_restored_data(client: Client, volume_id: str, root: Path) -> No
     await client.run("volume", "unpublish", volume_id, "--target-path", str(target))
     await client.run("volume", "unstage", volume_id, "--staging-path", str(staging))
     assert not mounted(staging)
+
+
+async def test_attach_and_detach(cleanup: Path) -> None:
+    async with serve_process(cleanup, "--enable-attach", "true") as server:
+        stubs = Csi.connect(server.socket_path)
+        try:
+            client = Client(server.socket_path, "json")
+            volume_id, _ = await client.new_volume(stubs, "a1", "--size", "16Mi")
+            attached = await client.run("volume", "attach", volume_id, "--node", "test-node")
+            assert "publish_context" in attached
+            status = (await volumes(stubs))[volume_id].status
+            assert status is not None
+            assert status.published_node_ids == ["test-node"]
+            detached = await client.run("volume", "detach", volume_id, "--node", "test-node")
+            assert detached == {"volume_id": volume_id, "node_id": "test-node"}
+            status = (await volumes(stubs))[volume_id].status
+            assert status is not None
+            assert status.published_node_ids == []
+            await client.run("volume", "delete", volume_id)
+            assert await volumes(stubs) == {}
+        finally:
+            stubs.close()
