@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -277,5 +278,34 @@ async def test_attach_and_detach(cleanup: Path) -> None:
             assert status.published_node_ids == []
             await client.run("volume", "delete", volume_id)
             assert await volumes(stubs) == {}
+        finally:
+            stubs.close()
+
+
+async def test_a_block_volume(cleanup: Path) -> None:
+    async with serve_process(cleanup) as server:
+        stubs = Csi.connect(server.socket_path)
+        try:
+            client = Client(server.socket_path, "table")
+            volume_id, _ = await client.new_volume(stubs, "b1", "--size", "16Mi", "--block")
+            staging, target = cleanup / "stage" / "b1", cleanup / "pods" / "pb" / "dev"
+            await client.run(
+                "volume", "stage", volume_id, "--staging-path", str(staging), "--block"
+            )
+            await client.run(
+                "volume",
+                "publish",
+                volume_id,
+                "--staging-path",
+                str(staging),
+                "--target-path",
+                str(target),
+                "--block",
+            )
+            assert stat.S_ISBLK(target.stat().st_mode)
+            await client.run("volume", "unpublish", volume_id, "--target-path", str(target))
+            await client.run("volume", "unstage", volume_id, "--staging-path", str(staging))
+            assert pool_devices(cleanup / "pool") == {}
+            await client.run("volume", "delete", volume_id)
         finally:
             stubs.close()
