@@ -113,6 +113,16 @@ async def test_the_driver_saying_no_exits_1(cleanup: Path) -> None:
                 "capability PUBLISH_UNPUBLISH_VOLUME), which `aiocsi volume attach` needs"
             ),
         )
+        blocker = cleanup / "a-file"
+        blocker.write_text("")
+        ran = await aiocsi(
+            "volume", "stage", "vol-x", "--staging-path", f"{blocker}/s", endpoint=sock
+        )
+        assert ran.code == 2
+        assert ran.error_line().startswith(
+            f"USAGE: aiocsi volume stage: --staging-path {blocker}/s: cannot make the directory: "
+            "Not a directory"
+        )
         # --endpoint wins over CSI_ENDPOINT.
         ran = await aiocsi("volume", "list", "--endpoint", str(sock), endpoint=cleanup / "no.sock")
         assert ran.code == 0, ran

@@ -13,7 +13,7 @@ import anyio
 
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.client.cli.render import Fields, Output, Table, message_json
-from aiocsi.client.cli.session import NODE, ClientError, NodeCap, Rpc, Session
+from aiocsi.client.cli.session import NODE, ClientError, NodeCap, Rpc, Session, bad_usage
 from aiocsi.client.cli.volumes import capability_of, find_volume, request_json
 from aiocsi.client.sizes import human_size
 
@@ -26,6 +26,14 @@ PUBLISH = Rpc(NODE, "NodePublishVolume")
 UNPUBLISH = Rpc(NODE, "NodeUnpublishVolume")
 STATS = Rpc(NODE, "NodeGetVolumeStats", NodeCap.GET_VOLUME_STATS)
 _NO_STAGE = "; publish it without --staging-path"
+
+
+async def make_dir(path: Path, flag: str) -> None:
+    """The CO's part: the directory the driver is given must exist."""
+    try:
+        await anyio.Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise bad_usage(f"{flag} {path}: cannot make the directory: {exc.strerror}") from None
 
 
 async def volume_context(session: Session, args: argparse.Namespace) -> dict[str, str]:
@@ -43,7 +51,7 @@ async def volume_context(session: Session, args: argparse.Namespace) -> dict[str
 
 async def stage(session: Session, args: argparse.Namespace) -> Output:
     await session.require(STAGE, _NO_STAGE)
-    await anyio.Path(args.staging_path).mkdir(parents=True, exist_ok=True)
+    await make_dir(Path(args.staging_path), "--staging-path")
     request = csi.NodeStageVolumeRequest(
         volume_id=args.id,
         staging_target_path=args.staging_path,
@@ -68,7 +76,7 @@ async def unstage(session: Session, args: argparse.Namespace) -> Output:
 async def publish(session: Session, args: argparse.Namespace) -> Output:
     if args.staging_path is not None:
         await session.require(STAGE, _NO_STAGE)
-    await anyio.Path(Path(args.target_path).parent).mkdir(parents=True, exist_ok=True)
+    await make_dir(Path(args.target_path).parent, "--target-path")
     request = csi.NodePublishVolumeRequest(
         volume_id=args.id,
         staging_target_path=args.staging_path or "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
     Command = Callable[[Session, argparse.Namespace], Awaitable[Output]]
 
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
 COMMANDS: dict[str, Command] = {
     "info": info.info,
     "capacity": snapshots.capacity,
@@ -60,7 +62,17 @@ def run(args: argparse.Namespace) -> int:
     except BadResponse as exc:
         sys.stderr.write(f"BAD_RESPONSE: {exc}\n")
         return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - a person gets one line, never a traceback
+        sys.stderr.write(f"INTERNAL: the client failed: {type(exc).__name__}: {exc}\n")
+        return EXIT_REFUSED
     else:
         code = 0
-    show(output, as_json=args.json)
+    try:
+        show(output, as_json=args.json)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (`| head`): nothing more to say, and nothing to say it to.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return code
