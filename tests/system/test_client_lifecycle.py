@@ -64,6 +64,18 @@ class Client:
         assert ran.err == "", ran
         return ran.json() if self.as_json else ran.out
 
+    async def publish(self, volume_id: str, staging: Path, target: Path, *args: str) -> Any:
+        return await self.run(
+            "volume",
+            "publish",
+            volume_id,
+            "--staging-path",
+            str(staging),
+            "--target-path",
+            str(target),
+            *args,
+        )
+
     async def new_volume(self, stubs: Csi, *args: str) -> tuple[str, Any]:
         before = set(await volumes(stubs))
         answer = await self.run("volume", "create", *args)
@@ -153,17 +165,7 @@ async def _stage_publish_stats(client: Client, volume_id: str, root: Path) -> No
     else:
         assert f"Volume {volume_id} staged at {staging}" in staged
 
-    await client.run(
-        "volume",
-        "publish",
-        volume_id,
-        "--staging-path",
-        str(staging),
-        "--target-path",
-        str(target),
-        "--fs-type",
-        "ext4",
-    )
+    await client.publish(volume_id, staging, target, "--fs-type", "ext4")
     assert mounted(target)
     (target / "data").write_bytes(b"kept across the snapshot")
     os.sync()
@@ -251,9 +253,7 @@ async def _expand_and_delete(
 async def _check_restored_data(client: Client, volume_id: str, root: Path) -> None:
     staging, target = root / "stage" / "r1", root / "pods" / "p2" / "mnt"
     await client.run("volume", "stage", volume_id, "--staging-path", str(staging))
-    await client.run(
-        "volume", "publish", volume_id, "--staging-path", str(staging), "--target-path", str(target)
-    )
+    await client.publish(volume_id, staging, target)
     assert (target / "data").read_bytes() == b"kept across the snapshot"
     await client.run("volume", "unpublish", volume_id, "--target-path", str(target))
     await client.run("volume", "unstage", volume_id, "--staging-path", str(staging))
@@ -292,16 +292,7 @@ async def test_a_block_volume(cleanup: Path) -> None:
             await client.run(
                 "volume", "stage", volume_id, "--staging-path", str(staging), "--block"
             )
-            await client.run(
-                "volume",
-                "publish",
-                volume_id,
-                "--staging-path",
-                str(staging),
-                "--target-path",
-                str(target),
-                "--block",
-            )
+            await client.publish(volume_id, staging, target, "--block")
             assert stat.S_ISBLK(target.stat().st_mode)
             await client.run("volume", "unpublish", volume_id, "--target-path", str(target))
             await client.run("volume", "unstage", volume_id, "--staging-path", str(staging))
