@@ -73,11 +73,7 @@ async def info(session: Session, _args: argparse.Namespace) -> Output:
         Rpc(IDENTITY, "GetPluginInfo"),
         lambda t: identity.get_plugin_info(csi.GetPluginInfoRequest(), timeout=t),
     )
-    capabilities = await _optional(
-        session,
-        Rpc(IDENTITY, "GetPluginCapabilities"),
-        lambda t: identity.get_plugin_capabilities(csi.GetPluginCapabilitiesRequest(), timeout=t),
-    )
+    capabilities = await session.plugin_capabilities()
     probe = await session.raw(
         Rpc(IDENTITY, "Probe"), lambda t: identity.probe(csi.ProbeRequest(), timeout=t)
     )

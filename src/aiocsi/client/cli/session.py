@@ -100,7 +100,8 @@ class Session:
 
     def __init__(self, stubs: CsiStubs, endpoint: str, timeout: float, command: str) -> None:
         self.stubs, self.endpoint, self.timeout, self.command = stubs, endpoint, timeout, command
-        self._plugin: frozenset[csi.PluginCapabilityServiceType] | None = None
+        self._plugin: csi.GetPluginCapabilitiesResponse | None = None
+        self._plugin_asked = False
         # None: not asked yet; False: the service is not there; a set: what it advertises;
         # True: the service is there but does not say what it offers.
         self._offers: dict[str, frozenset[Ctrl | NodeCap] | bool] = {}
@@ -159,10 +160,11 @@ class Session:
         """Whether a call is worth trying (offered, or the driver does not say)."""
         return await self.offers(rpc) is not False
 
-    async def plugin_services(self) -> frozenset[csi.PluginCapabilityServiceType] | None:
-        if self._plugin is None:
+    async def plugin_capabilities(self) -> csi.GetPluginCapabilitiesResponse | None:
+        """The driver's GetPluginCapabilities reply (asked once), None if it has none."""
+        if not self._plugin_asked:
             try:
-                reply = await self.raw(
+                self._plugin = await self.raw(
                     Rpc(IDENTITY, "GetPluginCapabilities"),
                     lambda t: self.stubs.identity.get_plugin_capabilities(
                         csi.GetPluginCapabilitiesRequest(), timeout=t
@@ -171,11 +173,14 @@ class Session:
             except ClientError as exc:
                 if exc.code != "UNIMPLEMENTED":
                     raise
-                return None
-            self._plugin = frozenset(
-                c.service.type for c in reply.capabilities if c.service is not None
-            )
+            self._plugin_asked = True
         return self._plugin
+
+    async def plugin_services(self) -> frozenset[csi.PluginCapabilityServiceType] | None:
+        reply = await self.plugin_capabilities()
+        if reply is None:
+            return None
+        return frozenset(c.service.type for c in reply.capabilities if c.service is not None)
 
     async def _ask(self, service: str) -> frozenset[Ctrl | NodeCap] | bool:
         if service == CONTROLLER:
