@@ -1,17 +1,24 @@
-"""Session-wide guards: system-test gating and the leak guard for loop devices and mounts."""
+"""Session-wide guards: system-test gating, the leak guard for loop devices and mounts, and
+process state (the current call, the logging configuration) reset around every test."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
 
+from aiocsi.context import reset_call, set_call
 from aiocsi.host.loop import all_loop_backing_files
 from aiocsi.host.mount import parse_mountinfo
+from aiocsi.logging import QUIET_LIBRARIES, _StdlibBridge, configure
 
 # Every test directory lives under this short root, so socket paths stay < 108 bytes and
 # the leak guard knows exactly which loop devices and mounts are ours.
@@ -57,6 +64,67 @@ def test_root() -> Iterator[Path]:
 def workdir(test_root: Path, request: pytest.FixtureRequest) -> Path:
     """A short per-test directory under the session root."""
     return Path(tempfile.mkdtemp(dir=test_root, prefix=request.node.name[:12] + "-"))
+
+
+@dataclass(frozen=True)
+class LoggingState:
+    """What `aiocsi.logging.configure` changes, as far as a later test could notice it."""
+
+    structlog_config: dict[str, Any]
+    bridges: tuple[logging.Handler, ...]
+    root_level: int
+    library_levels: tuple[int, ...]
+    bound: dict[str, Any]
+
+    @classmethod
+    def current(cls) -> LoggingState:
+        root = logging.getLogger()
+        config = structlog.get_config()
+        # The processor list is live (capture_logs edits it in place): keep a copy.
+        config["processors"] = list(config["processors"])
+        return cls(
+            config,
+            # Only the driver's handlers: pytest adds and removes its own around each phase.
+            tuple(h for h in root.handlers if isinstance(h, _StdlibBridge)),
+            root.level,
+            tuple(logging.getLogger(name).level for name in QUIET_LIBRARIES),
+            structlog.contextvars.get_contextvars(),
+        )
+
+    def restore(self) -> None:
+        config = self.structlog_config
+        structlog.configure(**{**config, "processors": list(config["processors"])})
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if isinstance(handler, _StdlibBridge):
+                root.removeHandler(handler)
+        for handler in self.bridges:
+            root.addHandler(handler)
+        root.setLevel(self.root_level)
+        for name, level in zip(QUIET_LIBRARIES, self.library_levels, strict=True):
+            logging.getLogger(name).setLevel(level)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**self.bound)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_logging() -> LoggingState:
+    """The configuration every test starts with: the driver's default (JSON, info)."""
+    configure("json", "info")
+    return LoggingState.current()
+
+
+@pytest.fixture(autouse=True)
+def _process_state(default_logging: LoggingState) -> Iterator[None]:
+    """Every test starts with no current call and the default logging, whatever the test
+    before it set (a call holding secrets, a debug configuration writing to a buffer)."""
+    token = set_call(None)
+    default_logging.restore()
+    try:
+        yield
+    finally:
+        reset_call(token)
+        default_logging.restore()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:  # noqa: ARG001 - pytest hook signature

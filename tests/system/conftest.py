@@ -17,7 +17,6 @@ from aiocsi.bench.client import CsiStubs
 from aiocsi.config import Config
 from aiocsi.host.loop import all_loop_backing_files
 from aiocsi.host.mount import parse_mountinfo
-from aiocsi.logging import configure
 from aiocsi.server.app import DriverServer
 
 MiB = 1024 * 1024
@@ -85,11 +84,6 @@ async def running_driver(config: Config, root: Path) -> AsyncIterator[Driver]:
         client.channel.close()
         await server.drain()
         await server.close()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _logging() -> None:
-    configure("json", "info")
 
 
 @pytest.fixture
