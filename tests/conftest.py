@@ -34,17 +34,19 @@ def system_unavailable_reason() -> str | None:
     return None
 
 
-def _mount_points() -> list[str]:
-    return [m.mount_point for m in parse_mountinfo(Path("/proc/self/mountinfo").read_text())]
+def _under(path: str, root: Path) -> bool:
+    return path == str(root) or path.startswith(f"{root}/")
 
 
-def _leftovers(root: str) -> list[str]:
+def leftovers_under(root: Path) -> list[str]:
+    """Loop devices backed by files under `root` (and views stacked on them), and mounts
+    under `root`: what tests, and the drivers they ran, left there."""
     backing = all_loop_backing_files()
-    ours = {dev for dev, f in backing.items() if f.startswith(root)}
-    # ... and read-only views stacked on them.
+    ours = {dev for dev, file in backing.items() if _under(file, root)}
     loops = [f"loop {dev} -> {f}" for dev, f in backing.items() if dev in ours or f in ours]
-    mounts = [f"mount {m}" for m in _mount_points() if m.startswith(root)]
-    return loops + mounts
+    mountinfo = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    mounts = [f"mount {m.mount_point}" for m in mountinfo if _under(m.mount_point, root)]
+    return sorted(loops) + mounts
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -54,7 +56,7 @@ def test_root() -> Iterator[Path]:
     try:
         yield root
     finally:
-        leaks = _leftovers(str(root))
+        leaks = leftovers_under(root)
         if not leaks:
             shutil.rmtree(root, ignore_errors=True)
         assert not leaks, f"tests leaked resources under {root}: {leaks}"
@@ -145,10 +147,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
     """On CI (AIOCSI_REQUIRE_SYSTEM=1) a skipped test is a failed test: nothing may pass by
-    not running."""
+    not running. Records a failure for `call_failed`."""
     outcome = yield
     report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
     if REQUIRE_SYSTEM and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped on CI, which counts as a failure: {report.longrepr}"
-    del item
+    if report.failed and report.when in {"setup", "call"}:
+        item.stash[_FAILED] = True
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+def call_failed(item: pytest.Item) -> bool:
+    """Whether `item` already failed (in setup or in its body), for teardown-time guards."""
+    return item.stash.get(_FAILED, False)

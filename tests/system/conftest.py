@@ -18,6 +18,7 @@ from aiocsi.config import Config
 from aiocsi.host.loop import all_loop_backing_files
 from aiocsi.host.mount import parse_mountinfo
 from aiocsi.server.app import DriverServer
+from tests.conftest import call_failed, leftovers_under
 
 MiB = 1024 * 1024
 
@@ -36,13 +37,27 @@ def release_under(root: Path) -> None:
         subprocess.run(["losetup", "-d", device], check=False, capture_output=True)
 
 
+def sweep(root: Path) -> list[str]:
+    """Release what is left under `root` (see `release_under`); returns what was there."""
+    left = leftovers_under(root)
+    release_under(root)
+    return left
+
+
 @pytest.fixture
-def cleanup(workdir: Path) -> Iterator[Path]:
-    """Everything a test creates under `workdir` is unmounted and detached, even on failure."""
+def cleanup(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Fails a test that leaves a loop device or a mount under `workdir`, then sweeps them.
+
+    What is left is recorded first and only then unmounted and detached, so a leak fails
+    the test that made it (a driver running as root must leave nothing behind), and never
+    cascades into the tests after it. A test that failed already is not failed twice.
+    """
     try:
         yield workdir
     finally:
-        release_under(workdir)
+        leaks = sweep(workdir)
+    if leaks and not call_failed(request.node):
+        pytest.fail(f"the test left {len(leaks)} thing(s) under {workdir}: {leaks}")
 
 
 # The tests drive the driver through the same stubs the bench uses.

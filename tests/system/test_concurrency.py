@@ -48,13 +48,19 @@ async def lifecycle(client: Csi, root: Path, name: str, payload: bytes) -> None:
         )
     )
     await asyncio.to_thread(_write_and_check, target / "data", payload)
-    await client.node.node_unpublish_volume(
-        csi.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target))
-    )
+    await take_down(client, volume_id, staging, target)
+    await client.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id))
+
+
+async def take_down(client: Csi, volume_id: str, staging: Path, target: Path | None = None) -> None:
+    """Unpublish (when published), unstage: what the test made is gone again."""
+    if target is not None:
+        await client.node.node_unpublish_volume(
+            csi.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target))
+        )
     await client.node.node_unstage_volume(
         csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(staging))
     )
-    await client.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id))
 
 
 def _write_and_check(path: Path, payload: bytes) -> None:
@@ -136,6 +142,7 @@ async def test_unstage_racing_publish_is_aborted(
     assert "NodePublishVolume is in progress" in str(refused.value.message)
     await publish
     assert (target / "lost+found").is_dir()  # the publish completed: the volume is there
+    await take_down(driver.client, volume_id, staging, target)
 
 
 async def test_stage_whose_deadline_expires_mid_mkfs_finishes_for_the_retry(
@@ -158,6 +165,7 @@ async def test_stage_whose_deadline_expires_mid_mkfs_finishes_for_the_retry(
     image = str(driver.pool / "volumes" / f"{volume_id}.img")
     assert list(all_loop_backing_files().values()).count(image) == 1
     assert (staging / "lost+found").is_dir()
+    await take_down(driver.client, volume_id, staging)
 
 
 async def test_create_whose_deadline_expires_mid_copy_returns_the_same_volume(
