@@ -11,7 +11,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from aiocsi._proto.csi import v1 as csi
-from aiocsi.host import mount
+from aiocsi.host import files, mount
 from aiocsi.host.loop import all_loop_backing_files
 
 from .conftest import Csi, Driver, LoopWatchdog, mount_capability, volume_id_of
@@ -169,23 +169,39 @@ async def test_stage_whose_deadline_expires_mid_mkfs_finishes_for_the_retry(
 
 
 async def test_create_whose_deadline_expires_mid_copy_returns_the_same_volume(
-    driver: Driver,
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source_id = volume_id_of(
-        await driver.client.controller.create_volume(create_request("src", 256 * MiB))
+        await driver.client.controller.create_volume(create_request("src", 32 * MiB))
     )
     source = driver.pool / "volumes" / f"{source_id}.img"
-    await asyncio.to_thread(_fill, source, 256 * MiB)
+    await asyncio.to_thread(_fill, source, 32 * MiB)
     clone = csi.CreateVolumeRequest(
         name="clone",
         volume_capabilities=[mount_capability()],
-        capacity_range=csi.CapacityRange(required_bytes=256 * MiB),
+        capacity_range=csi.CapacityRange(required_bytes=32 * MiB),
         volume_content_source=csi.VolumeContentSource(
             volume=csi.VolumeContentSourceVolumeSource(volume_id=source_id)
         ),
     )
-    with pytest.raises(TimeoutError):
-        await driver.client.controller.create_volume(clone, timeout=0.05)
+    # A reflink copies in a few ms, faster than any deadline: hold the copy at a gate
+    # until the deadline has passed, as the bind-mount race holds the bind.
+    copying, release = asyncio.Event(), asyncio.Event()
+    real_copy = files.copy_image
+
+    async def gated_copy(src: Path, dst: Path, *, size: int | None = None) -> files.CopyMethod:
+        copying.set()
+        await release.wait()
+        return await real_copy(src, dst, size=size)
+
+    monkeypatch.setattr(files, "copy_image", gated_copy)
+    attempt = asyncio.create_task(driver.client.controller.create_volume(clone, timeout=0.05))
+    try:
+        with pytest.raises(TimeoutError):
+            await attempt
+        await asyncio.wait_for(copying.wait(), timeout=10)
+    finally:
+        release.set()
     first = await driver.client.controller.create_volume(clone)
     again = await driver.client.controller.create_volume(clone)
     assert volume_id_of(first) == volume_id_of(again)
