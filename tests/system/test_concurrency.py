@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from grpclib.const import Status
@@ -189,10 +190,10 @@ async def test_create_whose_deadline_expires_mid_copy_returns_the_same_volume(
     copying, release = asyncio.Event(), asyncio.Event()
     real_copy = files.copy_image
 
-    async def gated_copy(src: Path, dst: Path, *, size: int | None = None) -> files.CopyMethod:
+    async def gated_copy(*args: Any, **kwargs: Any) -> Any:
         copying.set()
         await release.wait()
-        return await real_copy(src, dst, size=size)
+        return await real_copy(*args, **kwargs)
 
     monkeypatch.setattr(files, "copy_image", gated_copy)
     attempt = asyncio.create_task(driver.client.controller.create_volume(clone, timeout=0.05))

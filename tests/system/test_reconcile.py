@@ -17,13 +17,13 @@ from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import structlog
 
 from aiocsi._proto.csi import v1 as csi
-from aiocsi.host import files
+from aiocsi.host.files import create_sparse_sync
 from aiocsi.host.loop import all_loop_backing_files
-from aiocsi.host.process import run
 
 from .conftest import Driver, driver_config, mount_capability, running_driver, volume_id_of
 
@@ -90,9 +90,17 @@ def backed_by(image: Path) -> list[str]:
     return [dev for dev, file in all_loop_backing_files().items() if file == str(image)]
 
 
+async def run(*argv: str) -> str:
+    done = await anyio.run_process(list(argv))
+    return done.stdout.decode().strip()
+
+
 async def attach(image: Path) -> str:
-    done = await run(["losetup", "--find", "--show", str(image)])
-    return done.stdout.strip()
+    return await run("losetup", "--find", "--show", str(image))
+
+
+async def create_image(path: Path) -> None:
+    await asyncio.to_thread(create_sparse_sync, path, MiB)
 
 
 def image_of(driver: Driver, volume_id: str) -> Path:
@@ -152,7 +160,7 @@ async def test_images_without_a_row_are_removed_and_foreign_files_kept(cleanup: 
     # Not named like our ids: an operator's, whatever directory it sits in.
     foreign = [pool / "volumes" / "notes.img", pool / "volumes" / "vol-backup.img"]
     for path in orphans + foreign:
-        await files.create_sparse(path, MiB)
+        await create_image(path)
     async with started(cleanup) as (driver, event):
         assert event["repaired"] == {"orphan_image_removed": 2}
         assert [p for p in orphans if p.exists()] == []
@@ -174,7 +182,7 @@ async def test_a_loop_device_of_ours_that_nothing_uses_is_detached(cleanup: Path
     # Left by a crash between attach and its record; and a device that is not ours.
     await attach(idle_image)
     foreign_image = cleanup / "foreign.img"
-    await files.create_sparse(foreign_image, MiB)
+    await create_image(foreign_image)
     foreign_device = await attach(foreign_image)
     try:
         async with started(cleanup) as (driver, event):
@@ -190,7 +198,7 @@ async def test_a_loop_device_of_ours_that_nothing_uses_is_detached(cleanup: Path
                     csi.DeleteVolumeRequest(volume_id=volume_id)
                 )
     finally:
-        await run(["losetup", "--detach", foreign_device])
+        await run("losetup", "--detach", foreign_device)
 
 
 async def test_a_stage_lost_in_a_reboot_is_forgotten(cleanup: Path) -> None:
@@ -206,9 +214,9 @@ async def test_a_stage_lost_in_a_reboot_is_forgotten(cleanup: Path) -> None:
         await driver.client.node.node_stage_volume(stage)
         image = image_of(driver, volume_id)
     # A reboot loses every mount and loop device, and keeps the pool.
-    await run(["umount", str(staging)])
+    await run("umount", str(staging))
     for device in backed_by(image):
-        await run(["losetup", "--detach", device])
+        await run("losetup", "--detach", device)
     async with started(cleanup) as (driver, event):
         assert event["repaired"] == {"stage_forgotten": 1}
         # The CO stages again, and the volume goes on as before.
