@@ -34,7 +34,8 @@ async def lifecycle(client: Csi, root: Path, name: str, payload: bytes) -> None:
     cap = mount_capability()
     volume_id = volume_id_of(await client.controller.create_volume(create_request(name)))
     staging, target = root / "s" / name, root / "t" / name
-    staging.mkdir(parents=True)
+    # A mkdir waits for the filesystem's journal, busy with the other volumes' mkfs.
+    await asyncio.to_thread(staging.mkdir, parents=True)
     await client.node.node_stage_volume(
         csi.NodeStageVolumeRequest(
             volume_id=volume_id, staging_target_path=str(staging), volume_capability=cap
