@@ -172,7 +172,7 @@ def install(server: Server, tracker: CallTracker, observers: Sequence[CallObserv
             method=method,
             deadline=deadline_at(event.deadline),
         )
-        set_call(call)
+        set_call(call)  # in the handler's own task: its context ends with the call
         _rpc_fields.set(None)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=call.request_id, method=method)
