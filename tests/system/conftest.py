@@ -92,19 +92,26 @@ def driver_config(root: Path, **overrides: object) -> Config:
 
 
 @contextlib.asynccontextmanager
+async def unwatched_driver(config: Config, root: Path) -> AsyncIterator[Driver]:
+    """An in-process driver, from start (reconcile included) to close, with no stall guard:
+    for the few tests that stall the loop on purpose or watch part of it themselves."""
+    server = DriverServer(config)
+    await server.start()
+    client = Csi.connect(config.socket_path)
+    try:
+        yield Driver(config, server, client, root)
+    finally:
+        client.channel.close()
+        await server.drain()
+        await server.close()
+
+
+@contextlib.asynccontextmanager
 async def running_driver(config: Config, root: Path) -> AsyncIterator[Driver]:
     """An in-process driver, from start (reconcile included) to close, its loop watched:
     the block fails if the loop stalled (checked only when the block itself succeeded)."""
-    async with watched_loop() as watchdog:
-        server = DriverServer(config)
-        await server.start()
-        client = Csi.connect(config.socket_path)
-        try:
-            yield Driver(config, server, client, root)
-        finally:
-            client.channel.close()
-            await server.drain()
-            await server.close()
+    async with watched_loop() as watchdog, unwatched_driver(config, root) as driver:
+        yield driver
     watchdog.check()
 
 

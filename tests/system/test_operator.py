@@ -4,7 +4,6 @@ lines naming Kubernetes objects, and a log stream whose reader may stall."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
 import shutil
@@ -19,21 +18,19 @@ from grpclib.exceptions import GRPCError
 from structlog.testing import capture_logs
 
 from aiocsi._proto.csi import v1 as csi
-from aiocsi.config import Config
 from aiocsi.engine.pool import Pool, new_volume_id
 from aiocsi.host.loop import all_loop_backing_files
 from aiocsi.models import Volume, VolumeState
-from aiocsi.server.app import DriverServer
 from aiocsi.state.store import DB_NAME, Store
 
 from .conftest import (
     MAX_LOOP_STALL,
-    Csi,
     Driver,
     LoopWatchdog,
     driver_config,
     mount_capability,
     running_driver,
+    unwatched_driver,
     volume_id_of,
 )
 from .operator import CREATE, DELETE, STAGE, Scrape, http_get, scrape
@@ -48,21 +45,6 @@ pytestmark = pytest.mark.system
 
 MiB = 1024 * 1024
 PROBES = 3000
-
-
-@contextlib.asynccontextmanager
-async def unwatched_driver(config: Config, root: Path) -> AsyncIterator[Driver]:
-    """A driver without the suite's loop-stall guard: for the tests that stall the loop on
-    purpose, or watch only part of the driver's life themselves."""
-    server = DriverServer(config)
-    await server.start()
-    client = Csi.connect(config.socket_path)
-    try:
-        yield Driver(config, server, client, root)
-    finally:
-        client.channel.close()
-        await server.drain()
-        await server.close()
 
 
 @pytest.fixture
