@@ -6,12 +6,12 @@ import asyncio
 
 from aiocsi import threads
 from aiocsi.config import Config
-from aiocsi.engine.context import EngineContext
 from aiocsi.engine.health import HealthChecker
-from aiocsi.engine.node import NodeService
+from aiocsi.engine.node import NodeVolumes
 from aiocsi.engine.operations import Operations
 from aiocsi.engine.pool import Pool
 from aiocsi.engine.reconcile import reconcile
+from aiocsi.engine.resources import EngineResources
 from aiocsi.engine.snapshots import SnapshotService
 from aiocsi.engine.volumes import VolumeService
 from aiocsi.host.lock import PoolLock
@@ -23,7 +23,7 @@ LOCK_NAME = "aiocsi.lock"
 class Engine:
     def __init__(self, config: Config) -> None:
         pool = Pool(config.pool)
-        self.ctx = EngineContext(
+        self.resources = EngineResources(
             config=config,
             store=Store(config.pool / DB_NAME),
             pool=pool,
@@ -31,21 +31,21 @@ class Engine:
             mkfs_slots=asyncio.Semaphore(config.max_mkfs),
         )
         self.health = HealthChecker(config)
-        self.volumes = VolumeService(self.ctx)
-        self.snapshots = SnapshotService(self.ctx)
-        self.node = NodeService(self.ctx, self.volumes)
+        self.volumes = VolumeService(self.resources)
+        self.snapshots = SnapshotService(self.resources)
+        self.node = NodeVolumes(self.resources, self.volumes)
         self._lock = PoolLock(config.pool / LOCK_NAME)
 
     async def start(self) -> None:
         """Prepare and lock the pool, open state, reconcile. Raises PoolLocked."""
-        await threads.run_sync(self.ctx.pool.prepare)
+        await threads.run_sync(self.resources.pool.prepare)
         self._lock.acquire()
-        await self.ctx.store.open()
-        await reconcile(self.ctx)
+        await self.resources.store.open()
+        await reconcile(self.resources)
 
     async def drain(self) -> None:
-        await self.ctx.operations.drain()
+        await self.resources.operations.drain()
 
     async def close(self) -> None:
-        await self.ctx.store.close()
+        await self.resources.store.close()
         self._lock.release()

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from aiocsi import threads
 from aiocsi.config import ConfigError, parse_size
-from aiocsi.engine.context import EngineContext
+from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.requests import CapacityRange, CreateVolume, PublishVolume, StageVolume
+from aiocsi.engine.resources import EngineResources
 from aiocsi.engine.volumes import DEFAULT_FS, VolumeService
 from aiocsi.errors import (
     AlreadyExists,
@@ -118,8 +119,8 @@ def _access_type(pub: Publication) -> AccessType:
     return pub.capability.access_type if pub.capability else AccessType.MOUNT
 
 
-class NodeService:
-    def __init__(self, ctx: EngineContext, volumes: VolumeService) -> None:
+class NodeVolumes:
+    def __init__(self, ctx: EngineResources, volumes: VolumeService) -> None:
         self._ctx = ctx
         self._store = ctx.store
         self._pool = ctx.pool
@@ -198,7 +199,7 @@ class NodeService:
         staging = Path(request.staging_path)
         real = await self._real_path(staging, "staging_target_path")
         await self._ctx.operations.run(
-            f"volume:{volume.id}",
+            OperationKey.volume(volume.id),
             ("stage", request),
             "NodeStageVolume",
             lambda: self._stage(volume, staging, real, request.capability),
@@ -334,7 +335,7 @@ class NodeService:
         volume = await self._volumes.get(volume_id)
         real = await self._real_path(Path(staging_path), "staging_target_path")
         await self._ctx.operations.run(
-            f"volume:{volume.id}",
+            OperationKey.volume(volume.id),
             ("unstage", staging_path),
             "NodeUnstageVolume",
             lambda: self._unstage(volume, Path(staging_path), real),
@@ -431,7 +432,7 @@ class NodeService:
         )
         volume = await self._volumes.get(request.volume_id)
         await self._ctx.operations.run(
-            f"volume:{volume.id}",
+            OperationKey.volume(volume.id),
             ("publish", request),
             "NodePublishVolume",
             lambda: self._publish(volume, request, _Points(staging, target)),
@@ -563,7 +564,7 @@ class NodeService:
             raise
         real = await self._real_path(Path(target_path), "target_path")
         await self._ctx.operations.run(
-            f"volume:{volume.id}",
+            OperationKey.volume(volume.id),
             ("unpublish", target_path),
             "NodeUnpublishVolume",
             lambda: self._unpublish(volume, Path(target_path), real),
@@ -609,7 +610,7 @@ class NodeService:
         )
         # One operation for stage + publish, so that an unpublish cannot slip in between.
         await self._ctx.operations.run(
-            f"volume:{volume.id}",
+            OperationKey.volume(volume.id),
             ("publish-ephemeral", request),
             "NodePublishVolume",
             lambda: self._stage_and_publish_ephemeral(volume, request, target),
@@ -640,8 +641,7 @@ class NodeService:
         staging = self._pool.ephemeral_staging(volume.id)
         await self._unstage(volume, staging, await mount.canonical(staging))
         await _remove_path(staging)
-        # Already inside this volume's operation: call the unlocked step directly.
-        await self._volumes._delete(volume.id)  # noqa: SLF001 - same operation, key held
+        await self._volumes.delete_while_held(volume.id)
 
     # -- stats / expand -------------------------------------------------------------------
 
@@ -680,7 +680,7 @@ class NodeService:
     async def expand(self, volume_id: str, volume_path: str, capacity: CapacityRange) -> int:
         volume, pub = await self._user_at(volume_id, volume_path)
         return await self._ctx.operations.run(
-            f"volume:{volume.id}",
+            OperationKey.volume(volume.id),
             ("node-expand", capacity),
             "NodeExpandVolume",
             lambda: self._expand(volume, pub, capacity),
@@ -690,7 +690,7 @@ class NodeService:
         # Read again under the operation's key: a ControllerExpand may have finished since.
         volume = await self._volumes.get(volume.id)
         # Grows the image when the controller has not (node-only expansion).
-        size, volume = await self._volumes._expand(volume, capacity)  # noqa: SLF001 - same operation, key already held
+        size, volume = await self._volumes.expand_while_held(volume, capacity)
         device = await self._device(volume)
         if device is None:
             raise FailedPrecondition(f"volume {volume.id} is not attached on this node")
@@ -747,7 +747,7 @@ def _is_ours_sync(entry: mount.MountEntry, path: Path, device: str | None) -> bo
 
 
 def _unmount_ours_sync(point: Path, device: str | None, *, remove_target: bool) -> None:
-    """`NodeService._unmount_ours` in a worker thread: every step blocks, none waits long."""
+    """`NodeVolumes._unmount_ours` in a worker thread: every step blocks, none waits long."""
     for _ in range(_MAX_STACKED_MOUNTS):
         entries = mount.mounts_at_point(point)
         if not entries:

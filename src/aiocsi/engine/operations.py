@@ -9,6 +9,7 @@ never interrupts a half-done mkfs or mount: the caller stops waiting, the task f
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -21,6 +22,42 @@ T = TypeVar("T")
 log = get_logger("aiocsi.engine")
 
 
+class KeyKind(enum.StrEnum):
+    """What an operation is keyed by: operations exclude each other only within one kind."""
+
+    VOLUME_NAME = "volume-name"  # CreateVolume, before the volume has an id
+    VOLUME = "volume"  # everything else on a volume, by id
+    SNAPSHOT_NAME = "snapshot-name"  # CreateSnapshot
+    SNAPSHOT = "snapshot"  # everything else on a snapshot, by id
+
+
+@dataclass(frozen=True)
+class OperationKey:
+    """The one way to name what an operation touches (DESIGN.md section 3)."""
+
+    kind: KeyKind
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+    @classmethod
+    def volume_name(cls, name: str) -> OperationKey:
+        return cls(KeyKind.VOLUME_NAME, name)
+
+    @classmethod
+    def volume(cls, volume_id: str) -> OperationKey:
+        return cls(KeyKind.VOLUME, volume_id)
+
+    @classmethod
+    def snapshot_name(cls, name: str) -> OperationKey:
+        return cls(KeyKind.SNAPSHOT_NAME, name)
+
+    @classmethod
+    def snapshot(cls, snapshot_id: str) -> OperationKey:
+        return cls(KeyKind.SNAPSHOT, snapshot_id)
+
+
 @dataclass
 class _Running:
     signature: Hashable
@@ -30,7 +67,7 @@ class _Running:
 
 class Operations:
     def __init__(self, max_running: int) -> None:
-        self._running: dict[str, _Running] = {}
+        self._running: dict[OperationKey, _Running] = {}
         # asyncio.Semaphore wakes waiters in FIFO order: excess operations queue fairly.
         self._slots = asyncio.Semaphore(max_running)
 
@@ -40,7 +77,7 @@ class Operations:
 
     async def run(
         self,
-        key: str,
+        key: OperationKey,
         signature: Hashable,
         description: str,
         work: Callable[[], Awaitable[T]],
@@ -62,12 +99,12 @@ class Operations:
         async with self._slots:
             return await work()
 
-    def _forget(self, key: str, running: _Running) -> None:
+    def _forget(self, key: OperationKey, running: _Running) -> None:
         if self._running.get(key) is running:
             del self._running[key]
         if not running.task.cancelled() and (exc := running.task.exception()) is not None:
             # Keep "Task exception was never retrieved" quiet when every waiter left early.
-            log.debug("operation_failed", key=key, error=str(exc))
+            log.debug("operation_failed", key=str(key), error=str(exc))
 
     @staticmethod
     async def _wait(task: asyncio.Task[T]) -> T:

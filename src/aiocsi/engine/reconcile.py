@@ -16,8 +16,8 @@ from pathlib import Path
 import anyio
 
 from aiocsi import threads
-from aiocsi.engine.context import EngineContext
 from aiocsi.engine.pool import Pool, is_snapshot_id, is_volume_id
+from aiocsi.engine.resources import EngineResources
 from aiocsi.errors import FailedPrecondition, HostFailure
 from aiocsi.host import files, loop, mount
 from aiocsi.logging import get_logger
@@ -94,7 +94,7 @@ async def _host_view(devices: Mapping[str, str], views: Mapping[str, str]) -> _H
     return _HostView(mounts, by_point, bound, frozenset(in_use & views.keys()))
 
 
-async def reconcile(ctx: EngineContext) -> Counter[str]:
+async def reconcile(ctx: EngineResources) -> Counter[str]:
     repaired: Counter[str] = Counter()
     backing_files = await loop.loop_backing_files()
     devices = _our_devices(ctx.pool, backing_files)
@@ -115,7 +115,7 @@ async def reconcile(ctx: EngineContext) -> Counter[str]:
 
 
 async def _forget_lost_publications(
-    ctx: EngineContext, host: _HostView, devices: dict[str, str], repaired: Counter[str]
+    ctx: EngineResources, host: _HostView, devices: dict[str, str], repaired: Counter[str]
 ) -> None:
     """Publications whose mount or device vanished (reboot, crash, a hand unmount) are
     forgotten: the CO stages and publishes again."""
@@ -129,7 +129,7 @@ async def _forget_lost_publications(
 
 
 async def _roll_back_unfinished(
-    ctx: EngineContext, repaired: Counter[str]
+    ctx: EngineResources, repaired: Counter[str]
 ) -> tuple[set[str], set[str]]:
     """Half-made or half-deleted volumes and snapshots are rolled back; returns the rest."""
     store, pool = ctx.store, ctx.pool
@@ -175,7 +175,7 @@ async def _detach_unused_views(
 
 
 async def _detach_unused(
-    ctx: EngineContext,
+    ctx: EngineResources,
     host: _HostView,
     devices: dict[str, str],
     held: set[str],
@@ -194,7 +194,7 @@ async def _detach_unused(
 
 
 async def _remove_orphans(
-    ctx: EngineContext,
+    ctx: EngineResources,
     known_volumes: set[str],
     known_snapshots: set[str],
     repaired: Counter[str],

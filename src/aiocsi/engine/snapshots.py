@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from aiocsi.engine.context import EngineContext, no_space_is_exhaustion
+from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.pool import is_snapshot_id, new_snapshot_id
+from aiocsi.engine.resources import EngineResources, no_space_is_exhaustion
 from aiocsi.engine.volumes import check_page_token, over_budget, pool_space
 from aiocsi.errors import AlreadyExists, NotFound
 from aiocsi.host import files
@@ -18,7 +19,7 @@ log = get_logger("aiocsi.engine")
 
 
 class SnapshotService:
-    def __init__(self, ctx: EngineContext) -> None:
+    def __init__(self, ctx: EngineResources) -> None:
         self._ctx = ctx
         self._store = ctx.store
         self._pool = ctx.pool
@@ -31,7 +32,7 @@ class SnapshotService:
 
     async def create(self, name: str, source_volume_id: str) -> Snapshot:
         return await self._ctx.operations.run(
-            f"snapshot-name:{name}",
+            OperationKey.snapshot_name(name),
             ("create", source_volume_id),
             "CreateSnapshot",
             lambda: self._create(name, source_volume_id),
@@ -88,7 +89,7 @@ class SnapshotService:
         if not is_snapshot_id(snapshot_id):
             return
         await self._ctx.operations.run(
-            f"snapshot:{snapshot_id}",
+            OperationKey.snapshot(snapshot_id),
             ("delete",),
             "DeleteSnapshot",
             lambda: self._remove(snapshot_id),

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from aiocsi import threads
 from aiocsi.config import TOPOLOGY_KEY
-from aiocsi.engine.context import ALIGNMENT, EngineContext, align_up, no_space_is_exhaustion
+from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.parameters import preallocate
 from aiocsi.engine.pool import is_volume_id, new_volume_id
 from aiocsi.engine.requests import CapacityRange, CreateVolume, TopologyRequirement
+from aiocsi.engine.resources import ALIGNMENT, EngineResources, align_up, no_space_is_exhaustion
 from aiocsi.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -103,17 +104,17 @@ def is_preallocated(volume: Volume) -> bool:
     return preallocate(volume.parameters, volume.mutable_parameters)
 
 
-def _pool_space_sync(ctx: EngineContext) -> tuple[int, int]:
+def _pool_space_sync(ctx: EngineResources) -> tuple[int, int]:
     total, available = files.filesystem_space(ctx.pool.root)
     return int(total * ctx.config.overcommit), available
 
 
-async def pool_space(ctx: EngineContext) -> tuple[int, int]:
+async def pool_space(ctx: EngineResources) -> tuple[int, int]:
     """The pool's provisioning budget (its size times --overcommit) and its free bytes."""
     return await threads.run_sync(_pool_space_sync, ctx)
 
 
-def pool_budget(ctx: EngineContext) -> Callable[[], int]:
+def pool_budget(ctx: EngineResources) -> Callable[[], int]:
     """The pool's provisioning budget, to be read where it is checked (the store thread)."""
     return lambda: _pool_space_sync(ctx)[0]
 
@@ -133,7 +134,7 @@ async def check_page_token(store: Store, table: str, after_seq: int) -> None:
 
 
 class VolumeService:
-    def __init__(self, ctx: EngineContext) -> None:
+    def __init__(self, ctx: EngineResources) -> None:
         self._ctx = ctx
         self._pool = ctx.pool
         self._store = ctx.store
@@ -163,7 +164,7 @@ class VolumeService:
     async def create(
         self, request: CreateVolume, params: dict[str, str], *, ephemeral: bool = False
     ) -> Volume:
-        key = f"volume-name:{request.name}"
+        key = OperationKey.volume_name(request.name)
         return await self._ctx.operations.run(
             key,
             ("create", request),
@@ -295,10 +296,14 @@ class VolumeService:
         if not is_volume_id(volume_id):
             return  # an id we never issued names no volume: already gone
         await self._ctx.operations.run(
-            f"volume:{volume_id}", ("delete",), "DeleteVolume", lambda: self._delete(volume_id)
+            OperationKey.volume(volume_id),
+            ("delete",),
+            "DeleteVolume",
+            lambda: self.delete_while_held(volume_id),
         )
 
-    async def _delete(self, volume_id: str) -> None:
+    async def delete_while_held(self, volume_id: str) -> None:
+        """DeleteVolume's work, for a caller that already runs the volume's operation."""
         volume = await self._store.get_volume(volume_id)
         if volume is None:
             return
@@ -328,17 +333,20 @@ class VolumeService:
     async def expand(self, volume_id: str, capacity: CapacityRange) -> tuple[int, Volume]:
         await self.get(volume_id)
         return await self._ctx.operations.run(
-            f"volume:{volume_id}",
+            OperationKey.volume(volume_id),
             ("expand", capacity),
             "ControllerExpandVolume",
             lambda: self._expand_by_id(volume_id, capacity),
         )
 
     async def _expand_by_id(self, volume_id: str, capacity: CapacityRange) -> tuple[int, Volume]:
-        return await self._expand(await self.get(volume_id), capacity)
+        return await self.expand_while_held(await self.get(volume_id), capacity)
 
-    async def _expand(self, volume: Volume, capacity: CapacityRange) -> tuple[int, Volume]:
-        """Grow the image to what `capacity` asks; the caller holds the volume's operation."""
+    async def expand_while_held(
+        self, volume: Volume, capacity: CapacityRange
+    ) -> tuple[int, Volume]:
+        """Grow the image to what `capacity` asks, for a caller that already runs the
+        volume's operation (ControllerExpandVolume, or a node-only expansion)."""
         volume = await self.get(volume.id)  # the caller's copy may predate an earlier change
         current = volume.capacity_bytes
         if capacity.admits(current):
@@ -405,7 +413,7 @@ class VolumeService:
     async def modify(self, volume_id: str, mutable: dict[str, str]) -> None:
         await self.get(volume_id)
         await self._ctx.operations.run(
-            f"volume:{volume_id}",
+            OperationKey.volume(volume_id),
             ("modify", tuple(sorted(mutable.items()))),
             "ControllerModifyVolume",
             lambda: self._modify(volume_id, mutable),
@@ -447,7 +455,7 @@ class VolumeService:
         if node_id != self._ctx.config.node_id:
             raise NotFound(f"node {node_id!r} is not served by this driver")
         await self._ctx.operations.run(
-            f"volume:{volume_id}",
+            OperationKey.volume(volume_id),
             ("publish", node_id, capability, read_only),
             "ControllerPublishVolume",
             lambda: self._controller_publish(volume_id, node_id, capability, read_only),
@@ -485,7 +493,7 @@ class VolumeService:
         if not is_volume_id(volume_id):
             return
         await self._ctx.operations.run(
-            f"volume:{volume_id}",
+            OperationKey.volume(volume_id),
             ("unpublish", node_id),
             "ControllerUnpublishVolume",
             lambda: self._controller_unpublish(volume_id, node_id),

@@ -78,7 +78,7 @@ class DriverServer:
 
     @property
     def busy(self) -> bool:
-        return bool(self.tracker.active or self.engine.ctx.operations.active)
+        return bool(self.tracker.active or self.engine.resources.operations.active)
 
     async def abandon(self) -> None:
         """Stop without waiting: work in flight is finished or undone by the next start's
@@ -89,7 +89,7 @@ class DriverServer:
         log.warning(
             "stopped_abandoning_work",
             in_flight=self.tracker.active,
-            operations=self.engine.ctx.operations.active,
+            operations=self.engine.resources.operations.active,
         )
 
     async def _settled(self) -> None:

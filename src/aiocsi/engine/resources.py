@@ -22,7 +22,7 @@ def align_up(size: int) -> int:
 
 
 @dataclass
-class EngineContext:
+class EngineResources:
     config: Config
     store: Store
     pool: Pool
