@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from aiocsi.context import CallContext, set_call
-from aiocsi.engine.operations import KeyKind, OperationKey, Operations
+from aiocsi.engine.operations import KeyKind, OperationKey, Operations, OperationStatistics
 from aiocsi.errors import DeadlineExceeded, OperationPending
 
 KEY = OperationKey.volume("vol-1")
@@ -129,3 +129,20 @@ async def test_keys_of_different_kinds_never_exclude_each_other() -> None:
         await ops.run(OperationKey(KeyKind.VOLUME_NAME, "x"), "c", "CreateVolume", quick)
     gate.set()
     await first
+
+
+async def test_statistics_count_running_queued_joined_and_refused() -> None:
+    ops = Operations(max_running=1)
+    gate = asyncio.Event()
+    first = asyncio.create_task(ops.run(KEY, "a", "A", gate.wait))
+    second = asyncio.create_task(ops.run(OTHER, "b", "B", gate.wait))
+    retry = asyncio.create_task(ops.run(KEY, "a", "A", gate.wait))
+    for _ in range(3):  # the callers, then the operations' own tasks, get to run
+        await asyncio.sleep(0)
+    with pytest.raises(OperationPending):
+        await ops.run(KEY, "different", "C", gate.wait)
+    # One slot: the first holds it, the second waits; the retry joined the first.
+    assert ops.statistics() == OperationStatistics(running=1, queued=1, joined=1, refused=1)
+    gate.set()
+    await asyncio.gather(first, second, retry)
+    assert ops.statistics() == OperationStatistics(running=0, queued=0, joined=1, refused=1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from aiocsi import threads
 from aiocsi.config import Config
 from aiocsi.engine.health import HealthChecker
 from aiocsi.engine.node import NodeVolumes
@@ -15,7 +14,9 @@ from aiocsi.engine.resources import EngineResources
 from aiocsi.engine.snapshots import SnapshotService
 from aiocsi.engine.volumes import VolumeService
 from aiocsi.host.lock import PoolLock
+from aiocsi.host.loop import LoopIndex
 from aiocsi.state.store import DB_NAME, Store
+from aiocsi.threads import WorkerPool
 
 LOCK_NAME = "aiocsi.lock"
 
@@ -23,29 +24,43 @@ LOCK_NAME = "aiocsi.lock"
 class Engine:
     def __init__(self, config: Config) -> None:
         pool = Pool(config.pool)
+        workers = WorkerPool.for_operations(config.max_operations)
         self.resources = EngineResources(
             config=config,
             store=Store(config.pool / DB_NAME),
             pool=pool,
             operations=Operations(config.max_operations),
             mkfs_slots=asyncio.Semaphore(config.max_mkfs),
+            workers=workers,
+            loops=LoopIndex(workers),
         )
-        self.health = HealthChecker(config)
+        self.health = HealthChecker(config, workers)
         self.volumes = VolumeService(self.resources)
         self.snapshots = SnapshotService(self.resources)
         self.node = NodeVolumes(self.resources, self.volumes)
         self._lock = PoolLock(config.pool / LOCK_NAME)
 
+    @property
+    def operations(self) -> Operations:
+        """Running operations; `operations.statistics()` for metrics."""
+        return self.resources.operations
+
+    @property
+    def workers(self) -> WorkerPool:
+        """The worker pool for every blocking call; `workers.statistics()` for metrics."""
+        return self.resources.workers
+
     async def start(self) -> None:
         """Prepare and lock the pool, open state, reconcile. Raises PoolLocked."""
-        await threads.run_sync(self.resources.pool.prepare)
+        await self.workers.run_sync(self.resources.pool.prepare)
         self._lock.acquire()
         await self.resources.store.open()
         await reconcile(self.resources)
 
     async def drain(self) -> None:
-        await self.resources.operations.drain()
+        await self.operations.drain()
 
     async def close(self) -> None:
         await self.resources.store.close()
         self._lock.release()
+        self.workers.close()

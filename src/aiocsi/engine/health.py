@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiocsi import threads
 from aiocsi.config import Config
 from aiocsi.logging import get_logger
+from aiocsi.threads import WorkerPool
 
 log = get_logger("aiocsi.engine")
 
@@ -60,8 +60,9 @@ class HealthChecker:
     wait was the p99 of Probe under churn.
     """
 
-    def __init__(self, config: Config, max_age: float = 1.0) -> None:
+    def __init__(self, config: Config, workers: WorkerPool, max_age: float = 1.0) -> None:
         self._config = config
+        self._workers = workers
         self.max_age = max_age
         self._last: tuple[float, HealthReport] | None = None
         self._refreshing: asyncio.Task[HealthReport] | None = None
@@ -78,7 +79,7 @@ class HealthChecker:
 
     async def _refresh(self) -> HealthReport:
         now = time.monotonic()
-        report = await threads.run_sync(self._check)
+        report = await self._workers.run_sync(self._check)
         self._last = (now, report)
         return report
 

@@ -12,12 +12,11 @@ import dataclasses
 import errno
 import functools
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiocsi import threads
 from aiocsi.config import ConfigError, parse_size
 from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.requests import CapacityRange, CreateVolume, PublishVolume, StageVolume
@@ -32,7 +31,8 @@ from aiocsi.errors import (
     NotFound,
     ResourceExhausted,
 )
-from aiocsi.host import files, fs, loop, mount, syscalls
+from aiocsi.host import files, fs, loop, mount, syscalls, sysfs
+from aiocsi.host.errors import HostConflict, HostObjectMissing
 from aiocsi.host.fs import FsStats
 from aiocsi.logging import get_logger
 from aiocsi.models import (
@@ -44,6 +44,7 @@ from aiocsi.models import (
     Volume,
     VolumeCondition,
 )
+from aiocsi.threads import WorkerPool
 
 log = get_logger("aiocsi.engine")
 EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral"
@@ -85,11 +86,14 @@ def _host_failure(what: str, exc: HostFailure) -> Internal | ResourceExhausted |
             "driver lacks CAP_SYS_RESOURCE. The device has grown; the filesystem will be "
             "grown to fill it when the volume is next staged (unpublish and unstage it)"
         )
+    if isinstance(exc, HostConflict | HostObjectMissing):
+        # Not a fault of the host: it is not in the state this call needs, and says why.
+        return FailedPrecondition(str(exc))
     return Internal(f"{what}: {exc}")
 
 
-@contextlib.asynccontextmanager
-async def _host_step(what: str) -> AsyncIterator[None]:
+@contextlib.contextmanager
+def _host_step(what: str) -> Iterator[None]:
     try:
         yield
     except HostFailure as exc:
@@ -124,17 +128,19 @@ class NodeVolumes:
         self._ctx = ctx
         self._store = ctx.store
         self._pool = ctx.pool
+        self._workers = ctx.workers
+        self._loops = ctx.loops
         self._volumes = volumes
 
     # -- helpers --------------------------------------------------------------------------
 
-    async def _device(self, volume: Volume) -> str | None:
+    def _device(self, volume: Volume) -> str | None:
         """The loop device backed by the volume's image, even if the image was deleted.
 
         Finding a deleted image's device lets unpublish and unstage release what is left
         instead of refusing to touch an "unknown" mount.
         """
-        devices = await loop.find_loop_devices(self._pool.volume_image(volume.id))
+        devices = self._loops.devices_for(self._pool.volume_image(volume.id))
         return devices[0] if devices else None
 
     @staticmethod
@@ -147,7 +153,7 @@ class NodeVolumes:
         """Whether `entry`, the visible mount at `path`, is a mount of this volume's device."""
         if device is not None and entry.source == device:
             return True  # the common case, told without a stat
-        return await threads.run_sync(_is_ours_sync, entry, path, device)
+        return await self._workers.run_sync(_is_ours_sync, entry, path, device)
 
     async def _our_top_mount(
         self, point: Path, device: str | None
@@ -174,7 +180,7 @@ class NodeVolumes:
     async def _real_paths(self, *paths: tuple[Path, str]) -> list[Path]:
         """`_real_path` of each (path, field), in one worker-thread call."""
         roots = self._ctx.config.allowed_path_roots
-        resolved = await threads.run_sync(
+        resolved = await self._workers.run_sync(
             lambda: [_resolve_under(path, roots) for path, _ in paths]
         )
         for real, (path, field) in zip(resolved, paths, strict=True):
@@ -246,17 +252,19 @@ class NodeVolumes:
             capability.access_type is AccessType.BLOCK
             and capability.access_mode is AccessMode.SINGLE_NODE_READER_ONLY
         )
-        async with _host_step(f"attaching volume {volume.id}"):
+        with _host_step(f"attaching volume {volume.id}"):
             # attach() returns the device already backed by the image (never a second one)
             # and refuses one attached in the other mode.
-            attached = await loop.attach(self._pool.volume_image(volume.id), read_only=read_only)
+            attached = await self._loops.attach(
+                self._pool.volume_image(volume.id), read_only=read_only
+            )
         if attached.new:
             undo.push_async_callback(self._detach_quietly, attached.device)
         return attached
 
     async def _detach_quietly(self, device: str) -> None:
         with contextlib.suppress(HostFailure, FailedPrecondition):
-            await loop.detach(device)
+            await self._loops.detach(device)
 
     async def _ensure_mounted(
         self,
@@ -281,13 +289,13 @@ class NodeVolumes:
                 )
             return
         wanted = capability.fs_type or DEFAULT_FS
-        async with _host_step(f"formatting volume {volume.id}"):
+        with _host_step(f"formatting volume {volume.id}"):
             # An image with no data at all, just attached, carries no signature: no probe.
-            found = None if attached.blank else await fs.probe_fs_type(device)
+            found = None if attached.blank else await fs.probe_fs_type(self._workers, device)
             formatted = found is None
             if found is None:
                 async with self._ctx.mkfs_slots:
-                    await fs.make_fs(device, wanted)
+                    await fs.make_fs(self._workers, device, wanted)
                 found = wanted
                 log.info("volume_formatted", volume_id=volume.id, fs_type=wanted)
         if capability.fs_type and found != capability.fs_type:
@@ -305,14 +313,14 @@ class NodeVolumes:
             not formatted
             and "ro" not in options
             and found in fs.SUPPORTED_FS_TYPES
-            and await fs.can_grow(device, found)
+            and await fs.can_grow(self._workers, device, found)
         )
         if grow and found in fs.GROWS_OFFLINE:
             await self._grow_filesystem_at(volume, device, found, None)
-        async with _host_step(f"mounting volume {volume.id} at {staging}"):
+        with _host_step(f"mounting volume {volume.id} at {staging}"):
             # mount(2) either mounts or leaves nothing; a directory it made is undone with it.
             created = await mount.mount(
-                device, staging, fs_type=found, options=options, make_target="dir"
+                self._workers, device, staging, fs_type=found, options=options, make_target="dir"
             )
         undo.push_async_callback(self._undo_mount, staging, device, created)
         if grow and found not in fs.GROWS_OFFLINE:  # xfs and btrfs grow only while mounted
@@ -327,7 +335,7 @@ class NodeVolumes:
         await self._unmount_quietly(point, device)
         if created:
             with contextlib.suppress(OSError):
-                await _remove_path(point)
+                await _remove_path(self._workers, point)
 
     # -- unstage --------------------------------------------------------------------------
 
@@ -346,9 +354,9 @@ class NodeVolumes:
         if published:
             paths = ", ".join(p.path for p in published)
             raise FailedPrecondition(f"volume {volume.id} is still published at {paths}")
-        device = await self._device(volume)
+        device = self._device(volume)
         stage = await self._find(volume.id, PublicationKind.STAGE, str(staging))
-        async with _host_step(f"unmounting volume {volume.id} from {staging}"):
+        with _host_step(f"unmounting volume {volume.id} from {staging}"):
             await self._unmount_ours(real, device)
         await self._store.remove_publication(volume.id, PublicationKind.STAGE, str(staging))
         # Staged somewhere else: this path was not (or no longer) its staging path, and the
@@ -369,23 +377,23 @@ class NodeVolumes:
             raise FailedPrecondition(
                 f"volume {volume.id} ({device}) is still mounted at {', '.join(elsewhere)}"
             )
-        async with _host_step(f"detaching volume {volume.id}"):
+        with _host_step(f"detaching volume {volume.id}"):
             # A view left by a crash holds the device open: it goes first.
             for view in unused_views:
-                await loop.detach(view)
-            await loop.detach(device)
+                await self._loops.detach(view)
+            await self._loops.detach(device)
 
     async def _device_use(self, device: str, *, views: bool = True) -> tuple[list[str], list[str]]:
         """Where `device` or a read-only view of it is mounted or bound, and the views that
         nothing shows any more. Without `views`, its views are not looked for: that reads
         the backing file of every attached loop device."""
-        views_found = loop.views_on(device, await loop.loop_backing_files()) if views else []
+        views_found = sysfs.views_on(device, sysfs.all_loop_backing_files()) if views else []
         ours = {device, *views_found}
-        mounts = mount.mounts_where(lambda line: loop.mountinfo_line_of_use(line, ours))
+        mounts = mount.mounts_where(lambda line: sysfs.mountinfo_line_of_use(line, ours))
         # Binds of loop device nodes (block publications) are told by a stat of their mount
         # point, in a worker thread; a table without any needs none.
-        binds = loop.loop_node_mounts(mounts)
-        bound = await threads.run_sync(loop.bound_loop_devices, binds) if binds else {}
+        binds = sysfs.loop_node_mounts(mounts)
+        bound = await self._workers.run_sync(sysfs.bound_loop_devices, binds) if binds else {}
         uses = [(m.mount_point, m.source) for m in mounts] + list(bound.items())
         points = [point for point, used in uses if used in ours]
         busy = {used for _, used in uses}
@@ -394,9 +402,9 @@ class NodeVolumes:
     async def _detach_unused_views(self, device: str) -> None:
         _, unused = await self._device_use(device)
         for view in unused:
-            async with _host_step(f"detaching read-only view {view} of {device}"):
+            with _host_step(f"detaching read-only view {view} of {device}"):
                 try:
-                    await loop.detach(view)
+                    await self._loops.detach(view)
                 except loop.LoopDeviceBusy:
                     # Still held open by a process; the kernel detaches it at its last close.
                     log.warning("loop_view_busy", device=device, view=view)
@@ -412,9 +420,9 @@ class NodeVolumes:
         """
         if self._top_mount(point) is None:
             if remove_target:
-                await _remove_target(point)
+                await _remove_target(self._workers, point)
             return
-        await threads.run_sync(
+        await self._workers.run_sync(
             functools.partial(_unmount_ours_sync, point, device, remove_target=remove_target)
         )
 
@@ -472,7 +480,7 @@ class NodeVolumes:
         await self._refuse_path_of_another(volume, target)
         recorded = await self._check_publish_conflicts(volume, request)
         stage = await self._find(volume.id, PublicationKind.STAGE, request.staging_path)
-        device = await self._device(volume)
+        device = self._device(volume)
         if stage is None or device is None:
             raise FailedPrecondition(
                 f"volume {volume.id} is not staged at {request.staging_path!r}; stage it first"
@@ -502,9 +510,13 @@ class NodeVolumes:
                 if request.read_only:
                     # A read-only bind of a device node still lets writes through it.
                     source = await self._read_only_view(volume, device, undo)
-            async with _host_step(f"publishing volume {volume.id} at {target}"):
+            with _host_step(f"publishing volume {volume.id} at {target}"):
                 created = await mount.bind_mount(
-                    source, points.target, read_only=request.read_only, make_target=make
+                    self._workers,
+                    source,
+                    points.target,
+                    read_only=request.read_only,
+                    make_target=make,
                 )
             undo.push_async_callback(self._undo_mount, points.target, device, created)
             await self._record_publication(volume, request)
@@ -518,8 +530,8 @@ class NodeVolumes:
         _, unused = await self._device_use(device)
         if unused:  # left by a try that stopped before binding it
             return unused[0]
-        async with _host_step(f"attaching a read-only view of volume {volume.id}"):
-            view = await loop.attach_view(device)
+        with _host_step(f"attaching a read-only view of volume {volume.id}"):
+            view = await self._loops.attach_view(device)
         undo.push_async_callback(self._detach_quietly, view)
         return view
 
@@ -533,7 +545,7 @@ class NodeVolumes:
             return False
         if not ours:
             raise FailedPrecondition(f"{target} already has a foreign mount of {top.source}")
-        if request.read_only and not await threads.run_sync(_refuses_writes, top, target):
+        if request.read_only and not await self._workers.run_sync(_refuses_writes, top, target):
             raise AlreadyExists(f"{target} already has a read-write mount of {volume.id}")
         if not recorded:  # mounted by a try that stopped before recording it
             await self._record_publication(volume, request)
@@ -559,7 +571,7 @@ class NodeVolumes:
         except NotFound:
             # An inline ephemeral volume is deleted by its unpublish: a retry finds neither
             # the volume nor the target, and that is success.
-            if not await threads.run_sync(os.path.lexists, target_path):
+            if not await self._workers.run_sync(os.path.lexists, target_path):
                 return
             raise
         real = await self._real_path(Path(target_path), "target_path")
@@ -571,9 +583,9 @@ class NodeVolumes:
         )
 
     async def _unpublish(self, volume: Volume, target: Path, real: Path) -> None:
-        device = await self._device(volume)
+        device = self._device(volume)
         pub = await self._find(volume.id, PublicationKind.PUBLISH, str(target))
-        async with _host_step(f"unpublishing volume {volume.id} from {target}"):
+        with _host_step(f"unpublishing volume {volume.id} from {target}"):
             await self._unmount_ours(real, device, remove_target=True)
         # Only a read-only block publication has a view to detach; without a record (a retry
         # after a crash), one may have been left behind.
@@ -621,7 +633,7 @@ class NodeVolumes:
     ) -> None:
         staging = self._pool.ephemeral_staging(volume.id)
         try:
-            real = await mount.canonical(staging)
+            real = await mount.canonical(self._workers, staging)
             await self._stage(volume, staging, real, request.capability)
             await self._publish(
                 volume,
@@ -639,8 +651,8 @@ class NodeVolumes:
 
     async def _remove_ephemeral(self, volume: Volume) -> None:
         staging = self._pool.ephemeral_staging(volume.id)
-        await self._unstage(volume, staging, await mount.canonical(staging))
-        await _remove_path(staging)
+        await self._unstage(volume, staging, await mount.canonical(self._workers, staging))
+        await _remove_path(self._workers, staging)
         await self._volumes.delete_while_held(volume.id)
 
     # -- stats / expand -------------------------------------------------------------------
@@ -655,9 +667,9 @@ class NodeVolumes:
     async def stats(self, volume_id: str, volume_path: str) -> VolumeStats:
         volume, pub = await self._user_at(volume_id, volume_path)
         access = _access_type(pub)
-        path = await mount.canonical(Path(volume_path))
+        path = await mount.canonical(self._workers, Path(volume_path))
         condition = await self._volumes.condition(volume)
-        device = await self._device(volume)
+        device = self._device(volume)
         if device is None:
             condition = _worse(condition, f"volume {volume.id} has no loop device attached")
         if access is AccessType.BLOCK:
@@ -665,7 +677,7 @@ class NodeVolumes:
                 _, ours = await self._our_top_mount(path, device)
                 if not ours:
                     condition = _worse(condition, f"{volume_path} no longer holds the device")
-            size = await loop.device_size(device) if device else 0
+            size = sysfs.device_size_bytes(device) if device else 0
             return VolumeStats(access, condition, size_bytes=size)
         top, ours = await self._our_top_mount(path, device)
         if top is None or not ours:
@@ -675,7 +687,7 @@ class NodeVolumes:
             condition = _worse(
                 condition, f"the filesystem at {volume_path} is read-only (remounted after errors?)"
             )
-        return VolumeStats(access, condition, fs=await fs.fs_stats(path))
+        return VolumeStats(access, condition, fs=await fs.fs_stats(self._workers, path))
 
     async def expand(self, volume_id: str, volume_path: str, capacity: CapacityRange) -> int:
         volume, pub = await self._user_at(volume_id, volume_path)
@@ -691,13 +703,13 @@ class NodeVolumes:
         volume = await self._volumes.get(volume.id)
         # Grows the image when the controller has not (node-only expansion).
         size, volume = await self._volumes.expand_while_held(volume, capacity)
-        device = await self._device(volume)
+        device = self._device(volume)
         if device is None:
             raise FailedPrecondition(f"volume {volume.id} is not attached on this node")
-        async with _host_step(f"growing volume {volume.id}"):
-            await loop.refresh_size(device)
-            for view in loop.views_on(device, await loop.loop_backing_files()):
-                await loop.refresh_size(view)
+        with _host_step(f"growing volume {volume.id}"):
+            await self._loops.refresh_size(device)
+            for view in sysfs.views_on(device, sysfs.all_loop_backing_files()):
+                await self._loops.refresh_size(view)
         if _access_type(pub) is AccessType.MOUNT:
             await self._grow_filesystem(volume, device)
         log.info("volume_node_expanded", volume_id=volume.id, bytes=size)
@@ -707,7 +719,9 @@ class NodeVolumes:
         # Grown through the staging mount: a read-only publication would refuse xfs_growfs.
         stages = await self._store.publications(volume.id, PublicationKind.STAGE)
         for stage in stages:
-            top, ours = await self._our_top_mount(await mount.canonical(Path(stage.path)), device)
+            top, ours = await self._our_top_mount(
+                await mount.canonical(self._workers, Path(stage.path)), device
+            )
             if top is not None and ours:
                 if top.fs_type not in fs.SUPPORTED_FS_TYPES:
                     raise FailedPrecondition(
@@ -716,7 +730,7 @@ class NodeVolumes:
                     )
                 # Already as large as the device allows (grown at stage, or a retry): done,
                 # without a process, and without asking a refusing kernel again.
-                if await fs.can_grow(device, top.fs_type):
+                if await fs.can_grow(self._workers, device, top.fs_type):
                     await self._grow_filesystem_at(volume, device, top.fs_type, Path(stage.path))
                 return
         raise FailedPrecondition(f"volume {volume.id} is not mounted on this node")
@@ -725,13 +739,13 @@ class NodeVolumes:
         self, volume: Volume, device: str, fs_type: str, mount_point: Path | None
     ) -> None:
         """Grow the filesystem to fill the device: mounted at `mount_point`, or unmounted."""
-        async with _host_step(f"growing the filesystem of volume {volume.id}"):
+        with _host_step(f"growing the filesystem of volume {volume.id}"):
             if mount_point is not None:
-                await fs.grow_fs(device, mount_point, fs_type)
+                await fs.grow_fs(self._workers, device, mount_point, fs_type)
             else:
                 # Whole-device work like mkfs (e2fsck reads every group): the same limit.
                 async with self._ctx.mkfs_slots:
-                    await fs.grow_offline(device, fs_type)
+                    await fs.grow_offline(self._workers, device, fs_type)
         log.info(
             "volume_filesystem_grown",
             volume_id=volume.id,
@@ -766,16 +780,16 @@ def _unmount_ours_sync(point: Path, device: str | None, *, remove_target: bool) 
 
 def _shows_device(path: Path, device: str) -> bool:
     """Whether `path` is the node of `device`, or of a read-only view stacked on it."""
-    shown = loop.loop_device_of(path)
-    return shown is not None and (shown == device or loop.backing_file(shown) == device)
+    shown = sysfs.loop_device_of(path)
+    return shown is not None and (shown == device or sysfs.backing_file(shown) == device)
 
 
 def _refuses_writes(entry: mount.MountEntry, path: Path) -> bool:
     """Whether the mount `entry` at `path` refuses writes: for a device node, the device must."""
     if not entry.read_only:
         return False
-    shown = loop.loop_device_of(path)
-    return shown is None or loop.is_read_only(shown)
+    shown = sysfs.loop_device_of(path)
+    return shown is None or sysfs.is_read_only(shown)
 
 
 def _resolve_under(path: Path, roots: Sequence[Path]) -> Path | None:
@@ -790,9 +804,9 @@ def _resolve_under(path: Path, roots: Sequence[Path]) -> Path | None:
     return None
 
 
-async def _remove_path(path: Path) -> None:
+async def _remove_path(workers: WorkerPool, path: Path) -> None:
     """Remove an empty directory or an empty file we made; gone is fine."""
-    await threads.run_sync(files.remove_empty_sync, path)
+    await workers.run_sync(files.remove_empty_sync, path)
 
 
 def _remove_target_sync(path: Path) -> None:
@@ -807,5 +821,5 @@ def _remove_target_sync(path: Path) -> None:
         raise
 
 
-async def _remove_target(path: Path) -> None:
-    await threads.run_sync(_remove_target_sync, path)
+async def _remove_target(workers: WorkerPool, path: Path) -> None:
+    await workers.run_sync(_remove_target_sync, path)

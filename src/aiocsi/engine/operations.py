@@ -58,6 +58,14 @@ class OperationKey:
         return cls(KeyKind.SNAPSHOT, snapshot_id)
 
 
+@dataclass(frozen=True)
+class OperationStatistics:
+    running: int  # operations holding one of the --max-operations slots
+    queued: int  # operations waiting for a slot
+    joined: int  # retries that joined the identical operation running (since start)
+    refused: int  # calls refused with ABORTED: another operation held the key (since start)
+
+
 @dataclass
 class _Running:
     signature: Hashable
@@ -70,10 +78,22 @@ class Operations:
         self._running: dict[OperationKey, _Running] = {}
         # asyncio.Semaphore wakes waiters in FIFO order: excess operations queue fairly.
         self._slots = asyncio.Semaphore(max_running)
+        self._in_slot = 0
+        self._waiting = 0
+        self._joined = 0
+        self._refused = 0
 
     @property
     def active(self) -> int:
         return len(self._running)
+
+    def statistics(self) -> OperationStatistics:
+        return OperationStatistics(
+            running=self._in_slot,
+            queued=self._waiting,
+            joined=self._joined,
+            refused=self._refused,
+        )
 
     async def run(
         self,
@@ -90,14 +110,26 @@ class Operations:
             self._running[key] = running
             task.add_done_callback(lambda _: self._forget(key, running))
         elif running.signature != signature:
+            self._refused += 1
             raise OperationPending(
                 f"{running.description} is in progress on {key}; retry when it completes"
             )
+        else:
+            self._joined += 1
         return cast("T", await self._wait(running.task))
 
     async def _guarded(self, work: Callable[[], Awaitable[T]]) -> T:
-        async with self._slots:
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        self._in_slot += 1
+        try:
             return await work()
+        finally:
+            self._in_slot -= 1
+            self._slots.release()
 
     def _forget(self, key: OperationKey, running: _Running) -> None:
         if self._running.get(key) is running:

@@ -23,6 +23,7 @@ class SnapshotService:
         self._ctx = ctx
         self._store = ctx.store
         self._pool = ctx.pool
+        self._workers = ctx.workers
 
     async def get(self, snapshot_id: str) -> Snapshot:
         snap = await self._store.get_snapshot(snapshot_id) if is_snapshot_id(snapshot_id) else None
@@ -68,7 +69,7 @@ class SnapshotService:
         except OverBudget as exc:
             raise over_budget(f"a snapshot {name!r}", exc, self._ctx.config.overcommit) from None
         try:
-            async with no_space_is_exhaustion(f"creating snapshot {name!r}"):
+            with no_space_is_exhaustion(f"creating snapshot {name!r}"):
                 method = await self._copy(source_volume_id, snap.id)
             await self._store.set_snapshot_ready(snap.id)
         except BaseException:
@@ -80,7 +81,9 @@ class SnapshotService:
     async def _copy(self, volume_id: str, snapshot_id: str) -> str:
         try:
             return await files.copy_image(
-                self._pool.volume_image(volume_id), self._pool.snapshot_image(snapshot_id)
+                self._workers,
+                self._pool.volume_image(volume_id),
+                self._pool.snapshot_image(snapshot_id),
             )
         except FileNotFoundError:
             raise NotFound(f"the image of source volume {volume_id} is gone") from None
@@ -98,7 +101,7 @@ class SnapshotService:
     async def _remove(self, snapshot_id: str) -> None:
         """Unmark, remove the image, then the record: a crash in between is finished on start."""
         await self._store.set_snapshot_ready(snapshot_id, ready=False)
-        await files.remove_file(self._pool.snapshot_image(snapshot_id))
+        await files.remove_file(self._workers, self._pool.snapshot_image(snapshot_id))
         await self._store.delete_snapshot(snapshot_id)
 
     async def list(

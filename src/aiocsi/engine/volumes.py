@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from aiocsi import threads
 from aiocsi.config import TOPOLOGY_KEY
 from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.parameters import preallocate
@@ -22,7 +21,7 @@ from aiocsi.errors import (
     OutOfRange,
     ResourceExhausted,
 )
-from aiocsi.host import files, loop
+from aiocsi.host import files
 from aiocsi.host.fs import MIN_FS_SIZE
 from aiocsi.logging import get_logger
 from aiocsi.models import (
@@ -111,7 +110,7 @@ def _pool_space_sync(ctx: EngineResources) -> tuple[int, int]:
 
 async def pool_space(ctx: EngineResources) -> tuple[int, int]:
     """The pool's provisioning budget (its size times --overcommit) and its free bytes."""
-    return await threads.run_sync(_pool_space_sync, ctx)
+    return await ctx.workers.run_sync(_pool_space_sync, ctx)
 
 
 def pool_budget(ctx: EngineResources) -> Callable[[], int]:
@@ -138,6 +137,8 @@ class VolumeService:
         self._ctx = ctx
         self._pool = ctx.pool
         self._store = ctx.store
+        self._workers = ctx.workers
+        self._loops = ctx.loops
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -153,7 +154,7 @@ class VolumeService:
 
     async def condition(self, volume: Volume) -> VolumeCondition:
         image = self._pool.volume_image(volume.id)
-        return await threads.run_sync(_image_condition, image, volume.capacity_bytes)
+        return await self._workers.run_sync(_image_condition, image, volume.capacity_bytes)
 
     async def list(self, after_seq: int, limit: int) -> list[Volume]:
         await check_page_token(self._store, "volumes", after_seq)
@@ -237,7 +238,7 @@ class VolumeService:
         try:
             return await self._record(dataclasses.replace(volume, state=VolumeState.READY), budget)
         except BaseException:
-            await files.remove_file(self._pool.volume_image(volume.id))
+            await files.remove_file(self._workers, self._pool.volume_image(volume.id))
             raise
 
     async def _create_record_first(
@@ -274,20 +275,25 @@ class VolumeService:
 
     async def _materialise(self, volume: Volume, *, preallocated: bool) -> None:
         image = self._pool.volume_image(volume.id)
-        async with no_space_is_exhaustion(f"creating volume {volume.name!r}"):
+        with no_space_is_exhaustion(f"creating volume {volume.name!r}"):
             if volume.source is None:
-                await files.create_sparse(image, volume.capacity_bytes, preallocate=preallocated)
+                await files.create_sparse(
+                    self._workers, image, volume.capacity_bytes, preallocate=preallocated
+                )
                 return
             try:
                 method = await files.copy_image(
-                    self._source_image(volume.source), image, size=volume.capacity_bytes
+                    self._workers,
+                    self._source_image(volume.source),
+                    image,
+                    size=volume.capacity_bytes,
                 )
             except FileNotFoundError:
                 raise NotFound(
                     f"the image of source {volume.source.kind.value} {volume.source.id} is gone"
                 ) from None
             if preallocated:
-                await files.allocate(image, volume.capacity_bytes)
+                await files.allocate(self._workers, image, volume.capacity_bytes)
             log.info(
                 "volume_content_copied", volume_id=volume.id, method=method, source=volume.source.id
             )
@@ -313,7 +319,7 @@ class VolumeService:
             raise FailedPrecondition(
                 f"volume {volume_id} is still in use ({where}); unpublish it first"
             )
-        if await loop.find_loop_devices(self._pool.volume_image(volume_id)):
+        if self._loops.devices_for(self._pool.volume_image(volume_id)):
             raise FailedPrecondition(f"volume {volume_id} is still attached to a loop device")
         await self._remove(volume)
         log.info("volume_deleted", volume_id=volume_id)
@@ -325,7 +331,7 @@ class VolumeService:
         deletes again, and the retry finds nothing to remove but the record. (Marking the
         record "deleting" first cost a commit per delete.)
         """
-        await files.remove_file(self._pool.volume_image(volume.id))
+        await files.remove_file(self._workers, self._pool.volume_image(volume.id))
         await self._store.delete_volume(volume.id)
 
     # -- expand / modify ------------------------------------------------------------------
@@ -382,18 +388,21 @@ class VolumeService:
         return size, grown
 
     async def _ensure_image_size(self, volume: Volume, size: int) -> None:
-        async with no_space_is_exhaustion(f"expanding volume {volume.id}"):
+        with no_space_is_exhaustion(f"expanding volume {volume.id}"):
             try:
                 await files.grow_file(
-                    self._pool.volume_image(volume.id), size, preallocate=is_preallocated(volume)
+                    self._workers,
+                    self._pool.volume_image(volume.id),
+                    size,
+                    preallocate=is_preallocated(volume),
                 )
             except FileNotFoundError:
                 raise FailedPrecondition(
                     f"the image of volume {volume.id} is missing; it cannot be expanded"
                 ) from None
 
-    async def is_attached(self, volume_id: str) -> bool:
-        return bool(await loop.find_loop_devices(self._pool.volume_image(volume_id)))
+    def is_attached(self, volume_id: str) -> bool:
+        return bool(self._loops.devices_for(self._pool.volume_image(volume_id)))
 
     async def needs_node_expansion(self, volume_id: str, capability: Capability | None) -> bool:
         """After a controller expansion: must the node grow a filesystem or a loop device?"""
@@ -407,7 +416,7 @@ class VolumeService:
                 access = AccessType.BLOCK
         if access is AccessType.BLOCK:
             # A raw device only needs the loop device refreshed, and only where attached.
-            return await self.is_attached(volume_id)
+            return self.is_attached(volume_id)
         return True
 
     async def modify(self, volume_id: str, mutable: dict[str, str]) -> None:
@@ -434,7 +443,7 @@ class VolumeService:
     async def _ensure_allocated(self, volume: Volume) -> None:
         image = self._pool.volume_image(volume.id)
         try:
-            held = await threads.run_sync(files.allocated_bytes, image)
+            held = await self._workers.run_sync(files.allocated_bytes, image)
         except FileNotFoundError:
             raise FailedPrecondition(f"the image of volume {volume.id} is missing") from None
         _, available = await pool_space(self._ctx)
@@ -443,8 +452,8 @@ class VolumeService:
                 f"the pool filesystem has {available} bytes free; preallocating volume "
                 f"{volume.id} needs up to {volume.capacity_bytes - held}"
             )
-        async with no_space_is_exhaustion(f"preallocating volume {volume.id}"):
-            await files.allocate(image, volume.capacity_bytes)
+        with no_space_is_exhaustion(f"preallocating volume {volume.id}"):
+            await files.allocate(self._workers, image, volume.capacity_bytes)
 
     # -- controller publish ---------------------------------------------------------------
 

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from aiocsi import threads
 from aiocsi.errors import CommandFailed
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
+
+    from aiocsi.threads import WorkerPool
 
 _log = structlog.get_logger("aiocsi.host")
 
@@ -72,14 +73,14 @@ def _run_blocking(argv: tuple[str, ...]) -> Completed:
         os.close(err)
 
 
-async def _spawn(argv: tuple[str, ...]) -> Completed:
+async def _spawn(workers: WorkerPool, argv: tuple[str, ...]) -> Completed:
     # Spawned and waited for in a worker thread: asyncio's subprocess machinery (fork on
     # the loop thread, pipe transports, a watcher thread per child) took a quarter of the
     # event loop's time under load, and even a vfork-style spawn on the loop thread blocks
     # it until the child has exec'd. The command is never cancelled half-way: operations
     # run to completion in server-owned tasks (DESIGN.md section 3).
     try:
-        return await threads.run_sync(_run_blocking, argv)
+        return await workers.run_sync(_run_blocking, argv)
     except FileNotFoundError:
         return Completed(argv, NOT_FOUND_CODE, "", f"command not found: {argv[0]}")
     except PermissionError:
@@ -87,6 +88,7 @@ async def _spawn(argv: tuple[str, ...]) -> Completed:
 
 
 async def run(
+    workers: WorkerPool,
     argv: Sequence[str],
     *,
     check: bool = True,
@@ -99,7 +101,7 @@ async def run(
     """
     command = tuple(argv)
     started = time.perf_counter()
-    done = await _spawn(command)
+    done = await _spawn(workers, command)
     _log.debug(
         "host_command",
         argv=list(command),

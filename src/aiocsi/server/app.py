@@ -13,7 +13,7 @@ from typing import Any
 import uvloop
 from grpclib.server import Server
 
-from aiocsi import __version__, threads
+from aiocsi import __version__
 from aiocsi.config import Config, EventLoop
 from aiocsi.engine.core import Engine
 from aiocsi.host.lock import PoolLocked
@@ -43,7 +43,7 @@ class DriverServer:
     async def start(self) -> None:
         """Take the socket, then the pool, then serve. Raises SocketError or PoolLocked."""
         # The socket first: a live server on it must never see its pool reconciled under it.
-        self._bound = await threads.run_sync(
+        self._bound = await self.engine.workers.run_sync(
             bind_unix_socket, self.config.socket_path, self.config.socket_mode
         )
         await self.engine.start()
@@ -78,7 +78,7 @@ class DriverServer:
 
     @property
     def busy(self) -> bool:
-        return bool(self.tracker.active or self.engine.resources.operations.active)
+        return bool(self.tracker.active or self.engine.operations.active)
 
     async def abandon(self) -> None:
         """Stop without waiting: work in flight is finished or undone by the next start's
@@ -89,7 +89,7 @@ class DriverServer:
         log.warning(
             "stopped_abandoning_work",
             in_flight=self.tracker.active,
-            operations=self.engine.resources.operations.active,
+            operations=self.engine.operations.active,
         )
 
     async def _settled(self) -> None:
