@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.config import TOPOLOGY_KEY
+from aiocsi.engine import policy
 from aiocsi.engine.parameters import (
     MUTABLE_PARAMETERS,
     VOLUME_PARAMETERS,
@@ -34,7 +35,8 @@ from aiocsi.models import (
     Volume,
     VolumeState,
 )
-from aiocsi.services.validation.controller import page, volume_capabilities
+from aiocsi.services.validation.controller import page
+from aiocsi.services.validation.controller import volume_capabilities as translate_capabilities
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -271,6 +273,13 @@ def _mount(*flags: str) -> csi.VolumeCapability:
             mode=csi.VolumeCapabilityAccessModeMode.SINGLE_NODE_WRITER
         ),
     )
+
+
+def volume_capabilities(messages: list[csi.VolumeCapability]) -> tuple[Capability, ...]:
+    """Translated as the Controller service does, then checked as the engine does."""
+    caps = translate_capabilities(messages)
+    policy.capabilities(caps, "volume_capabilities", frozenset())
+    return caps
 
 
 def test_volume_capabilities_check_mount_flags_up_front() -> None:

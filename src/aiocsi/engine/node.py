@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiocsi.config import ConfigError, parse_size
+from aiocsi.engine import policy
 from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.requests import CapacityRange, CreateVolume, PublishVolume, StageVolume
 from aiocsi.engine.resources import EngineResources
@@ -47,9 +47,6 @@ from aiocsi.models import (
 from aiocsi.threads import WorkerPool
 
 log = get_logger("aiocsi.engine")
-EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral"
-EPHEMERAL_PREFIX = "ephemeral:"
-DEFAULT_EPHEMERAL_SIZE = "1Gi"
 _NO_FS_STATS = FsStats(0, 0, 0, 0, 0, 0)
 # Stacked mounts are possible; more than this many of ours at one path is not a real case.
 _MAX_STACKED_MOUNTS = 16
@@ -69,10 +66,6 @@ class VolumeStats:
     condition: VolumeCondition
     fs: FsStats | None = None
     size_bytes: int = 0
-
-
-def is_ephemeral(context: dict[str, str]) -> bool:
-    return context.get(EPHEMERAL_KEY, "").lower() == "true"
 
 
 def _host_failure(what: str, exc: HostFailure) -> Internal | ResourceExhausted | FailedPrecondition:
@@ -131,6 +124,7 @@ class NodeVolumes:
         self._workers = ctx.workers
         self._loops = ctx.loops
         self._volumes = volumes
+        self._allowed_flags = ctx.config.allowed_mount_flags
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -201,6 +195,7 @@ class NodeVolumes:
     # -- stage ----------------------------------------------------------------------------
 
     async def stage(self, request: StageVolume) -> None:
+        policy.stage_request(request, self._allowed_flags)
         volume = await self._volumes.get(request.volume_id)
         staging = Path(request.staging_path)
         real = await self._real_path(staging, "staging_target_path")
@@ -431,9 +426,10 @@ class NodeVolumes:
     async def publish(self, request: PublishVolume) -> None:
         # Checked before anything is made: an inline volume would otherwise be created,
         # formatted and staged, only to be rolled back.
+        size = policy.publish_request(request, self._allowed_flags)
         target_field = (Path(request.target_path), "target_path")
-        if is_ephemeral(request.volume_context):
-            await self._publish_ephemeral(request, await self._real_path(*target_field))
+        if size is not None:
+            await self._publish_ephemeral(request, size, await self._real_path(*target_field))
             return
         target, staging = await self._real_paths(
             target_field, (Path(request.staging_path), "staging_target_path")
@@ -601,23 +597,16 @@ class NodeVolumes:
     # -- ephemeral inline volumes ---------------------------------------------------------
 
     async def _ephemeral_volume(self, co_volume_id: str) -> Volume | None:
-        volume = await self._store.get_volume_by_name(EPHEMERAL_PREFIX + co_volume_id)
+        volume = await self._store.get_volume_by_name(policy.EPHEMERAL_PREFIX + co_volume_id)
         return volume if volume is not None and volume.ephemeral else None
 
-    async def _publish_ephemeral(self, request: PublishVolume, target: Path) -> None:
-        try:
-            size = parse_size(request.volume_context.get("size", DEFAULT_EPHEMERAL_SIZE))
-        except ConfigError as exc:
-            raise InvalidArgument(f"volume_context size: {exc}") from None
-        if request.capability.access_type is not AccessType.MOUNT:
-            raise InvalidArgument("ephemeral inline volumes must use the mount access type")
+    async def _publish_ephemeral(self, request: PublishVolume, size: int, target: Path) -> None:
         volume = await self._volumes.create(
             CreateVolume(
-                name=EPHEMERAL_PREFIX + request.volume_id,
+                name=policy.EPHEMERAL_PREFIX + request.volume_id,
                 capacity=CapacityRange(required_bytes=size),
                 capabilities=(request.capability,),
             ),
-            {},
             ephemeral=True,
         )
         # One operation for stage + publish, so that an unpublish cannot slip in between.
@@ -689,7 +678,15 @@ class NodeVolumes:
             )
         return VolumeStats(access, condition, fs=await fs.fs_stats(self._workers, path))
 
-    async def expand(self, volume_id: str, volume_path: str, capacity: CapacityRange) -> int:
+    async def expand(
+        self,
+        volume_id: str,
+        volume_path: str,
+        capacity: CapacityRange,
+        capability: Capability | None = None,
+    ) -> int:
+        if capability is not None:
+            policy.capability(capability, "volume_capability", self._allowed_flags)
         volume, pub = await self._user_at(volume_id, volume_path)
         return await self._ctx.operations.run(
             OperationKey.volume(volume.id),

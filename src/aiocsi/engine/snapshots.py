@@ -6,6 +6,7 @@ import dataclasses
 import time
 
 from aiocsi.engine.operations import OperationKey
+from aiocsi.engine.parameters import SNAPSHOT_PARAMETERS, normalise
 from aiocsi.engine.pool import is_snapshot_id, new_snapshot_id
 from aiocsi.engine.resources import EngineResources, no_space_is_exhaustion
 from aiocsi.engine.volumes import check_page_token, over_budget, pool_space
@@ -31,7 +32,10 @@ class SnapshotService:
             raise NotFound(f"snapshot {snapshot_id} does not exist")
         return snap
 
-    async def create(self, name: str, source_volume_id: str) -> Snapshot:
+    async def create(
+        self, name: str, source_volume_id: str, parameters: dict[str, str] | None = None
+    ) -> Snapshot:
+        normalise(parameters or {}, SNAPSHOT_PARAMETERS, "parameters")
         return await self._ctx.operations.run(
             OperationKey.snapshot_name(name),
             ("create", source_volume_id),

@@ -8,14 +8,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aiocsi.config import TOPOLOGY_KEY
+from aiocsi.engine import policy
 from aiocsi.engine.operations import OperationKey
-from aiocsi.engine.parameters import preallocate
+from aiocsi.engine.parameters import (
+    MUTABLE_PARAMETERS,
+    VOLUME_PARAMETERS,
+    normalise,
+    preallocate,
+)
 from aiocsi.engine.pool import is_volume_id, new_volume_id
 from aiocsi.engine.requests import CapacityRange, CreateVolume, TopologyRequirement
 from aiocsi.engine.resources import ALIGNMENT, EngineResources, align_up, no_space_is_exhaustion
 from aiocsi.errors import (
     AlreadyExists,
     FailedPrecondition,
+    InvalidArgument,
     InvalidToken,
     NotFound,
     OutOfRange,
@@ -139,6 +146,7 @@ class VolumeService:
         self._store = ctx.store
         self._workers = ctx.workers
         self._loops = ctx.loops
+        self._allowed_flags = ctx.config.allowed_mount_flags
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -162,20 +170,17 @@ class VolumeService:
 
     # -- create / delete ------------------------------------------------------------------
 
-    async def create(
-        self, request: CreateVolume, params: dict[str, str], *, ephemeral: bool = False
-    ) -> Volume:
-        key = OperationKey.volume_name(request.name)
+    async def create(self, request: CreateVolume, *, ephemeral: bool = False) -> Volume:
+        request = policy.create_request(request, self._allowed_flags)
         return await self._ctx.operations.run(
-            key,
+            OperationKey.volume_name(request.name),
             ("create", request),
             "CreateVolume",
-            lambda: self._create(request, params, ephemeral=ephemeral),
+            lambda: self._create(request, ephemeral=ephemeral),
         )
 
-    async def _create(
-        self, request: CreateVolume, params: dict[str, str], *, ephemeral: bool
-    ) -> Volume:
+    async def _create(self, request: CreateVolume, *, ephemeral: bool) -> Volume:
+        params = request.parameters
         existing = await self._store.get_volume_by_name(request.name)
         if existing is not None and existing.state is VolumeState.READY:
             if (why := _compatible(existing, request, params)) is not None:
@@ -420,6 +425,7 @@ class VolumeService:
         return True
 
     async def modify(self, volume_id: str, mutable: dict[str, str]) -> None:
+        mutable = normalise(mutable, MUTABLE_PARAMETERS, "mutable_parameters")
         await self.get(volume_id)
         await self._ctx.operations.run(
             OperationKey.volume(volume_id),
@@ -460,6 +466,7 @@ class VolumeService:
     async def controller_publish(
         self, volume_id: str, node_id: str, capability: Capability, read_only: bool
     ) -> None:
+        policy.capabilities((capability,), "volume_capability", self._allowed_flags)
         await self.get(volume_id)
         if node_id != self._ctx.config.node_id:
             raise NotFound(f"node {node_id!r} is not served by this driver")
@@ -517,13 +524,46 @@ class VolumeService:
 
     # -- capacity -------------------------------------------------------------------------
 
-    async def capacity(self, topology: dict[str, str] | None, *, preallocated: bool) -> int:
-        """Bytes a new volume may still have; 0 for a topology this node is not in."""
+    async def capacity(
+        self,
+        topology: dict[str, str] | None,
+        capabilities: tuple[Capability, ...],
+        parameters: dict[str, str],
+    ) -> tuple[int, int]:
+        """(bytes a new volume may still have, the least it may have) for a volume with
+        `capabilities` and `parameters`; none for a topology this node is not in."""
+        if capabilities:
+            policy.capabilities(capabilities, "volume_capabilities", self._allowed_flags)
+        preallocated = preallocate(normalise(parameters, VOLUME_PARAMETERS, "parameters"))
+        minimum = minimum_size(capabilities)
         if topology and topology.get(TOPOLOGY_KEY) != self._ctx.config.node_id:
-            return 0
+            return 0, minimum
         budget, available = await pool_space(self._ctx)
         left = max(budget - await self._store.provisioned_bytes(), 0)
-        return min(left, available) if preallocated else left
+        return (min(left, available) if preallocated else left), minimum
+
+    def why_unsupported(
+        self,
+        volume: Volume,
+        capabilities: tuple[Capability, ...],
+        parameters: dict[str, str],
+        mutable_parameters: dict[str, str],
+    ) -> str | None:
+        """Why `volume` cannot serve these capabilities and parameters, or None."""
+        try:
+            policy.capabilities(capabilities, "volume_capabilities", self._allowed_flags)
+            params = normalise(parameters, VOLUME_PARAMETERS, "parameters")
+            normalise(mutable_parameters, MUTABLE_PARAMETERS, "mutable_parameters")
+        except InvalidArgument as exc:
+            return str(exc)
+        if parameters and params != volume.parameters:
+            return f"volume {volume.id} was created with other parameters: {volume.parameters}"
+        if volume.capacity_bytes < (needed := minimum_size(capabilities)):
+            return (
+                f"volume {volume.id} has {volume.capacity_bytes} bytes; the requested "
+                f"filesystem needs at least {needed}"
+            )
+        return None
 
 
 def _image_condition(image: Path, capacity: int) -> VolumeCondition:
