@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from aiocsi.engine.budget import no_space_is_exhaustion, over_budget, pool_space
 from aiocsi.engine.operations import OperationKey
+from aiocsi.engine.paging import check_page_token
 from aiocsi.engine.parameters import SNAPSHOT_PARAMETERS, normalise
 from aiocsi.engine.pool import is_snapshot_id, new_snapshot_id
-from aiocsi.engine.resources import EngineResources, no_space_is_exhaustion
-from aiocsi.engine.volumes import check_page_token, over_budget, pool_space
+from aiocsi.engine.resources import EngineResources
 from aiocsi.errors import AlreadyExists, NotFound
 from aiocsi.host import files
 from aiocsi.logging import get_logger
