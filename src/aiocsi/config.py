@@ -63,7 +63,7 @@ class Config:
     shutdown_grace: float = 30.0
     enable_attach: bool = False
     # A cluster-wide resizer reaches only one node's driver, so node-local deployments
-    # turn this off and grow volumes through NodeExpandVolume (DESIGN.md §7).
+    # turn this off and grow volumes through NodeExpandVolume (docs/architecture.md, "Deployment").
     controller_expand: bool = True
     max_volumes_per_node: int = 0
     overcommit: float = 1.0

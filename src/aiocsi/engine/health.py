@@ -56,8 +56,7 @@ class HealthChecker:
 
     A livenessprobe or load harness may call Probe hundreds of times a second; the checks
     (a stat of the pool, a PATH search per tool) need not run that often, and the call that
-    finds the report stale should not wait for a worker thread under load either: that
-    wait was the p99 of Probe under churn.
+    finds the report stale does not wait for a worker thread that is busy under load.
     """
 
     def __init__(self, config: Config, workers: WorkerPool, max_age: float = 1.0) -> None:

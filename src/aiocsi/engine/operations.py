@@ -1,4 +1,4 @@
-"""Per-key operation control (DESIGN.md §3).
+"""Per-key operation control (docs/architecture.md, "Operations").
 
 Each mutating call runs as an operation keyed by what it touches. An identical retry while
 the first runs joins it; a different operation on the same key is refused at once. The
@@ -33,7 +33,7 @@ class KeyKind(enum.StrEnum):
 
 @dataclass(frozen=True)
 class OperationKey:
-    """The one way to name what an operation touches (DESIGN.md section 3)."""
+    """The one way to name what an operation touches (docs/architecture.md)."""
 
     kind: KeyKind
     value: str
@@ -146,8 +146,7 @@ class Operations:
         waiting = asyncio.shield(task)
         if left is None:
             return await waiting
-        # A timer of our own rather than asyncio.wait_for, whose extra futures cost each
-        # call two more trips through the event loop.
+        # A timer of our own rather than asyncio.wait_for: no futures beyond the shield.
         expired = False
 
         def expire() -> None:

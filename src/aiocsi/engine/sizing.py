@@ -9,6 +9,7 @@ from aiocsi.errors import (
     OutOfRange,
 )
 from aiocsi.host.fs import MIN_FS_SIZE
+from aiocsi.host.sysfs import SECTOR_SIZE
 from aiocsi.models import (
     AccessType,
     Capability,
@@ -16,7 +17,8 @@ from aiocsi.models import (
 )
 
 ALIGNMENT = 1024 * 1024  # image sizes are whole MiB: every filesystem and loop device likes that
-SECTOR = 512  # loop devices need whole sectors
+# Loop devices need whole sectors.
+SECTOR = SECTOR_SIZE
 DEFAULT_FS = "ext4"
 
 

@@ -34,7 +34,8 @@ class Completed:
 
 
 def _command_env() -> dict[str, str]:
-    # Callers match on tool messages (losetup, umount), so those must not be translated.
+    # Untranslated tool messages: fs.py recognises resize2fs's refusal by its text, and an
+    # operator reads the same words in every node's log.
     return {**os.environ, "LC_ALL": "C"}
 
 
@@ -51,9 +52,9 @@ def _run_blocking(argv: tuple[str, ...]) -> Completed:
     """Run `argv` to completion on this (worker) thread.
 
     Output goes to two memory files read once after the exit, not to pipes: the thread
-    gives up the GIL while the child is spawned (vfork) and while it runs, where Popen's
-    pipe-draining loop took the GIL back for every chunk of output. (os.posix_spawn holds
-    the GIL while the child execs, stalling the event loop.)
+    gives up the GIL while the child is spawned (vfork) and while it runs; draining pipes
+    would take it back for every chunk of output. (os.posix_spawn would hold the GIL while
+    the child execs, stalling the event loop.)
     """
     out = os.memfd_create("aiocsi-stdout", os.MFD_CLOEXEC)
     err = os.memfd_create("aiocsi-stderr", os.MFD_CLOEXEC)
@@ -74,11 +75,9 @@ def _run_blocking(argv: tuple[str, ...]) -> Completed:
 
 
 async def _spawn(workers: WorkerPool, argv: tuple[str, ...]) -> Completed:
-    # Spawned and waited for in a worker thread: asyncio's subprocess machinery (fork on
-    # the loop thread, pipe transports, a watcher thread per child) took a quarter of the
-    # event loop's time under load, and even a vfork-style spawn on the loop thread blocks
-    # it until the child has exec'd. The command is never cancelled half-way: operations
-    # run to completion in server-owned tasks (DESIGN.md section 3).
+    # Spawned and waited for in a worker thread: a spawn on the loop thread blocks it until
+    # the child has exec'd (docs/benchmarks.md). The command is never cancelled half-way:
+    # operations run to completion in server-owned tasks (docs/architecture.md).
     try:
         return await workers.run_sync(_run_blocking, argv)
     except FileNotFoundError:
