@@ -37,7 +37,7 @@ class Engine:
         self.health = HealthChecker(config, workers)
         self.volumes = VolumeService(self.resources)
         self.snapshots = SnapshotService(self.resources)
-        self.node = NodeVolumes(self.resources, self.volumes)
+        self.node = NodeVolumes(self.resources, self.volumes, self.health)
         self._lock = PoolLock(config.pool / LOCK_NAME)
 
     @property

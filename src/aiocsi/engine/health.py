@@ -1,5 +1,5 @@
 """Readiness checks behind Identity.Probe: the pool is usable, the loop driver answers and
-the host tools exist."""
+the host tools exist; and which filesystems this node can serve."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from aiocsi.config import Config
 from aiocsi.logging import get_logger
@@ -21,12 +22,15 @@ log = get_logger("aiocsi.engine")
 # system calls (host/syscalls.py): no mount(8) or losetup(8) is needed.
 NODE_TOOLS = ("blkid", "mkfs.ext4", "e2fsck", "resize2fs")
 LOOP_CONTROL = Path("/dev/loop-control")
-# Tools that only some filesystems need; their absence disables that filesystem.
-FS_TOOLS = {
-    "ext4": ("mkfs.ext4", "resize2fs"),
-    "xfs": ("mkfs.xfs", "xfs_growfs"),
-    "btrfs": ("mkfs.btrfs", "btrfs"),
-}
+# The tools each filesystem needs (make, grow). Without one of them the node refuses that
+# filesystem at NodeStage and NodePublish; Probe stays ready while ext4's are there.
+FS_TOOLS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "ext4": ("mkfs.ext4", "e2fsck", "resize2fs"),
+        "xfs": ("mkfs.xfs", "xfs_growfs"),
+        "btrfs": ("mkfs.btrfs", "btrfs"),
+    }
+)
 
 
 def missing_tools(tools: Iterable[str]) -> list[str]:
@@ -44,10 +48,17 @@ def pool_problem(pool: Path) -> str | None:
 @dataclass(frozen=True)
 class HealthReport:
     problems: tuple[str, ...]
+    # Filesystem type -> its tools not found in PATH; only types with a tool missing.
+    missing_fs_tools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
         return not self.problems
+
+    @property
+    def usable_fs_types(self) -> tuple[str, ...]:
+        """The filesystems this node can make, mount and grow."""
+        return tuple(fs for fs in FS_TOOLS if fs not in self.missing_fs_tools)
 
 
 class HealthChecker:
@@ -68,18 +79,29 @@ class HealthChecker:
 
     def _check(self) -> HealthReport:
         problems: list[str] = []
+        missing_fs: dict[str, tuple[str, ...]] = {}
         if (pool := pool_problem(self._config.pool)) is not None:
             problems.append(pool)
         if self._config.mode.serves_node:
             problems.extend(f"host tool {t!r} not found in PATH" for t in missing_tools(NODE_TOOLS))
             if not LOOP_CONTROL.exists():
                 problems.append(f"{LOOP_CONTROL} is missing: is the loop module loaded?")
-        return HealthReport(tuple(problems))
+            for fs_type, tools in FS_TOOLS.items():
+                if missing := missing_tools(tools):
+                    missing_fs[fs_type] = tuple(missing)
+        return HealthReport(tuple(problems), MappingProxyType(missing_fs))
 
     async def _refresh(self) -> HealthReport:
         now = time.monotonic()
         report = await self._workers.run_sync(self._check)
+        previous = self._last[1] if self._last is not None else None
         self._last = (now, report)
+        if previous is None or previous.missing_fs_tools != report.missing_fs_tools:
+            log.info(
+                "filesystems_usable",
+                usable=list(report.usable_fs_types),
+                missing_tools={fs: list(tools) for fs, tools in report.missing_fs_tools.items()},
+            )
         return report
 
     def _refresh_done(self, task: asyncio.Task[HealthReport]) -> None:
@@ -97,5 +119,6 @@ class HealthChecker:
             self._refreshing.add_done_callback(self._refresh_done)
         return last[1]
 
-    def supported_fs_types(self) -> tuple[str, ...]:
-        return tuple(fs for fs, tools in FS_TOOLS.items() if not missing_tools(tools))
+    async def missing_fs_tools(self, fs_type: str) -> tuple[str, ...]:
+        """The tools `fs_type` needs that this node lacks (from the last report)."""
+        return (await self.check()).missing_fs_tools.get(fs_type, ())

@@ -7,6 +7,7 @@ import contextlib
 import functools
 from pathlib import Path
 
+from aiocsi.engine.health import HealthChecker
 from aiocsi.engine.host_errors import host_step
 from aiocsi.engine.node.paths import (
     is_ours_sync,
@@ -59,14 +60,23 @@ def access_type(pub: Publication) -> AccessType:
 class NodeBase:
     """Lookups and releases shared by the node calls."""
 
-    def __init__(self, ctx: EngineResources, volumes: VolumeService) -> None:
+    def __init__(self, ctx: EngineResources, volumes: VolumeService, health: HealthChecker) -> None:
         self._ctx = ctx
+        self._health = health
         self._store = ctx.store
         self._pool = ctx.pool
         self._workers = ctx.workers
         self._loops = ctx.loops
         self._volumes = volumes
         self._allowed_flags = ctx.config.allowed_mount_flags
+
+    async def _require_fs_tools(self, fs_type: str) -> None:
+        """Refuse a filesystem this node lacks a tool for, before anything is made."""
+        if missing := await self._health.missing_fs_tools(fs_type):
+            raise FailedPrecondition(
+                f"node {self._ctx.config.node_id} cannot serve {fs_type} volumes: host "
+                f"tool {', '.join(repr(t) for t in missing)} not found in PATH"
+            )
 
     def _device(self, volume: Volume) -> str | None:
         """The loop device backed by the volume's image, even if the image was deleted.
@@ -206,6 +216,7 @@ class NodeBase:
         self, volume: Volume, device: str, fs_type: str, mount_point: Path | None
     ) -> None:
         """Grow the filesystem to fill the device: mounted at `mount_point`, or unmounted."""
+        await self._require_fs_tools(fs_type)
         with host_step(f"growing the filesystem of volume {volume.id}"):
             if mount_point is not None:
                 await fs.grow_fs(self._workers, device, mount_point, fs_type)

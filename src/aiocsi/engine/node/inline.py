@@ -13,9 +13,10 @@ from aiocsi.engine.node.paths import Points, remove_path
 from aiocsi.engine.node.publish import Publishing
 from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.requests import CapacityRange, CreateVolume, PublishVolume
+from aiocsi.engine.sizing import DEFAULT_FS
 from aiocsi.errors import NotFound
 from aiocsi.host import mount
-from aiocsi.models import Volume
+from aiocsi.models import AccessType, Volume
 
 
 class InlineVolumes(Publishing):
@@ -25,6 +26,10 @@ class InlineVolumes(Publishing):
         # Checked before anything is made: an inline volume would otherwise be created,
         # formatted and staged, only to be rolled back.
         size = policy.publish_request(request, self._allowed_flags)
+        cap = request.capability
+        if cap.access_type is AccessType.MOUNT and (cap.fs_type or size is not None):
+            # An inline volume is formatted here: with the default filesystem if none is named.
+            await self._require_fs_tools(cap.fs_type or DEFAULT_FS)
         target_field = (Path(request.target_path), "target_path")
         if size is not None:
             await self._publish_ephemeral(request, size, await self._real_path(*target_field))

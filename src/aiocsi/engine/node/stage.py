@@ -49,6 +49,8 @@ class Staging(NodeBase):
                 raise AlreadyExists(
                     f"volume {volume.id} is staged at {staging} with a different capability"
                 )
+        if capability.access_type is AccessType.MOUNT and capability.fs_type:
+            await self._require_fs_tools(capability.fs_type)
         async with AsyncExitStack() as undo:
             attached = await self._ensure_attached(volume, capability, undo)
             device = attached.device
@@ -113,6 +115,9 @@ class Staging(NodeBase):
             # An image with no data at all, just attached, carries no signature: no probe.
             found = None if attached.blank else await fs.probe_fs_type(self._workers, device)
             formatted = found is None
+            # Refused whole, not only when formatting: a node that cannot grow a
+            # filesystem must not hand it out.
+            await self._require_fs_tools(found or wanted)
             if found is None:
                 async with self._ctx.mkfs_slots:
                     await fs.make_fs(self._workers, device, wanted)
