@@ -57,7 +57,7 @@ def access_type(pub: Publication) -> AccessType:
     return pub.capability.access_type if pub.capability else AccessType.MOUNT
 
 
-class NodeBase:
+class NodeCommon:
     """Lookups and releases shared by the node calls."""
 
     def __init__(self, ctx: EngineResources, volumes: VolumeService, health: HealthChecker) -> None:

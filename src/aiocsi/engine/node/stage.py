@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiocsi.engine import policy
 from aiocsi.engine.host_errors import host_step
-from aiocsi.engine.node.base import NodeBase, access_type
+from aiocsi.engine.node.base import NodeCommon, access_type
 from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.requests import StageVolume
 from aiocsi.engine.sizing import DEFAULT_FS
@@ -20,7 +20,7 @@ from aiocsi.models import AccessMode, AccessType, Capability, Publication, Publi
 log = get_logger("aiocsi.engine")
 
 
-class Staging(NodeBase):
+class Staging(NodeCommon):
     """Stage and unstage."""
 
     async def stage(self, request: StageVolume) -> None:
