@@ -8,9 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from aiocsi.engine.resources import EngineResources
-from aiocsi.errors import (
-    ResourceExhausted,
-)
+from aiocsi.errors import ResourceExhausted
 from aiocsi.host import files
 from aiocsi.state.store import OverBudget
 

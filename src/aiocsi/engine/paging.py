@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from aiocsi.errors import (
-    InvalidToken,
-)
+from aiocsi.errors import InvalidToken
 from aiocsi.state.store import Store
 
 

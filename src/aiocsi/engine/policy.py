@@ -269,15 +269,20 @@ def _mount_flags(cap: Capability, field: str, operator_allowed: frozenset[str]) 
 # -- capabilities -------------------------------------------------------------------------
 
 
-def capability(cap: Capability, field: str, operator_allowed: frozenset[str]) -> None:
-    """`cap` is one this driver can honour: a filesystem it makes, flags it allows."""
-    if cap.access_type is not AccessType.MOUNT:
-        return
+def filesystem(cap: Capability, field: str) -> None:
+    """`cap` names no filesystem, or one this driver makes."""
     if cap.fs_type and cap.fs_type not in SUPPORTED_FS_TYPES:
         raise InvalidArgument(
             f"{field}.mount.fs_type {cap.fs_type!r} is not supported "
             f"(supported: {', '.join(sorted(SUPPORTED_FS_TYPES))})"
         )
+
+
+def capability(cap: Capability, field: str, operator_allowed: frozenset[str]) -> None:
+    """`cap` is one this driver can honour: a filesystem it makes, flags it allows."""
+    if cap.access_type is not AccessType.MOUNT:
+        return
+    filesystem(cap, field)
     _mount_flags(cap, field, operator_allowed)
 
 

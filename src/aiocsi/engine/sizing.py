@@ -5,16 +5,10 @@ from __future__ import annotations
 
 from aiocsi.config import TOPOLOGY_KEY
 from aiocsi.engine.requests import CapacityRange, CreateVolume, TopologyRequirement
-from aiocsi.errors import (
-    OutOfRange,
-)
+from aiocsi.errors import OutOfRange
 from aiocsi.host.fs import MIN_FS_SIZE
 from aiocsi.host.sysfs import SECTOR_SIZE
-from aiocsi.models import (
-    AccessType,
-    Capability,
-    Volume,
-)
+from aiocsi.models import AccessType, Capability, Volume
 
 ALIGNMENT = 1024 * 1024  # image sizes are whole MiB: every filesystem and loop device likes that
 # Loop devices need whole sectors.

@@ -144,7 +144,7 @@ class ControllerService(csi.ControllerBase):
             if message.volume_capability is not None
             else None
         )
-        size, _ = await self._volumes.expand(volume_id, capacity)
+        size, _ = await self._volumes.expand(volume_id, capacity, capability)
         return csi.ControllerExpandVolumeResponse(
             capacity_bytes=size,
             node_expansion_required=await self._volumes.needs_node_expansion(volume_id, capability),

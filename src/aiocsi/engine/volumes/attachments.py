@@ -7,18 +7,9 @@ from aiocsi.engine import policy
 from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.pool import is_volume_id
 from aiocsi.engine.volumes.lookups import VolumeLookups
-from aiocsi.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    NotFound,
-    ResourceExhausted,
-)
+from aiocsi.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
 from aiocsi.logging import get_logger
-from aiocsi.models import (
-    Capability,
-    Publication,
-    PublicationKind,
-)
+from aiocsi.models import Capability, Publication, PublicationKind
 
 log = get_logger("aiocsi.engine")
 

@@ -5,25 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 
+from aiocsi.engine import policy
 from aiocsi.engine.budget import no_space_is_exhaustion, over_budget, pool_space
 from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.parameters import MUTABLE_PARAMETERS, normalise
 from aiocsi.engine.requests import CapacityRange
-from aiocsi.engine.sizing import (
-    ALIGNMENT,
-    choose_size,
-)
+from aiocsi.engine.sizing import ALIGNMENT, choose_size
 from aiocsi.engine.volumes.lookups import VolumeLookups, is_preallocated
-from aiocsi.errors import (
-    FailedPrecondition,
-    OutOfRange,
-    ResourceExhausted,
-)
+from aiocsi.errors import FailedPrecondition, OutOfRange, ResourceExhausted
 from aiocsi.host import files
 from aiocsi.logging import get_logger
-from aiocsi.models import (
-    Volume,
-)
+from aiocsi.models import Capability, Volume
 from aiocsi.state.store import OverBudget
 
 log = get_logger("aiocsi.engine")
@@ -32,7 +24,13 @@ log = get_logger("aiocsi.engine")
 class VolumeChanges(VolumeLookups):
     """Expand and modify volumes."""
 
-    async def expand(self, volume_id: str, capacity: CapacityRange) -> tuple[int, Volume]:
+    async def expand(
+        self, volume_id: str, capacity: CapacityRange, capability: Capability | None = None
+    ) -> tuple[int, Volume]:
+        """ControllerExpandVolume; `capability`, if given, only has to name a filesystem this
+        driver makes (its flags matter at the node)."""
+        if capability is not None:
+            policy.filesystem(capability, "volume_capability")
         await self.get(volume_id)
         return await self._ctx.operations.run(
             OperationKey.volume(volume_id),

@@ -12,13 +12,8 @@ from aiocsi.engine.paging import check_page_token
 from aiocsi.engine.parameters import MUTABLE_PARAMETERS, VOLUME_PARAMETERS, normalise, preallocate
 from aiocsi.engine.pool import is_volume_id
 from aiocsi.engine.resources import EngineResources
-from aiocsi.engine.sizing import (
-    minimum_size,
-)
-from aiocsi.errors import (
-    InvalidArgument,
-    NotFound,
-)
+from aiocsi.engine.sizing import minimum_size
+from aiocsi.errors import InvalidArgument, NotFound
 from aiocsi.models import (
     AccessType,
     Capability,

@@ -13,28 +13,13 @@ from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.parameters import preallocate
 from aiocsi.engine.pool import is_volume_id, new_volume_id
 from aiocsi.engine.requests import CreateVolume
-from aiocsi.engine.sizing import (
-    choose_size,
-    minimum_size,
-    topology_admits,
-    why_incompatible,
-)
+from aiocsi.engine.sizing import choose_size, minimum_size, topology_admits, why_incompatible
 from aiocsi.engine.volumes.attachments import ControllerAttachments
 from aiocsi.engine.volumes.changes import VolumeChanges
-from aiocsi.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    NotFound,
-    ResourceExhausted,
-)
+from aiocsi.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
 from aiocsi.host import files
 from aiocsi.logging import get_logger
-from aiocsi.models import (
-    ContentSource,
-    SourceKind,
-    Volume,
-    VolumeState,
-)
+from aiocsi.models import ContentSource, SourceKind, Volume, VolumeState
 from aiocsi.state.store import Budget, OverBudget
 
 log = get_logger("aiocsi.engine")
