@@ -242,7 +242,9 @@ def _is_read_only(cap: Capability) -> bool:
     return bool(last) and last[-1] == "ro"
 
 
-def _mount_flags(cap: Capability, field: str, operator_allowed: frozenset[str]) -> None:
+def mount_flags(
+    cap: Capability, field: str, operator_allowed: frozenset[str] = frozenset()
+) -> None:
     """Every flag of a mount capability is allowed on the filesystem it names.
 
     A filesystem-specific flag needs the capability to name that filesystem: without
@@ -283,7 +285,7 @@ def capability(cap: Capability, field: str, operator_allowed: frozenset[str]) ->
     if cap.access_type is not AccessType.MOUNT:
         return
     filesystem(cap, field)
-    _mount_flags(cap, field, operator_allowed)
+    mount_flags(cap, field, operator_allowed)
 
 
 def capabilities(
