@@ -186,7 +186,7 @@ def _parse_log_level(value: str) -> str:
 
 
 def _mount_flags(args: argparse.Namespace) -> frozenset[str]:
-    from aiocsi.services.validation.node import operator_mount_flag  # noqa: PLC0415 - heavy
+    from aiocsi.engine.policy import operator_mount_flag  # noqa: PLC0415 - heavy
 
     flags = args.allow_mount_flag or [
         f for f in _env("AIOCSI_ALLOWED_MOUNT_FLAGS", "").split(",") if f

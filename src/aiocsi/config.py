@@ -14,6 +14,7 @@ DEFAULT_ENDPOINT = "unix:///run/aiocsi/csi.sock"
 DEFAULT_DRIVER_NAME = "loop.csi.aiocsi.dev"
 DEFAULT_POOL = "/var/lib/aiocsi"
 TOPOLOGY_KEY = "topology.aiocsi.dev/node"
+DEFAULT_MAX_OPERATIONS = 64
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -62,11 +63,11 @@ class Config:
     shutdown_grace: float = 30.0
     enable_attach: bool = False
     # A cluster-wide resizer reaches only one node's driver, so node-local deployments
-    # turn this off and grow volumes through NodeExpandVolume (DESIGN.md §7).
+    # turn this off and grow volumes through NodeExpandVolume (docs/architecture.md, "Deployment").
     controller_expand: bool = True
     max_volumes_per_node: int = 0
     overcommit: float = 1.0
-    max_operations: int = 64
+    max_operations: int = DEFAULT_MAX_OPERATIONS
     max_mkfs: int = 4
     default_volume_size: int = GiB
     allowed_path_roots: tuple[Path, ...] = field(default=(Path("/var/lib/kubelet"),))

@@ -1,14 +1,11 @@
 """Blocking work (files, stats, system calls, waiting for a command) off the event loop.
 
-One pool of worker threads for the whole process. anyio's `to_thread.run_sync` cost two
-extra trips through the event loop per call (a checkpoint and a limiter acquisition)
-before the thread even started, and `run_in_executor` builds a `concurrent.futures.Future`
-(with a lock and a condition variable) per call; a node lifecycle makes a dozen such
-calls, and under churn that bookkeeping was a measurable share of the loop's time. Here a
-call costs one asyncio future, one queue put and one wake-up back to the loop.
+A `WorkerPool` is built from the Config and owned by the engine, which hands it to the
+host code it calls. A call costs one asyncio future, one queue put and one wake-up back
+to the loop (docs/benchmarks.md says why not `to_thread.run_sync` or `run_in_executor`).
 
 The work is never abandoned half-way: a caller that is cancelled stops waiting, the
-thread finishes the job and its result is dropped (DESIGN.md section 3).
+thread finishes the job and its result is dropped (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -18,6 +15,7 @@ import contextlib
 import contextvars
 import queue
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar, TypeVarTuple, cast
 
 if TYPE_CHECKING:
@@ -26,8 +24,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-# Every running operation may wait on one blocking call, plus Probe's and the store's own.
-MAX_WORKERS = 72
+# Threads beyond one per running operation: Probe's health check, the server's socket set-up
+# and the odd call outside an operation (a sweep at start) never wait behind operations.
+SPARE_WORKERS = 8
 
 # (loop, future, context, call): where the caller waits, with what, and the work.
 _Job = tuple[
@@ -46,20 +45,64 @@ def settle(future: asyncio.Future[T], outcome: T, error: BaseException | None) -
         future.set_exception(error)
 
 
-class _Workers:
-    """Threads started on demand, up to `limit`, that stay for the next job."""
+@dataclass(frozen=True)
+class WorkerStatistics:
+    limit: int  # most threads the pool may start
+    threads: int  # threads started and not stopped
+    busy: int  # threads running a job
+    queued: int  # jobs submitted that no thread has taken yet
+
+
+class WorkerPool:
+    """Threads started on demand, up to `limit`, that stay for the next job until `close`."""
 
     def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"a worker pool needs at least one thread, not {limit}")
         self._limit = limit
-        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
         self._queued = 0
+        self._closed = False
 
-    def submit(self, job: _Job) -> None:
-        self._jobs.put(job)
+    @classmethod
+    def for_operations(cls, max_operations: int) -> WorkerPool:
+        """Sized so that every running operation may wait on one blocking call at a time."""
+        return cls(max_operations + SPARE_WORKERS)
+
+    def statistics(self) -> WorkerStatistics:
         with self._lock:
+            return WorkerStatistics(
+                limit=self._limit,
+                threads=self._threads,
+                busy=self._threads - self._idle,
+                queued=self._queued,
+            )
+
+    async def run_sync(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """Run `fn(*args)` in a worker thread, with the caller's context (log fields)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[object] = loop.create_future()
+        self._submit((loop, future, contextvars.copy_context(), lambda: fn(*args)))
+        return cast("T", await future)
+
+    def close(self) -> None:
+        """Let every thread stop once it is idle; later calls are refused (RuntimeError)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            threads = self._threads
+        for _ in range(threads):
+            self._jobs.put(None)
+
+    def _submit(self, job: _Job) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the worker pool is closed")
+            self._jobs.put(job)
             self._queued += 1
             # Each queued job needs an idle thread; start one when none is left for it.
             start = self._queued > self._idle and self._threads < self._limit
@@ -74,10 +117,14 @@ class _Workers:
         while True:
             with self._lock:
                 self._idle += 1
-            loop, future, context, call = self._jobs.get()
+            job = self._jobs.get()
             with self._lock:
                 self._idle -= 1
+                if job is None:
+                    self._threads -= 1
+                    return
                 self._queued -= 1
+            loop, future, context, call = job
             outcome: object = None
             error: BaseException | None = None
             try:
@@ -87,14 +134,3 @@ class _Workers:
             # A closed loop (RuntimeError) has nobody waiting any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(settle, future, outcome, error)
-
-
-_workers = _Workers(MAX_WORKERS)
-
-
-async def run_sync(fn: Callable[[*Ts], T], *args: *Ts) -> T:
-    """Run `fn(*args)` in a worker thread, with the caller's context (log fields)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[object] = loop.create_future()
-    _workers.submit((loop, future, contextvars.copy_context(), lambda: fn(*args)))
-    return cast("T", await future)

@@ -8,9 +8,9 @@ from collections.abc import Iterator, Mapping
 from aiocsi.config import DEFAULT_DRIVER_NAME
 from aiocsi.engine.parameters import MUTABLE_PARAMETERS, SNAPSHOT_PARAMETERS, VOLUME_PARAMETERS
 from aiocsi.engine.parameters import normalise as normalise_parameters
+from aiocsi.engine.policy import EPHEMERAL_SIZE_KEY, FS_MOUNT_FLAGS, mount_flags
 from aiocsi.errors import InvalidArgument
 from aiocsi.models import AccessMode, AccessType, Capability
-from aiocsi.services.validation.node import EPHEMERAL_SIZE_KEY, FS_MOUNT_FLAGS, mount_flags
 from tests.manifests.model import Obj, pod_spec, ref
 
 FSTYPE_KEY = "csi.storage.k8s.io/fstype"

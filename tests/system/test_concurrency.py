@@ -14,6 +14,7 @@ from grpclib.exceptions import GRPCError
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.host import files, mount
 from aiocsi.host.loop import all_loop_backing_files
+from aiocsi.threads import WorkerPool
 
 from .conftest import Csi, Driver, LoopWatchdog, mount_capability, volume_id_of
 from .process import slow_tool_dir, wait_for_slow_tools
@@ -115,11 +116,18 @@ async def test_unstage_racing_publish_is_aborted(
     real_bind = mount.bind_mount
 
     async def gated_bind(
-        source: Path | str, target: Path, *, read_only: bool, make_target: mount.MakeTarget
+        workers: WorkerPool,
+        source: Path | str,
+        target: Path,
+        *,
+        read_only: bool,
+        make_target: mount.MakeTarget,
     ) -> bool:
         binding.set()
         await release.wait()
-        return await real_bind(source, target, read_only=read_only, make_target=make_target)
+        return await real_bind(
+            workers, source, target, read_only=read_only, make_target=make_target
+        )
 
     monkeypatch.setattr(mount, "bind_mount", gated_bind)
     publish = asyncio.create_task(

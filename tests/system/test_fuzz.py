@@ -43,11 +43,11 @@ from hypothesis import strategies as st
 
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.config import Config
+from aiocsi.engine.policy import FS_MOUNT_FLAGS, GENERIC_MOUNT_FLAGS
 from aiocsi.host.loop import all_loop_backing_files
 from aiocsi.host.mount import parse_mountinfo
 from aiocsi.logging import configure
 from aiocsi.server.app import DriverServer
-from aiocsi.services.validation.node import FS_MOUNT_FLAGS, GENERIC_MOUNT_FLAGS
 
 from .conftest import block_capability, driver_config, mount_capability, release_under
 

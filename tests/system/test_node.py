@@ -28,6 +28,7 @@ from aiocsi.host import mount, process
 from aiocsi.host.loop import all_loop_backing_files
 from aiocsi.host.process import Completed, run
 from aiocsi.models import VolumeState
+from aiocsi.threads import WorkerPool
 
 from .conftest import (
     Driver,
@@ -45,6 +46,8 @@ pytestmark = pytest.mark.system
 
 MiB = 1024 * 1024
 NODE = "test-node"
+# For the tests' own commands (a foreign mount, an unmount behind the driver's back).
+W = WorkerPool(4)
 FS_TYPES = ["ext4", "xfs", "btrfs"]
 # Small, sparse volumes: xfs and btrfs refuse anything smaller.
 SIZE = {"ext4": 16 * MiB, "xfs": 300 * MiB, "btrfs": 256 * MiB, "block": 16 * MiB}
@@ -84,9 +87,9 @@ def spawned(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
     seen: list[tuple[str, ...]] = []
     spawn = process._spawn
 
-    async def recording(argv: tuple[str, ...]) -> Completed:
+    async def recording(workers: WorkerPool, argv: tuple[str, ...]) -> Completed:
         seen.append(argv)
-        return await spawn(argv)
+        return await spawn(workers, argv)
 
     monkeypatch.setattr(process, "_spawn", recording)
     return seen
@@ -307,12 +310,12 @@ def usage(response: csi.NodeGetVolumeStatsResponse, unit: csi.VolumeUsageUnit) -
 async def foreign_tmpfs(path: Path) -> AsyncIterator[Path]:
     """A mount the driver did not make, removed again even if the test fails."""
     await anyio.Path(path).mkdir(parents=True, exist_ok=True)
-    await run(["mount", "-t", "tmpfs", "-o", "size=1m", "foreign", str(path)])
+    await run(W, ["mount", "-t", "tmpfs", "-o", "size=1m", "foreign", str(path)])
     try:
         yield path
     finally:
         if mounts_at(path):
-            await run(["umount", str(path)])
+            await run(W, ["umount", str(path)])
 
 
 # -- lifecycle ------------------------------------------------------------------------------
@@ -529,7 +532,7 @@ async def test_publish_needs_a_stage(driver: Driver) -> None:
 async def test_publish_refuses_a_staging_mount_that_vanished(driver: Driver) -> None:
     vol = await new_volume(driver, "vanished", cap_for("ext4"))
     await vol.stage()
-    await run(["umount", str(vol.staging)])
+    await run(W, ["umount", str(vol.staging)])
     await fails(Status.FAILED_PRECONDITION, vol.publish())
     assert mounts_at(vol.target) == []
     await vol.stage()  # a retried stage mounts it again
@@ -822,12 +825,12 @@ async def test_foreign_mounts_are_never_touched(driver: Driver) -> None:
         assert target.is_dir()
     # Published under a foreign mount stacked on top: unpublish stops at the foreign one.
     await vol.publish()
-    await run(["mount", "-t", "tmpfs", "-o", "size=1m", "foreign", str(vol.target)])
+    await run(W, ["mount", "-t", "tmpfs", "-o", "size=1m", "foreign", str(vol.target)])
     try:
         await fails(Status.FAILED_PRECONDITION, vol.unpublish())
         assert [m.fs_type for m in mounts_at(vol.target)] == ["ext4", "tmpfs"]
     finally:
-        await run(["umount", str(vol.target)])
+        await run(W, ["umount", str(vol.target)])
     await vol.down()
     assert loops_backed_by(vol.image) == []
 
@@ -869,14 +872,14 @@ async def test_stats_for_mount_and_block_volumes(driver: Driver) -> None:
 async def test_condition_abnormal_when_the_mount_is_gone(driver: Driver) -> None:
     vol = await new_volume(driver, "cond-mount", cap_for("ext4"))
     await vol.up()
-    await run(["umount", str(vol.target)])
+    await run(W, ["umount", str(vol.target)])
     stats = await vol.stats()
     assert condition(stats).abnormal
     assert "not mounted" in condition(stats).message
     await vol.down()
 
     await vol.up()
-    await run(["mount", "-o", "remount,ro", str(vol.staging)])
+    await run(W, ["mount", "-o", "remount,ro", str(vol.staging)])
     stats = await vol.stats()
     assert condition(stats).abnormal
     assert "read-only" in condition(stats).message
@@ -884,7 +887,7 @@ async def test_condition_abnormal_when_the_mount_is_gone(driver: Driver) -> None
 
     block = await new_volume(driver, "cond-block", cap_for("block"))
     await block.up()
-    await run(["umount", str(block.target)])
+    await run(W, ["umount", str(block.target)])
     assert condition(await block.stats()).abnormal
     await block.down()
 
@@ -1121,8 +1124,8 @@ async def test_ephemeral_inline_volume(driver: Driver) -> None:
     assert loops_backed_by(images[0]) == []
     assert mounts_under(driver.root) == []
     assert list((driver.pool / "staging").iterdir()) == []
-    assert await driver.server.engine.ctx.store.all_volumes() == []
-    assert await driver.server.engine.ctx.store.publications() == []
+    assert await driver.server.engine.resources.store.all_volumes() == []
+    assert await driver.server.engine.resources.store.publications() == []
 
 
 async def test_ephemeral_inline_volume_refusals(driver: Driver) -> None:
@@ -1140,7 +1143,7 @@ async def test_ephemeral_inline_volume_refusals(driver: Driver) -> None:
                 ephemeral_request(foreign, "csi-blocked", size="16Mi")
             ),
         )
-    assert await driver.server.engine.ctx.store.all_volumes() == []
+    assert await driver.server.engine.resources.store.all_volumes() == []
     assert list((driver.pool / "volumes").glob("*.img")) == []
     assert mounts_under(driver.root) == []
 
@@ -1159,8 +1162,8 @@ async def test_restart_forgets_lost_mounts_and_detaches_unused_devices(cleanup: 
         await write_file(lost.target / "data", DATA)
     # The driver is gone with everything in place, as after a crash. Then the node loses
     # the lost volume's mounts behind its back.
-    await run(["umount", str(lost.target)])
-    await run(["umount", str(lost.staging)])
+    await run(W, ["umount", str(lost.target)])
+    await run(W, ["umount", str(lost.staging)])
     assert len(loops_backed_by(lost.image)) == 1
 
     async with running_driver(config, cleanup) as second:
@@ -1178,7 +1181,7 @@ async def test_restart_forgets_lost_mounts_and_detaches_unused_devices(cleanup: 
         for vol in (lost, kept, block):
             await vol.down()
             assert loops_backed_by(vol.image) == []
-        states = {v.state for v in await second.server.engine.ctx.store.all_volumes()}
+        states = {v.state for v in await second.server.engine.resources.store.all_volumes()}
         assert states == {VolumeState.READY}
 
 
@@ -1186,13 +1189,13 @@ async def test_restart_leaves_foreign_loop_devices_alone(cleanup: Path) -> None:
     """A loop device backed by a file outside the pool is never detached by reconcile."""
     outside = cleanup / "not-ours.img"
     await anyio.Path(outside).write_bytes(b"\0" * MiB)
-    done = await run(["losetup", "--find", "--show", str(outside)])
+    done = await run(W, ["losetup", "--find", "--show", str(outside)])
     device = done.stdout.strip()
     try:
         async with running_driver(driver_config(cleanup), cleanup):
             assert loops_backed_by(outside) == [device]
     finally:
-        await run(["losetup", "--detach", device])
+        await run(W, ["losetup", "--detach", device])
 
 
 async def test_restart_detaches_views_whose_publication_is_gone(cleanup: Path) -> None:
@@ -1209,13 +1212,13 @@ async def test_restart_detaches_views_whose_publication_is_gone(cleanup: Path) -
     # Behind the stopped driver's back: one publication's bind is lost, and a view was
     # attached but never bound (a crash between the two). A view over a loop device that
     # is not the driver's is not the driver's either.
-    await run(["umount", str(lost)])
-    stray = (await run(["losetup", "--read-only", "--find", "--show", device])).stdout.strip()
+    await run(W, ["umount", str(lost)])
+    stray = (await run(W, ["losetup", "--read-only", "--find", "--show", device])).stdout.strip()
     outside = cleanup / "not-ours.img"
     await anyio.Path(outside).write_bytes(b"\0" * MiB)
-    foreign = (await run(["losetup", "--find", "--show", str(outside)])).stdout.strip()
+    foreign = (await run(W, ["losetup", "--find", "--show", str(outside)])).stdout.strip()
     foreign_view = (
-        await run(["losetup", "--read-only", "--find", "--show", foreign])
+        await run(W, ["losetup", "--read-only", "--find", "--show", foreign])
     ).stdout.strip()
     try:
         async with running_driver(config, cleanup) as second:
@@ -1235,7 +1238,7 @@ async def test_restart_detaches_views_whose_publication_is_gone(cleanup: Path) -
     finally:
         for dev, backing in ((foreign_view, foreign), (foreign, str(outside))):
             if all_loop_backing_files().get(dev) == backing:
-                await run(["losetup", "--detach", dev])
+                await run(W, ["losetup", "--detach", dev])
 
 
 async def test_restart_owns_a_pool_reached_through_a_symlink(cleanup: Path) -> None:
@@ -1248,7 +1251,7 @@ async def test_restart_owns_a_pool_reached_through_a_symlink(cleanup: Path) -> N
         await vol.up()
     image = real_pool / "volumes" / vol.image.name  # sysfs names the resolved path
     assert len(loops_backed_by(image)) == 1
-    await run(["umount", str(vol.target)])
-    await run(["umount", str(vol.staging)])
+    await run(W, ["umount", str(vol.target)])
+    await run(W, ["umount", str(vol.staging)])
     async with running_driver(config, cleanup):
         assert loops_backed_by(image) == [], "an unused device of the pool is detached"

@@ -1027,7 +1027,7 @@ SIZES = {"ext4": 16 * MiB, "xfs": 300 * MiB, "btrfs": 256 * MiB}
 
 @pytest.mark.parametrize("fs_type", sorted(FLAG_GROUPS))
 async def test_every_allowed_flag_mounts(cleanup: Path, fs_type: str) -> None:
-    from aiocsi.services.validation.node import (  # noqa: PLC0415 - the list under test
+    from aiocsi.engine.policy import (  # noqa: PLC0415 - the list under test
         FS_MOUNT_FLAGS,
         FS_VALUED_FLAGS,
         GENERIC_MOUNT_FLAGS,

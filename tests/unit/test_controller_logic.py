@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.config import TOPOLOGY_KEY
+from aiocsi.engine import policy
 from aiocsi.engine.parameters import (
     MUTABLE_PARAMETERS,
     VOLUME_PARAMETERS,
@@ -17,13 +18,8 @@ from aiocsi.engine.parameters import (
     preallocate,
 )
 from aiocsi.engine.requests import CapacityRange, CreateVolume, TopologyRequirement
-from aiocsi.engine.volumes import (
-    _compatible,
-    _image_condition,
-    choose_size,
-    minimum_size,
-    topology_admits,
-)
+from aiocsi.engine.sizing import choose_size, minimum_size, topology_admits, why_incompatible
+from aiocsi.engine.volumes.lookups import image_condition
 from aiocsi.errors import InvalidArgument, InvalidToken, OutOfRange, grpc_code_name
 from aiocsi.models import (
     AccessMode,
@@ -34,7 +30,8 @@ from aiocsi.models import (
     Volume,
     VolumeState,
 )
-from aiocsi.services.validation.controller import page, volume_capabilities
+from aiocsi.services.validation.controller import page
+from aiocsi.services.validation.controller import volume_capabilities as translate_capabilities
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -218,15 +215,15 @@ def _request(**changes: object) -> CreateVolume:
 
 def test_compatible_create_requests() -> None:
     existing = _volume()
-    assert _compatible(existing, _request(), {}) is None
-    assert _compatible(existing, _request(capacity=CapacityRange(0, 16 * MiB)), {}) is None
-    assert _compatible(existing, _request(capacity=CapacityRange(32 * MiB)), {}) is not None
-    assert _compatible(existing, _request(capacity=CapacityRange(0, 8 * MiB)), {}) is not None
-    assert _compatible(existing, _request(), {"preallocate": "true"}) is not None
+    assert why_incompatible(existing, _request(), {}) is None
+    assert why_incompatible(existing, _request(capacity=CapacityRange(0, 16 * MiB)), {}) is None
+    assert why_incompatible(existing, _request(capacity=CapacityRange(32 * MiB)), {}) is not None
+    assert why_incompatible(existing, _request(capacity=CapacityRange(0, 8 * MiB)), {}) is not None
+    assert why_incompatible(existing, _request(), {"preallocate": "true"}) is not None
     source = ContentSource(SourceKind.SNAPSHOT, "snap-" + "1" * 32)
-    assert _compatible(existing, _request(source=source), {}) is not None
-    assert _compatible(_volume(source=source), _request(source=source), {}) is None
-    assert _compatible(existing, _request(capabilities=(XFS,)), {}) is not None
+    assert why_incompatible(existing, _request(source=source), {}) is not None
+    assert why_incompatible(_volume(source=source), _request(source=source), {}) is None
+    assert why_incompatible(existing, _request(capabilities=(XFS,)), {}) is not None
 
 
 # -- page tokens --------------------------------------------------------------------------
@@ -273,6 +270,13 @@ def _mount(*flags: str) -> csi.VolumeCapability:
     )
 
 
+def volume_capabilities(messages: list[csi.VolumeCapability]) -> tuple[Capability, ...]:
+    """Translated as the Controller service does, then checked as the engine does."""
+    caps = translate_capabilities(messages)
+    policy.capabilities(caps, "volume_capabilities", frozenset())
+    return caps
+
+
 def test_volume_capabilities_check_mount_flags_up_front() -> None:
     caps = volume_capabilities([_mount("noatime", "commit=30")])
     assert caps[0].mount_flags == ("noatime", "commit=30")
@@ -286,11 +290,11 @@ def test_volume_capabilities_check_mount_flags_up_front() -> None:
 
 def test_image_condition(tmp_path: Path) -> None:
     image = tmp_path / "v.img"
-    assert _image_condition(image, MiB).abnormal is True
-    assert "missing" in _image_condition(image, MiB).message
+    assert image_condition(image, MiB).abnormal is True
+    assert "missing" in image_condition(image, MiB).message
     image.write_bytes(bytes(MiB // 2))
-    truncated = _image_condition(image, MiB)
+    truncated = image_condition(image, MiB)
     assert truncated.abnormal is True
     assert "truncated" in truncated.message
     image.write_bytes(bytes(MiB))
-    assert _image_condition(image, MiB).abnormal is False
+    assert image_condition(image, MiB).abnormal is False

@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 from aiocsi.host import files
+from aiocsi.threads import WorkerPool
 
+W = WorkerPool(4)
 MIB = 1024 * 1024
 
 
 async def test_create_sparse_allocates_nothing(workdir: Path) -> None:
     image = workdir / "a.img"
-    await files.create_sparse(image, 64 * MIB)
+    await files.create_sparse(W, image, 64 * MIB)
     assert files.file_size(image) == 64 * MIB
     assert files.allocated_bytes(image) < MIB
     assert image.stat().st_mode & 0o777 == 0o600
@@ -22,7 +24,7 @@ async def test_create_sparse_allocates_nothing(workdir: Path) -> None:
 
 async def test_create_sparse_preallocates_on_request(workdir: Path) -> None:
     image = workdir / "a.img"
-    await files.create_sparse(image, 8 * MIB, preallocate=True)
+    await files.create_sparse(W, image, 8 * MIB, preallocate=True)
     assert files.allocated_bytes(image) >= 8 * MIB
 
 
@@ -30,24 +32,24 @@ async def test_create_sparse_never_replaces_a_file(workdir: Path) -> None:
     image = workdir / "a.img"
     image.write_bytes(b"tenant data")
     with pytest.raises(FileExistsError):
-        await files.create_sparse(image, MIB)
+        await files.create_sparse(W, image, MIB)
     assert image.read_bytes() == b"tenant data"
 
 
 async def test_create_sparse_rejects_negative_size(workdir: Path) -> None:
     with pytest.raises(ValueError, match="negative"):
-        await files.create_sparse(workdir / "a.img", -1)
+        await files.create_sparse(W, workdir / "a.img", -1)
     assert not (workdir / "a.img").exists()
 
 
 async def test_grow_file_grows_and_never_shrinks(workdir: Path) -> None:
     image = workdir / "a.img"
-    await files.create_sparse(image, 4 * MIB)
-    await files.grow_file(image, 8 * MIB)
+    await files.create_sparse(W, image, 4 * MIB)
+    await files.grow_file(W, image, 8 * MIB)
     assert files.file_size(image) == 8 * MIB
-    await files.grow_file(image, 2 * MIB)
+    await files.grow_file(W, image, 2 * MIB)
     assert files.file_size(image) == 8 * MIB
-    await files.grow_file(image, 12 * MIB, preallocate=True)
+    await files.grow_file(W, image, 12 * MIB, preallocate=True)
     assert files.file_size(image) == 12 * MIB
     # Only the added range is reserved: the original stays sparse.
     assert 4 * MIB <= files.allocated_bytes(image) < 8 * MIB
@@ -55,33 +57,33 @@ async def test_grow_file_grows_and_never_shrinks(workdir: Path) -> None:
 
 async def test_grow_file_of_a_missing_image_fails(workdir: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        await files.grow_file(workdir / "missing.img", MIB)
+        await files.grow_file(W, workdir / "missing.img", MIB)
     assert not (workdir / "missing.img").exists()
 
 
 async def test_remove_file_is_idempotent(workdir: Path) -> None:
     image = workdir / "a.img"
-    await files.create_sparse(image, MIB)
-    await files.remove_file(image)
-    await files.remove_file(image)
-    await files.remove_file(workdir / "no-such-dir" / "a.img")
+    await files.create_sparse(W, image, MIB)
+    await files.remove_file(W, image)
+    await files.remove_file(W, image)
+    await files.remove_file(W, workdir / "no-such-dir" / "a.img")
     assert not image.exists()
 
 
 async def test_copy_refuses_a_smaller_size(workdir: Path) -> None:
     src = workdir / "src.img"
-    await files.create_sparse(src, 4 * MIB)
+    await files.create_sparse(W, src, 4 * MIB)
     with pytest.raises(ValueError, match="cannot copy"):
-        await files.copy_image(src, workdir / "dst.img", size=MIB)
+        await files.copy_image(W, src, workdir / "dst.img", size=MIB)
     assert not (workdir / "dst.img").exists()
 
 
 async def test_copy_never_replaces_a_file(workdir: Path) -> None:
     src, dst = workdir / "src.img", workdir / "dst.img"
-    await files.create_sparse(src, MIB)
+    await files.create_sparse(W, src, MIB)
     dst.write_bytes(b"tenant data")
     with pytest.raises(FileExistsError):
-        await files.copy_image(src, dst)
+        await files.copy_image(W, src, dst)
     assert dst.read_bytes() == b"tenant data"
 
 

@@ -85,14 +85,14 @@ def test_any_escaped_mount_point_round_trips(point: str, optional: list[str]) ->
     assert entry.fs_type == "xfs"
 
 
-async def test_reads_this_process_mounts() -> None:
-    entries = await read_mounts()
+def test_reads_this_process_mounts() -> None:
+    entries = read_mounts()
     assert "/" in {entry.mount_point for entry in entries}
     assert all(entry.fs_type for entry in entries)
 
 
 def test_lines_that_may_show_a_use_of_a_loop_device() -> None:
-    from aiocsi.host.loop import mountinfo_line_of_use  # noqa: PLC0415 - the helper under test
+    from aiocsi.host.sysfs import mountinfo_line_of_use  # noqa: PLC0415 - the helper under test
 
     binds = [
         "120 27 0:5 /loop3 /var/lib/kubelet/t/blk rw,nosuid - devtmpfs udev rw",

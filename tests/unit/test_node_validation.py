@@ -10,11 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aiocsi._proto.csi import v1 as csi
+from aiocsi.engine import policy
 from aiocsi.errors import InvalidArgument
 from aiocsi.models import AccessType
 from aiocsi.services.validation import node as check
 
+from .translated import node_capability, publish
+
 Mode = csi.VolumeCapabilityAccessModeMode
+
+
 ROOT = Path("/var/lib/kubelet")
 ROOTS = (ROOT, Path("/mnt/extra"))
 
@@ -52,7 +57,7 @@ def mount_cap(*flags: str, fs_type: str = "ext4") -> csi.VolumeCapability:
     ],
 )
 def test_allowed_mount_flags(flag: str) -> None:
-    assert check.mount_flag(flag) == flag
+    assert policy.mount_flag(flag) == flag
 
 
 @pytest.mark.parametrize(
@@ -106,26 +111,26 @@ def test_allowed_mount_flags(flag: str) -> None:
 )
 def test_refused_mount_flags(flag: str) -> None:
     with pytest.raises(InvalidArgument, match="not allowed"):
-        check.mount_flag(flag)
+        policy.mount_flag(flag)
 
 
 def test_capability_flags_are_all_checked() -> None:
-    cap = check.node_capability(mount_cap("noatime", "commit=15"))
+    cap = node_capability(mount_cap("noatime", "commit=15"))
     assert cap.mount_flags == ("noatime", "commit=15")
     with pytest.raises(InvalidArgument, match="'suid'"):
-        check.node_capability(mount_cap("noatime", "suid"))
+        node_capability(mount_cap("noatime", "suid"))
 
 
 def test_capability_is_required_with_a_mode_and_a_type() -> None:
     with pytest.raises(InvalidArgument, match="volume_capability is required"):
-        check.node_capability(None)
+        node_capability(None)
     with pytest.raises(InvalidArgument, match="access_mode"):
-        check.node_capability(csi.VolumeCapability(mount=csi.VolumeCapabilityMountVolume()))
+        node_capability(csi.VolumeCapability(mount=csi.VolumeCapabilityMountVolume()))
     no_type = csi.VolumeCapability(
         access_mode=csi.VolumeCapabilityAccessMode(mode=Mode.SINGLE_NODE_WRITER)
     )
     with pytest.raises(InvalidArgument, match="access type"):
-        check.node_capability(no_type)
+        node_capability(no_type)
 
 
 # -- paths ----------------------------------------------------------------------------------
@@ -227,10 +232,10 @@ def test_publish_request_needs_a_staging_path_unless_ephemeral() -> None:
         readonly=True,
     )
     with pytest.raises(InvalidArgument, match="staging_target_path is required"):
-        check.publish(request, ROOTS)
+        publish(request, ROOTS)
     request.volume_context = {"csi.storage.k8s.io/ephemeral": "true"}
-    published = check.publish(request, ROOTS)
+    published = publish(request, ROOTS)
     assert (published.staging_path, published.read_only) == ("", True)
     request.volume_context = {"csi.storage.k8s.io/ephemeral": "false"}
     with pytest.raises(InvalidArgument, match="staging_target_path is required"):
-        check.publish(request, ROOTS)
+        publish(request, ROOTS)

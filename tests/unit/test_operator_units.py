@@ -10,6 +10,7 @@ from aiocsi.config import ConfigError, parse_http_endpoint
 from aiocsi.host import process
 from aiocsi.metrics import Metrics, OperationCounts, PoolCensus, Runtime, go_code_name
 from aiocsi.server.tracker import CallStatistics, CallTracker
+from aiocsi.threads import WorkerPool
 
 
 @pytest.mark.parametrize(
@@ -105,13 +106,17 @@ def test_observed_calls_land_in_the_kubernetes_csi_histogram() -> None:
 
 async def test_every_command_is_told_to_the_observer() -> None:
     seen: list[tuple[str, float]] = []
+    workers = WorkerPool(2)
     process.observe_commands(lambda name, seconds: seen.append((name, seconds)))
     try:
-        await process.run(["/bin/true"])
-        await process.run(["false"], check=False)
+        await process.run(workers, ["/bin/true"])
+        await process.run(workers, ["false"], check=False)
     finally:
         process.observe_commands(None)
-    await process.run(["true"])
+    try:
+        await process.run(workers, ["true"])
+    finally:
+        workers.close()
     assert [name for name, _ in seen] == ["true", "false"]
     assert all(seconds > 0 for _, seconds in seen)
 

@@ -10,10 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aiocsi._proto.csi import v1 as csi
+from aiocsi.engine import policy
 from aiocsi.errors import InvalidArgument
 from aiocsi.services.validation import common
 from aiocsi.services.validation import controller as controller_check
-from aiocsi.services.validation import node as check
+
+from .translated import node_capability, publish
 
 Mode = csi.VolumeCapabilityAccessModeMode
 
@@ -101,20 +103,20 @@ def test_volume_mount_group_is_refused_not_ignored() -> None:
     assert cap.mount is not None
     cap.mount.volume_mount_group = "1000"
     with pytest.raises(InvalidArgument, match="volume_mount_group"):
-        check.node_capability(cap)
+        node_capability(cap)
 
 
 def test_both_access_types_and_unknown_modes_are_refused() -> None:
     both = mount_cap()
     both.block = csi.VolumeCapabilityBlockVolume()
     with pytest.raises(InvalidArgument, match="both block and mount"):
-        check.node_capability(both)
+        node_capability(both)
     # What betterproto2 makes of an enum value the proto does not define (wire value 99).
     odd = csi.VolumeCapability.parse(
         bytes(csi.VolumeCapability(mount=csi.VolumeCapabilityMountVolume())) + b"\x1a\x02\x08\x63"
     )
     with pytest.raises(InvalidArgument, match=r"access_mode .* is unknown"):
-        check.node_capability(odd)
+        node_capability(odd)
 
 
 # -- mount flags per filesystem --------------------------------------------------------------
@@ -133,7 +135,7 @@ def test_both_access_types_and_unknown_modes_are_refused() -> None:
     ],
 )
 def test_flags_each_filesystem_mounts_with(fs_type: str, flags: tuple[str, ...]) -> None:
-    assert check.node_capability(mount_cap(*flags, fs_type=fs_type)).mount_flags == flags
+    assert node_capability(mount_cap(*flags, fs_type=fs_type)).mount_flags == flags
 
 
 @pytest.mark.parametrize(
@@ -163,19 +165,19 @@ def test_flags_each_filesystem_mounts_with(fs_type: str, flags: tuple[str, ...])
 )
 def test_flags_a_filesystem_would_refuse(fs_type: str, flag: str, why: str) -> None:
     with pytest.raises(InvalidArgument, match=why):
-        check.node_capability(mount_cap(flag, fs_type=fs_type))
+        node_capability(mount_cap(flag, fs_type=fs_type))
 
 
 def test_norecovery_follows_the_last_of_ro_and_rw_and_the_access_mode() -> None:
-    check.node_capability(mount_cap("norecovery", fs_type="xfs", mode=Mode.SINGLE_NODE_READER_ONLY))
-    check.node_capability(mount_cap("rw", "ro", "norecovery", fs_type="xfs"))
+    node_capability(mount_cap("norecovery", fs_type="xfs", mode=Mode.SINGLE_NODE_READER_ONLY))
+    node_capability(mount_cap("rw", "ro", "norecovery", fs_type="xfs"))
     with pytest.raises(InvalidArgument, match="read-only"):
-        check.node_capability(mount_cap("ro", "norecovery", "rw", fs_type="xfs"))
+        node_capability(mount_cap("ro", "norecovery", "rw", fs_type="xfs"))
 
 
 def test_too_many_flags_together_are_refused() -> None:
     with pytest.raises(InvalidArgument, match="1024 bytes of mount options"):
-        check.node_capability(mount_cap(*(["noatime"] * 200)))
+        node_capability(mount_cap(*(["noatime"] * 200)))
 
 
 def test_create_volume_checks_flags_against_the_filesystem_too() -> None:
@@ -183,7 +185,7 @@ def test_create_volume_checks_flags_against_the_filesystem_too() -> None:
         name="v", volume_capabilities=[mount_cap("noatime"), mount_cap("compress=zstd")]
     )
     with pytest.raises(InvalidArgument, match=r"volume_capabilities\[1\].*'compress=zstd'"):
-        controller_check.create_volume(request)
+        policy.create_request(controller_check.create_volume(request), frozenset())
 
 
 # -- operator-allowed flags -------------------------------------------------------------------
@@ -191,13 +193,13 @@ def test_create_volume_checks_flags_against_the_filesystem_too() -> None:
 
 @pytest.mark.parametrize("flag", ["exec", "suid", "dev", "uid=1000", "context=system_u:r:t:s0"])
 def test_operator_can_allow_one_exact_option(flag: str) -> None:
-    allowed = frozenset({check.operator_mount_flag(flag)})
-    cap = check.node_capability(mount_cap("noatime", flag), allowed)
+    allowed = frozenset({policy.operator_mount_flag(flag)})
+    cap = node_capability(mount_cap("noatime", flag), allowed)
     assert cap.mount_flags == ("noatime", flag)
     with pytest.raises(InvalidArgument, match="not allowed"):
-        check.node_capability(mount_cap(flag))
+        node_capability(mount_cap(flag))
     with pytest.raises(InvalidArgument, match="not allowed"):
-        check.node_capability(mount_cap(flag + "x"), allowed)
+        node_capability(mount_cap(flag + "x"), allowed)
 
 
 @pytest.mark.parametrize(
@@ -226,7 +228,7 @@ def test_operator_can_allow_one_exact_option(flag: str) -> None:
 )
 def test_operator_can_never_allow(flag: str) -> None:
     with pytest.raises(ValueError, match="mount flag"):
-        check.operator_mount_flag(flag)
+        policy.operator_mount_flag(flag)
 
 
 # -- inline ephemeral volume size --------------------------------------------------------------
@@ -243,7 +245,7 @@ def test_ephemeral_size_is_checked_before_anything_is_made(size: str, why: str) 
         volume_context={"csi.storage.k8s.io/ephemeral": "true", "size": size},
     )
     with pytest.raises(InvalidArgument, match=why):
-        check.publish(request, ())
+        publish(request)
 
 
 def test_an_inline_volume_may_not_be_named_like_a_driver_volume() -> None:
@@ -254,9 +256,9 @@ def test_an_inline_volume_may_not_be_named_like_a_driver_volume() -> None:
         volume_context={"csi.storage.k8s.io/ephemeral": "true"},
     )
     with pytest.raises(InvalidArgument, match="inline ephemeral volume"):
-        check.publish(request, ())
+        publish(request)
     request.volume_id = "csi-" + "a" * 32
-    assert check.publish(request, ()).volume_id == "csi-" + "a" * 32
+    assert publish(request).volume_id == "csi-" + "a" * 32
 
 
 @pytest.mark.parametrize(
@@ -271,6 +273,6 @@ def test_target_and_staging_paths_stay_apart(staging: str, target: str) -> None:
         volume_capability=mount_cap(),
     )
     with pytest.raises(InvalidArgument, match="one inside the other"):
-        check.publish(request, ())
+        publish(request)
     request.target_path = "/r/stx"  # a sibling that merely shares a prefix is fine
-    assert check.publish(request, ()).target_path == "/r/stx"
+    assert publish(request).target_path == "/r/stx"

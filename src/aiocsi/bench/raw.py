@@ -24,7 +24,8 @@ from aiocsi.bench.runner import Lifecycles, measure
 from aiocsi.bench.workspace import WRITE_FILE, write_and_sync
 from aiocsi.client.codes import local_code
 from aiocsi.errors import CommandFailed
-from aiocsi.host import files, fs, loop, mount, process
+from aiocsi.host import files, fs, mount, process
+from aiocsi.host.loop import LoopIndex
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
     from aiocsi.bench.stats import RunRecorder, Samples
     from aiocsi.bench.workspace import Workspace
+    from aiocsi.threads import WorkerPool
 
 CREATE_IMAGE, ATTACH, MKFS, MOUNT, BIND = "CreateImage", "Attach", "Mkfs", "Mount", "BindMount"
 WRITE, UNBIND, UNMOUNT, DETACH, REMOVE = "Write", "UnmountBind", "Unmount", "Detach", "RemoveImage"
@@ -57,30 +59,34 @@ class RawSlot:
     device: str | None = None
 
 
-async def _attach(image: Path) -> str:
-    done = await process.run(["losetup", "--find", "--show", "--direct-io=off", str(image)])
+async def _attach(workers: WorkerPool, image: Path) -> str:
+    done = await process.run(
+        workers, ["losetup", "--find", "--show", "--direct-io=off", str(image)]
+    )
     return done.stdout.strip()
 
 
-async def _mount(source: str, target: Path, *options: str, fs_type: str | None = None) -> None:
+async def _mount(
+    workers: WorkerPool, source: str, target: Path, *options: str, fs_type: str | None = None
+) -> None:
     typed = ["-t", fs_type] if fs_type else []
     flags = ["-o", ",".join(options)] if options else []
-    await process.run(["mount", *typed, *flags, source, str(target)])
+    await process.run(workers, ["mount", *typed, *flags, source, str(target)])
 
 
-async def _umount(target: Path) -> None:
-    await process.run(["umount", str(target)])
+async def _umount(workers: WorkerPool, target: Path) -> None:
+    await process.run(workers, ["umount", str(target)])
 
 
-async def _detach(device: str) -> None:
-    await process.run(["losetup", "--detach", device])
+async def _detach(workers: WorkerPool, device: str) -> None:
+    await process.run(workers, ["losetup", "--detach", device])
 
 
-async def _unmount_all(path: Path) -> None:
+async def _unmount_all(workers: WorkerPool, path: Path) -> None:
     for _ in range(_MAX_STACKED):
-        if not await mount.is_mount_point(path):
+        if not await mount.is_mount_point(workers, path):
             return
-        await _umount(path)
+        await _umount(workers, path)
     raise RuntimeError(f"{path} still has mounts after {_MAX_STACKED} unmounts")
 
 
@@ -121,28 +127,31 @@ class RawLifecycles(Lifecycles[RawSlot]):
         return RawSlot(ws.image(seq), ws.staging(seq), ws.target(seq))
 
     async def _steps(self, slot: RawSlot, rec: RunRecorder) -> None:
-        await _timed(rec.op(CREATE_IMAGE), lambda: files.create_sparse(slot.image, self._spec.size))
-        slot.device = await measure(rec.op(ATTACH), lambda: _attach(slot.image), host_code)
+        w = self._workspace.workers
+        await _timed(
+            rec.op(CREATE_IMAGE), lambda: files.create_sparse(w, slot.image, self._spec.size)
+        )
+        slot.device = await measure(rec.op(ATTACH), lambda: _attach(w, slot.image), host_code)
         device = slot.device
         if self._block:
             await anyio.Path(slot.target).touch(mode=0o600)
-            await _timed(rec.op(BIND), lambda: _mount(device, slot.target, "bind"))
+            await _timed(rec.op(BIND), lambda: _mount(w, device, slot.target, "bind"))
         else:
             fs_type = self._spec.fs_type
             await anyio.Path(slot.staging).mkdir(exist_ok=True)
-            await _timed(rec.op(MKFS), lambda: fs.make_fs(device, fs_type))
-            await _timed(rec.op(MOUNT), lambda: _mount(device, slot.staging, fs_type=fs_type))
+            await _timed(rec.op(MKFS), lambda: fs.make_fs(w, device, fs_type))
+            await _timed(rec.op(MOUNT), lambda: _mount(w, device, slot.staging, fs_type=fs_type))
             await anyio.Path(slot.target).mkdir(mode=0o750, exist_ok=True)
-            await _timed(rec.op(BIND), lambda: _mount(str(slot.staging), slot.target, "bind"))
+            await _timed(rec.op(BIND), lambda: _mount(w, str(slot.staging), slot.target, "bind"))
         if self._spec.write_bytes:
             await _timed(rec.op(WRITE), lambda: self._write(slot))
-        await _timed(rec.op(UNBIND), lambda: _umount(slot.target))
+        await _timed(rec.op(UNBIND), lambda: _umount(w, slot.target))
         await _remove_path(slot.target)
         if not self._block:
-            await _timed(rec.op(UNMOUNT), lambda: _umount(slot.staging))
+            await _timed(rec.op(UNMOUNT), lambda: _umount(w, slot.staging))
             await _remove_path(slot.staging)
-        await _timed(rec.op(DETACH), lambda: _detach(device))
-        await _timed(rec.op(REMOVE), lambda: files.remove_file(slot.image))
+        await _timed(rec.op(DETACH), lambda: _detach(w, device))
+        await _timed(rec.op(REMOVE), lambda: files.remove_file(w, slot.image))
 
     async def _write(self, slot: RawSlot) -> None:
         path = slot.target if self._block else slot.target / WRITE_FILE
@@ -150,10 +159,11 @@ class RawLifecycles(Lifecycles[RawSlot]):
         await anyio.to_thread.run_sync(lambda: write_and_sync(path, size, create=not self._block))
 
     async def _release(self, slot: RawSlot, rec: RunRecorder) -> None:
-        await _timed(rec.cleanup_op(UNBIND), lambda: _unmount_all(slot.target))
+        w = self._workspace.workers
+        await _timed(rec.cleanup_op(UNBIND), lambda: _unmount_all(w, slot.target))
         await _remove_path(slot.target)
-        await _timed(rec.cleanup_op(UNMOUNT), lambda: _unmount_all(slot.staging))
+        await _timed(rec.cleanup_op(UNMOUNT), lambda: _unmount_all(w, slot.staging))
         await _remove_path(slot.staging)
-        for device in await loop.find_loop_devices(slot.image):
-            await _timed(rec.cleanup_op(DETACH), functools.partial(_detach, device))
-        await _timed(rec.cleanup_op(REMOVE), lambda: files.remove_file(slot.image))
+        for device in LoopIndex(w).devices_for(slot.image):
+            await _timed(rec.cleanup_op(DETACH), functools.partial(_detach, w, device))
+        await _timed(rec.cleanup_op(REMOVE), lambda: files.remove_file(w, slot.image))

@@ -11,13 +11,16 @@ import contextlib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 
-from aiocsi.errors import FailedPrecondition, HostFailure
-from aiocsi.host import loop, mount
+from aiocsi.config import DEFAULT_MAX_OPERATIONS
+from aiocsi.errors import HostFailure
+from aiocsi.host import mount, sysfs
+from aiocsi.host.loop import LoopIndex
+from aiocsi.threads import WorkerPool
 
 WORK_PREFIX = "aiocsi-bench-"
 WRITE_FILE = "bench.dat"
@@ -33,6 +36,10 @@ def _under(path: str, root: Path) -> bool:
 @dataclass(frozen=True)
 class Workspace:
     root: Path
+    # The bench's own worker pool, as large as a driver's at the default --max-operations.
+    workers: WorkerPool = field(
+        default_factory=lambda: WorkerPool.for_operations(DEFAULT_MAX_OPERATIONS)
+    )
 
     @classmethod
     async def create(cls, parent: Path | None) -> Workspace:
@@ -59,12 +66,12 @@ class Workspace:
 
     async def mounts(self) -> list[mount.MountEntry]:
         """Mounts under the root, in mount order (newest last)."""
-        return [m for m in await mount.read_mounts() if _under(m.mount_point, self.root)]
+        return [m for m in mount.read_mounts() if _under(m.mount_point, self.root)]
 
     async def loop_devices(self) -> dict[str, str]:
         return {
             dev: backing
-            for dev, backing in (await loop.loop_backing_files()).items()
+            for dev, backing in sysfs.all_loop_backing_files().items()
             if _under(backing, self.root)
         }
 
@@ -80,10 +87,11 @@ class Workspace:
         # Best effort: whatever stays is reported by `leftovers()`.
         for entry in reversed(await self.mounts()):
             with contextlib.suppress(HostFailure, OSError):
-                await mount.unmount(Path(entry.mount_point))
+                await mount.unmount(self.workers, Path(entry.mount_point))
+        loops = LoopIndex(self.workers)
         for device in await self.loop_devices():
-            with contextlib.suppress(HostFailure, FailedPrecondition, OSError):
-                await loop.detach(device)
+            with contextlib.suppress(HostFailure, OSError):
+                await loops.detach(device)
 
     async def remove(self) -> list[str]:
         """Remove the directory unless something is still mounted or attached under it."""

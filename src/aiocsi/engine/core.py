@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from aiocsi import threads
 from aiocsi.config import Config
-from aiocsi.engine.context import EngineContext
 from aiocsi.engine.health import HealthChecker
-from aiocsi.engine.node import NodeService
+from aiocsi.engine.node import NodeVolumes
 from aiocsi.engine.operations import Operations
 from aiocsi.engine.pool import Pool
 from aiocsi.engine.reconcile import reconcile
+from aiocsi.engine.resources import EngineResources
 from aiocsi.engine.snapshots import SnapshotService
 from aiocsi.engine.volumes import VolumeService
 from aiocsi.host.lock import PoolLock
+from aiocsi.host.loop import LoopIndex
 from aiocsi.state.store import DB_NAME, Store
+from aiocsi.threads import WorkerPool
 
 LOCK_NAME = "aiocsi.lock"
 
@@ -24,31 +25,45 @@ LOCK_NAME = "aiocsi.lock"
 class Engine:
     def __init__(self, config: Config) -> None:
         pool = Pool(config.pool)
-        self.ctx = EngineContext(
+        workers = WorkerPool.for_operations(config.max_operations)
+        self.resources = EngineResources(
             config=config,
             store=Store(config.pool / DB_NAME),
             pool=pool,
             operations=Operations(config.max_operations),
             mkfs_slots=asyncio.Semaphore(config.max_mkfs),
+            workers=workers,
+            loops=LoopIndex(workers),
         )
-        self.health = HealthChecker(config)
-        self.volumes = VolumeService(self.ctx)
-        self.snapshots = SnapshotService(self.ctx)
-        self.node = NodeService(self.ctx, self.volumes)
+        self.health = HealthChecker(config, workers)
+        self.volumes = VolumeService(self.resources)
+        self.snapshots = SnapshotService(self.resources)
+        self.node = NodeVolumes(self.resources, self.volumes, self.health)
         self._lock = PoolLock(config.pool / LOCK_NAME)
         # What the start-up reconcile repaired, by kind (read by metrics).
         self.repaired: Counter[str] = Counter()
 
+    @property
+    def operations(self) -> Operations:
+        """Running operations; `operations.statistics()` for metrics."""
+        return self.resources.operations
+
+    @property
+    def workers(self) -> WorkerPool:
+        """The worker pool for every blocking call; `workers.statistics()` for metrics."""
+        return self.resources.workers
+
     async def start(self) -> None:
         """Prepare and lock the pool, open state, reconcile. Raises PoolLocked."""
-        await threads.run_sync(self.ctx.pool.prepare)
+        await self.workers.run_sync(self.resources.pool.prepare)
         self._lock.acquire()
-        await self.ctx.store.open()
-        self.repaired = await reconcile(self.ctx)
+        await self.resources.store.open()
+        self.repaired = await reconcile(self.resources)
 
     async def drain(self) -> None:
-        await self.ctx.operations.drain()
+        await self.operations.drain()
 
     async def close(self) -> None:
-        await self.ctx.store.close()
+        await self.resources.store.close()
         self._lock.release()
+        self.workers.close()

@@ -1,4 +1,4 @@
-"""Per-key operation control (DESIGN.md §3).
+"""Per-key operation control (docs/architecture.md, "Operations").
 
 Each mutating call runs as an operation keyed by what it touches. An identical retry while
 the first runs joins it; a different operation on the same key is refused at once. The
@@ -9,6 +9,7 @@ never interrupts a half-done mkfs or mount: the caller stops waiting, the task f
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -21,6 +22,50 @@ T = TypeVar("T")
 log = get_logger("aiocsi.engine")
 
 
+class KeyKind(enum.StrEnum):
+    """What an operation is keyed by: operations exclude each other only within one kind."""
+
+    VOLUME_NAME = "volume-name"  # CreateVolume, before the volume has an id
+    VOLUME = "volume"  # everything else on a volume, by id
+    SNAPSHOT_NAME = "snapshot-name"  # CreateSnapshot
+    SNAPSHOT = "snapshot"  # everything else on a snapshot, by id
+
+
+@dataclass(frozen=True)
+class OperationKey:
+    """The one way to name what an operation touches (docs/architecture.md)."""
+
+    kind: KeyKind
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+    @classmethod
+    def volume_name(cls, name: str) -> OperationKey:
+        return cls(KeyKind.VOLUME_NAME, name)
+
+    @classmethod
+    def volume(cls, volume_id: str) -> OperationKey:
+        return cls(KeyKind.VOLUME, volume_id)
+
+    @classmethod
+    def snapshot_name(cls, name: str) -> OperationKey:
+        return cls(KeyKind.SNAPSHOT_NAME, name)
+
+    @classmethod
+    def snapshot(cls, snapshot_id: str) -> OperationKey:
+        return cls(KeyKind.SNAPSHOT, snapshot_id)
+
+
+@dataclass(frozen=True)
+class OperationStatistics:
+    running: int  # operations holding one of the --max-operations slots
+    queued: int  # operations waiting for a slot
+    joined: int  # retries that joined the identical operation running (since start)
+    refused: int  # calls refused with ABORTED: another operation held the key (since start)
+
+
 @dataclass
 class _Running:
     signature: Hashable
@@ -30,17 +75,29 @@ class _Running:
 
 class Operations:
     def __init__(self, max_running: int) -> None:
-        self._running: dict[str, _Running] = {}
+        self._running: dict[OperationKey, _Running] = {}
         # asyncio.Semaphore wakes waiters in FIFO order: excess operations queue fairly.
         self._slots = asyncio.Semaphore(max_running)
+        self._in_slot = 0
+        self._waiting = 0
+        self._joined = 0
+        self._refused = 0
 
     @property
     def active(self) -> int:
         return len(self._running)
 
+    def statistics(self) -> OperationStatistics:
+        return OperationStatistics(
+            running=self._in_slot,
+            queued=self._waiting,
+            joined=self._joined,
+            refused=self._refused,
+        )
+
     async def run(
         self,
-        key: str,
+        key: OperationKey,
         signature: Hashable,
         description: str,
         work: Callable[[], Awaitable[T]],
@@ -53,21 +110,33 @@ class Operations:
             self._running[key] = running
             task.add_done_callback(lambda _: self._forget(key, running))
         elif running.signature != signature:
+            self._refused += 1
             raise OperationPending(
                 f"{running.description} is in progress on {key}; retry when it completes"
             )
+        else:
+            self._joined += 1
         return cast("T", await self._wait(running.task))
 
     async def _guarded(self, work: Callable[[], Awaitable[T]]) -> T:
-        async with self._slots:
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        self._in_slot += 1
+        try:
             return await work()
+        finally:
+            self._in_slot -= 1
+            self._slots.release()
 
-    def _forget(self, key: str, running: _Running) -> None:
+    def _forget(self, key: OperationKey, running: _Running) -> None:
         if self._running.get(key) is running:
             del self._running[key]
         if not running.task.cancelled() and (exc := running.task.exception()) is not None:
             # Keep "Task exception was never retrieved" quiet when every waiter left early.
-            log.debug("operation_failed", key=key, error=str(exc))
+            log.debug("operation_failed", key=str(key), error=str(exc))
 
     @staticmethod
     async def _wait(task: asyncio.Task[T]) -> T:
@@ -77,8 +146,7 @@ class Operations:
         waiting = asyncio.shield(task)
         if left is None:
             return await waiting
-        # A timer of our own rather than asyncio.wait_for, whose extra futures cost each
-        # call two more trips through the event loop.
+        # A timer of our own rather than asyncio.wait_for: no futures beyond the shield.
         expired = False
 
         def expire() -> None:

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import anyio
 
-from aiocsi import threads
-from aiocsi.engine.context import EngineContext
 from aiocsi.engine.pool import Pool, is_snapshot_id, is_volume_id
+from aiocsi.engine.resources import EngineResources
 from aiocsi.errors import FailedPrecondition, HostFailure
-from aiocsi.host import files, loop, mount
+from aiocsi.host import files, mount, sysfs
 from aiocsi.logging import get_logger
 from aiocsi.models import AccessType, Publication, PublicationKind, VolumeState
 
@@ -33,7 +32,7 @@ def _our_devices(pool: Pool, backing_files: Mapping[str, str]) -> dict[str, str]
     """
     found: dict[str, str] = {}
     for device, backing in backing_files.items():
-        image = loop.attached_path(backing)
+        image = sysfs.attached_path(backing)
         if pool.owns_image(image) and is_volume_id(Path(image).stem):
             found.setdefault(Path(image).stem, device)
     return found
@@ -81,12 +80,14 @@ class _HostView:
         return any(m.source == device for m in self.by_point.get(point, []))
 
 
-async def _host_view(devices: Mapping[str, str], views: Mapping[str, str]) -> _HostView:
-    mounts = await mount.read_mounts()
+async def _host_view(
+    ctx: EngineResources, devices: Mapping[str, str], views: Mapping[str, str]
+) -> _HostView:
+    mounts = mount.read_mounts()
     by_point: dict[str, list[mount.MountEntry]] = {}
     for entry in mounts:
         by_point.setdefault(entry.mount_point, []).append(entry)
-    nodes = await threads.run_sync(loop.bound_loop_devices, mounts)
+    nodes = await ctx.workers.run_sync(sysfs.bound_loop_devices, mounts)
     ours = set(devices.values())
     bound = {point: views.get(node, node) for point, node in nodes.items()}
     bound = {point: device for point, device in bound.items() if device in ours}
@@ -94,15 +95,15 @@ async def _host_view(devices: Mapping[str, str], views: Mapping[str, str]) -> _H
     return _HostView(mounts, by_point, bound, frozenset(in_use & views.keys()))
 
 
-async def reconcile(ctx: EngineContext) -> Counter[str]:
+async def reconcile(ctx: EngineResources) -> Counter[str]:
     repaired: Counter[str] = Counter()
-    backing_files = await loop.loop_backing_files()
+    backing_files = sysfs.all_loop_backing_files()
     devices = _our_devices(ctx.pool, backing_files)
     views = _our_views(backing_files, devices)
-    host = await _host_view(devices, views)
+    host = await _host_view(ctx, devices, views)
     await _forget_lost_publications(ctx, host, devices, repaired)
     known_volumes, known_snapshots = await _roll_back_unfinished(ctx, repaired)
-    held = await _detach_unused_views(host, views, repaired)
+    held = await _detach_unused_views(ctx, host, views, repaired)
     await _detach_unused(ctx, host, devices, held, repaired)
     await _remove_orphans(ctx, known_volumes, known_snapshots, repaired)
     log.info(
@@ -115,12 +116,12 @@ async def reconcile(ctx: EngineContext) -> Counter[str]:
 
 
 async def _forget_lost_publications(
-    ctx: EngineContext, host: _HostView, devices: dict[str, str], repaired: Counter[str]
+    ctx: EngineResources, host: _HostView, devices: dict[str, str], repaired: Counter[str]
 ) -> None:
     """Publications whose mount or device vanished (reboot, crash, a hand unmount) are
     forgotten: the CO stages and publishes again."""
     pubs = [p for p in await ctx.store.publications() if p.kind is not PublicationKind.CONTROLLER]
-    points = await threads.run_sync(_mount_points, pubs)
+    points = await ctx.workers.run_sync(_mount_points, pubs)
     for pub in pubs:
         if host.still_mounted(pub, points[pub.path], devices.get(pub.volume_id)):
             continue
@@ -129,7 +130,7 @@ async def _forget_lost_publications(
 
 
 async def _roll_back_unfinished(
-    ctx: EngineContext, repaired: Counter[str]
+    ctx: EngineResources, repaired: Counter[str]
 ) -> tuple[set[str], set[str]]:
     """Half-made or half-deleted volumes and snapshots are rolled back; returns the rest."""
     store, pool = ctx.store, ctx.pool
@@ -138,7 +139,7 @@ async def _roll_back_unfinished(
         if volume.state is VolumeState.READY:
             known_volumes.add(volume.id)
             continue
-        await files.remove_file(pool.volume_image(volume.id))
+        await files.remove_file(ctx.workers, pool.volume_image(volume.id))
         await store.delete_volume(volume.id)
         repaired[f"volume_{volume.state.value}_rolled_back"] += 1
     known_snapshots: set[str] = set()
@@ -146,14 +147,14 @@ async def _roll_back_unfinished(
         if snap.ready:
             known_snapshots.add(snap.id)
             continue
-        await files.remove_file(pool.snapshot_image(snap.id))
+        await files.remove_file(ctx.workers, pool.snapshot_image(snap.id))
         await store.delete_snapshot(snap.id)
         repaired["snapshot_rolled_back"] += 1
     return known_volumes, known_snapshots
 
 
 async def _detach_unused_views(
-    host: _HostView, views: dict[str, str], repaired: Counter[str]
+    ctx: EngineResources, host: _HostView, views: dict[str, str], repaired: Counter[str]
 ) -> set[str]:
     """Views that nothing shows any more (their publication is gone) are detached.
 
@@ -165,7 +166,7 @@ async def _detach_unused_views(
             held.add(device)
             continue
         try:
-            await loop.detach(view)
+            await ctx.loops.detach(view)
         except (HostFailure, FailedPrecondition):
             # Held open by a process: the kernel detaches it at its last close.
             held.add(device)
@@ -175,7 +176,7 @@ async def _detach_unused_views(
 
 
 async def _detach_unused(
-    ctx: EngineContext,
+    ctx: EngineResources,
     host: _HostView,
     devices: dict[str, str],
     held: set[str],
@@ -189,12 +190,12 @@ async def _detach_unused(
             continue
         # Busy after all (held open by a process): the kernel detaches it at its last close.
         with contextlib.suppress(HostFailure, FailedPrecondition):
-            await loop.detach(device)
+            await ctx.loops.detach(device)
             repaired["loop_detached"] += 1
 
 
 async def _remove_orphans(
-    ctx: EngineContext,
+    ctx: EngineResources,
     known_volumes: set[str],
     known_snapshots: set[str],
     repaired: Counter[str],
@@ -202,18 +203,18 @@ async def _remove_orphans(
     """Image files with no record (a crash between file and record) are removed."""
     for image in await _images(ctx.pool.volumes_dir):
         if is_volume_id(image.stem) and image.stem not in known_volumes:
-            await _remove_orphan(image, repaired)
+            await _remove_orphan(ctx, image, repaired)
     for image in await _images(ctx.pool.snapshots_dir):
         if is_snapshot_id(image.stem) and image.stem not in known_snapshots:
-            await _remove_orphan(image, repaired)
+            await _remove_orphan(ctx, image, repaired)
 
 
 async def _images(directory: Path) -> list[Path]:
     return [Path(p) async for p in anyio.Path(directory).glob("*.img")]
 
 
-async def _remove_orphan(image: Path, repaired: Counter[str]) -> None:
-    if await loop.find_loop_devices(image):
+async def _remove_orphan(ctx: EngineResources, image: Path, repaired: Counter[str]) -> None:
+    if ctx.loops.devices_for(image):
         return  # still attached (and so in use): leave it for an operator
-    await files.remove_file(image)
+    await files.remove_file(ctx.workers, image)
     repaired["orphan_image_removed"] += 1

@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from aiocsi.engine.context import EngineContext, no_space_is_exhaustion
+from aiocsi.engine.budget import no_space_is_exhaustion, over_budget, pool_space
+from aiocsi.engine.operations import OperationKey
+from aiocsi.engine.paging import check_page_token
+from aiocsi.engine.parameters import SNAPSHOT_PARAMETERS, normalise
 from aiocsi.engine.pool import is_snapshot_id, new_snapshot_id
-from aiocsi.engine.volumes import check_page_token, over_budget, pool_space
+from aiocsi.engine.resources import EngineResources
 from aiocsi.errors import AlreadyExists, NotFound
 from aiocsi.host import files
 from aiocsi.logging import get_logger
@@ -18,10 +21,11 @@ log = get_logger("aiocsi.engine")
 
 
 class SnapshotService:
-    def __init__(self, ctx: EngineContext) -> None:
+    def __init__(self, ctx: EngineResources) -> None:
         self._ctx = ctx
         self._store = ctx.store
         self._pool = ctx.pool
+        self._workers = ctx.workers
 
     async def get(self, snapshot_id: str) -> Snapshot:
         snap = await self._store.get_snapshot(snapshot_id) if is_snapshot_id(snapshot_id) else None
@@ -29,9 +33,12 @@ class SnapshotService:
             raise NotFound(f"snapshot {snapshot_id} does not exist")
         return snap
 
-    async def create(self, name: str, source_volume_id: str) -> Snapshot:
+    async def create(
+        self, name: str, source_volume_id: str, parameters: dict[str, str] | None = None
+    ) -> Snapshot:
+        normalise(parameters or {}, SNAPSHOT_PARAMETERS, "parameters")
         return await self._ctx.operations.run(
-            f"snapshot-name:{name}",
+            OperationKey.snapshot_name(name),
             ("create", source_volume_id),
             "CreateSnapshot",
             lambda: self._create(name, source_volume_id),
@@ -67,7 +74,7 @@ class SnapshotService:
         except OverBudget as exc:
             raise over_budget(f"a snapshot {name!r}", exc, self._ctx.config.overcommit) from None
         try:
-            async with no_space_is_exhaustion(f"creating snapshot {name!r}"):
+            with no_space_is_exhaustion(f"creating snapshot {name!r}"):
                 method = await self._copy(source_volume_id, snap.id)
             await self._store.set_snapshot_ready(snap.id)
         except BaseException:
@@ -79,7 +86,9 @@ class SnapshotService:
     async def _copy(self, volume_id: str, snapshot_id: str) -> str:
         try:
             return await files.copy_image(
-                self._pool.volume_image(volume_id), self._pool.snapshot_image(snapshot_id)
+                self._workers,
+                self._pool.volume_image(volume_id),
+                self._pool.snapshot_image(snapshot_id),
             )
         except FileNotFoundError:
             raise NotFound(f"the image of source volume {volume_id} is gone") from None
@@ -88,7 +97,7 @@ class SnapshotService:
         if not is_snapshot_id(snapshot_id):
             return
         await self._ctx.operations.run(
-            f"snapshot:{snapshot_id}",
+            OperationKey.snapshot(snapshot_id),
             ("delete",),
             "DeleteSnapshot",
             lambda: self._remove(snapshot_id),
@@ -97,7 +106,7 @@ class SnapshotService:
     async def _remove(self, snapshot_id: str) -> None:
         """Unmark, remove the image, then the record: a crash in between is finished on start."""
         await self._store.set_snapshot_ready(snapshot_id, ready=False)
-        await files.remove_file(self._pool.snapshot_image(snapshot_id))
+        await files.remove_file(self._workers, self._pool.snapshot_image(snapshot_id))
         await self._store.delete_snapshot(snapshot_id)
 
     async def list(

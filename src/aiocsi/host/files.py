@@ -3,7 +3,7 @@ and the small file helpers the other host modules share (mount targets, procfs r
 canonical paths).
 
 The `*_sync` functions and the small stat helpers block; async callers run them through
-`aiocsi.threads.run_sync`, as the async wrappers here do.
+the pool the engine hands in (`aiocsi.threads.WorkerPool`), as the async wrappers here do.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from aiocsi import threads
-from aiocsi.errors import FailedPrecondition
+from aiocsi.host.errors import HostConflict
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from aiocsi.threads import WorkerPool
 
 CopyMethod = Literal["reflink", "sparse-copy"]
 
@@ -142,7 +143,7 @@ def ensure_dir_sync(path: Path) -> bool:
     if path.is_dir():
         return False
     if path.exists():
-        raise FailedPrecondition(f"{path} exists and is not a directory")
+        raise HostConflict(f"{path} exists and is not a directory")
     path.mkdir(mode=0o750, parents=True)
     return True
 
@@ -150,7 +151,7 @@ def ensure_dir_sync(path: Path) -> bool:
 def ensure_file_sync(path: Path) -> bool:
     """Create `path` as an empty file to bind a device onto; False when one exists."""
     if path.is_dir():
-        raise FailedPrecondition(f"{path} is a directory; a block volume needs a file target")
+        raise HostConflict(f"{path} is a directory; a block volume needs a file target")
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,8 +188,10 @@ def create_sparse_sync(path: Path, size: int, *, preallocate: bool = False) -> N
             os.posix_fallocate(fd, 0, size)
 
 
-async def create_sparse(path: Path, size: int, *, preallocate: bool = False) -> None:
-    await threads.run_sync(lambda: create_sparse_sync(path, size, preallocate=preallocate))
+async def create_sparse(
+    workers: WorkerPool, path: Path, size: int, *, preallocate: bool = False
+) -> None:
+    await workers.run_sync(lambda: create_sparse_sync(path, size, preallocate=preallocate))
 
 
 def grow_file_sync(path: Path, size: int, *, preallocate: bool = False) -> None:
@@ -208,8 +211,10 @@ def grow_file_sync(path: Path, size: int, *, preallocate: bool = False) -> None:
         os.close(fd)
 
 
-async def grow_file(path: Path, size: int, *, preallocate: bool = False) -> None:
-    await threads.run_sync(lambda: grow_file_sync(path, size, preallocate=preallocate))
+async def grow_file(
+    workers: WorkerPool, path: Path, size: int, *, preallocate: bool = False
+) -> None:
+    await workers.run_sync(lambda: grow_file_sync(path, size, preallocate=preallocate))
 
 
 def allocate_sync(path: Path, size: int) -> None:
@@ -223,8 +228,8 @@ def allocate_sync(path: Path, size: int) -> None:
         os.close(fd)
 
 
-async def allocate(path: Path, size: int) -> None:
-    await threads.run_sync(allocate_sync, path, size)
+async def allocate(workers: WorkerPool, path: Path, size: int) -> None:
+    await workers.run_sync(allocate_sync, path, size)
 
 
 def _try_reflink(src_fd: int, dst_fd: int) -> bool:
@@ -304,8 +309,10 @@ def copy_image_sync(src: Path, dst: Path, *, size: int | None = None) -> CopyMet
     return method
 
 
-async def copy_image(src: Path, dst: Path, *, size: int | None = None) -> CopyMethod:
-    return await threads.run_sync(lambda: copy_image_sync(src, dst, size=size))
+async def copy_image(
+    workers: WorkerPool, src: Path, dst: Path, *, size: int | None = None
+) -> CopyMethod:
+    return await workers.run_sync(lambda: copy_image_sync(src, dst, size=size))
 
 
 def remove_file_sync(path: Path) -> None:
@@ -317,8 +324,8 @@ def remove_file_sync(path: Path) -> None:
         _fsync_dir(path.parent)
 
 
-async def remove_file(path: Path) -> None:
-    await threads.run_sync(remove_file_sync, path)
+async def remove_file(workers: WorkerPool, path: Path) -> None:
+    await workers.run_sync(remove_file_sync, path)
 
 
 def allocated_bytes(path: Path) -> int:

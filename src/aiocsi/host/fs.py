@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from aiocsi import threads
 from aiocsi.errors import CommandFailed
 from aiocsi.host import superblock
 from aiocsi.host.process import run
@@ -15,6 +14,8 @@ from aiocsi.host.process import run
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
+
+    from aiocsi.threads import WorkerPool
 
 _MIB = 1024 * 1024
 
@@ -60,20 +61,21 @@ _MKFS_ARGV: Mapping[str, tuple[str, ...]] = MappingProxyType(
 SUPPORTED_FS_TYPES = frozenset(_MKFS_ARGV)
 
 
-async def probe_fs_type(device: str) -> str | None:
+async def probe_fs_type(workers: WorkerPool, device: str) -> str | None:
     """The filesystem signature on `device`, read from the device itself (never blkid's cache)."""
     done = await run(
+        workers,
         ["blkid", "-p", "-o", "value", "-s", "TYPE", device],
         ok_codes=(0, _BLKID_NOTHING_FOUND),
     )
     return done.stdout.strip() or None
 
 
-async def make_fs(device: str, fs_type: str) -> None:
+async def make_fs(workers: WorkerPool, device: str, fs_type: str) -> None:
     """Format `device`. xfs and btrfs refuse an existing signature; mke2fs does not: probe first."""
     if fs_type not in _MKFS_ARGV:
         raise ValueError(f"unsupported filesystem type {fs_type!r}")
-    await run([*_MKFS_ARGV[fs_type], device])
+    await run(workers, [*_MKFS_ARGV[fs_type], device])
 
 
 # e2fsck's exit codes for "nothing wrong" and "errors fixed".
@@ -102,12 +104,12 @@ def _grow_argv(device: str, mount_point: Path, fs_type: str) -> list[str]:
             raise ValueError(f"unsupported filesystem type {fs_type!r}")
 
 
-async def grow_fs(device: str, mount_point: Path, fs_type: str) -> None:
+async def grow_fs(workers: WorkerPool, device: str, mount_point: Path, fs_type: str) -> None:
     """Grow a mounted filesystem to fill its (already refreshed) device.
 
     Raises `OnlineGrowRefused` when the kernel refuses an ext4 for lack of privilege.
     """
-    done = await run(_grow_argv(device, mount_point, fs_type), check=False)
+    done = await run(workers, _grow_argv(device, mount_point, fs_type), check=False)
     if done.returncode == 0:
         return
     if fs_type == "ext4" and _RESIZE_NOT_PERMITTED in done.stderr:
@@ -119,7 +121,7 @@ async def grow_fs(device: str, mount_point: Path, fs_type: str) -> None:
 GROWS_OFFLINE = frozenset({"ext4"})
 
 
-async def grow_offline(device: str, fs_type: str) -> None:
+async def grow_offline(workers: WorkerPool, device: str, fs_type: str) -> None:
     """Grow an unmounted filesystem to fill its device.
 
     resize2fs refuses a filesystem mounted since its last full check, so it is checked
@@ -127,8 +129,8 @@ async def grow_offline(device: str, fs_type: str) -> None:
     """
     if fs_type not in GROWS_OFFLINE:
         raise ValueError(f"{fs_type!r} can only be grown while mounted")
-    await run(["e2fsck", "-f", "-p", device], ok_codes=_FSCK_CLEAN)
-    await run(["resize2fs", device])
+    await run(workers, ["e2fsck", "-f", "-p", device], ok_codes=_FSCK_CLEAN)
+    await run(workers, ["resize2fs", device])
 
 
 def _can_grow_sync(device: str, fs_type: str) -> bool:
@@ -144,14 +146,14 @@ def _can_grow_sync(device: str, fs_type: str) -> bool:
     return superblock.can_grow(fs_type, raw, size, os.sysconf("SC_PAGESIZE"))
 
 
-async def can_grow(device: str, fs_type: str) -> bool:
+async def can_grow(workers: WorkerPool, device: str, fs_type: str) -> bool:
     """Whether growing the filesystem on `device` would give it more of the device.
 
     Read from the superblock, so it costs no process. On a mounted xfs or btrfs the
     on-disk superblock may lag a grow just done: the answer can then be a needless "yes",
     never a wrong "no".
     """
-    return await threads.run_sync(_can_grow_sync, device, fs_type)
+    return await workers.run_sync(_can_grow_sync, device, fs_type)
 
 
 @dataclass(frozen=True)
@@ -177,5 +179,5 @@ def _fs_stats_sync(path: Path) -> FsStats:
     )
 
 
-async def fs_stats(path: Path) -> FsStats:
-    return await threads.run_sync(_fs_stats_sync, path)
+async def fs_stats(workers: WorkerPool, path: Path) -> FsStats:
+    return await workers.run_sync(_fs_stats_sync, path)

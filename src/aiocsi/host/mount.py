@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from aiocsi import threads
 from aiocsi.host import files, syscalls
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    from aiocsi.threads import WorkerPool
 
 _MOUNTINFO = "/proc/self/mountinfo"
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
@@ -91,10 +92,6 @@ def _mountinfo_text() -> str:
     return os.fsdecode(files.read_proc(_MOUNTINFO))
 
 
-def _read_mounts_sync() -> list[MountEntry]:
-    return parse_mountinfo(_mountinfo_text())
-
-
 def mounts_where(wanted: Callable[[str], bool]) -> list[MountEntry]:
     """The mounts whose mountinfo line (as written, escaped) `wanted` accepts, parsed.
 
@@ -105,9 +102,10 @@ def mounts_where(wanted: Callable[[str], bool]) -> list[MountEntry]:
     return [_parse_line(line) for line in _mountinfo_text().split("\n") if line and wanted(line)]
 
 
-async def read_mounts() -> list[MountEntry]:
-    # procfs is kernel memory: reading it takes microseconds and never waits for a disk.
-    return _read_mounts_sync()
+def read_mounts() -> list[MountEntry]:
+    """Every mount. On the event loop: procfs is kernel memory, a read never waits for a
+    disk."""
+    return parse_mountinfo(_mountinfo_text())
 
 
 def _escape(path: str) -> str:
@@ -133,19 +131,19 @@ def mounts_at_point(point: Path) -> list[MountEntry]:
     return mounts_where(at_point)
 
 
-async def canonical(path: Path) -> Path:
+async def canonical(workers: WorkerPool, path: Path) -> Path:
     """`path` with every symlink resolved (walks the filesystem: in a worker thread)."""
-    return await threads.run_sync(files.canonical_sync, path)
+    return await workers.run_sync(files.canonical_sync, path)
 
 
-async def mounts_at(path: Path) -> list[MountEntry]:
+async def mounts_at(workers: WorkerPool, path: Path) -> list[MountEntry]:
     """The mounts stacked at `path`, oldest first: the last one is the visible one."""
     # mountinfo shows canonical paths; mount(2) canonicalises its target the same way.
-    return mounts_at_point(await canonical(path))
+    return mounts_at_point(await canonical(workers, path))
 
 
-async def is_mount_point(path: Path) -> bool:
-    return bool(await mounts_at(path))
+async def is_mount_point(workers: WorkerPool, path: Path) -> bool:
+    return bool(await mounts_at(workers, path))
 
 
 # What a mount call may create at its target first: a directory, an empty file, nothing.
@@ -172,6 +170,7 @@ def _made_then(target: Path, make: MakeTarget, act: Callable[[], None]) -> bool:
 
 
 async def mount(
+    workers: WorkerPool,
     source: str,
     target: Path,
     *,
@@ -186,7 +185,7 @@ async def mount(
     """
     flags, data = syscalls.mount_flags(options)
     act = functools.partial(syscalls.mount, source, str(target), fs_type, flags, data)
-    return await threads.run_sync(_made_then, target, make_target, act)
+    return await workers.run_sync(_made_then, target, make_target, act)
 
 
 def _bind_sync(source: str, target: str, *, read_only: bool) -> None:
@@ -202,6 +201,7 @@ def _bind_sync(source: str, target: str, *, read_only: bool) -> None:
 
 
 async def bind_mount(
+    workers: WorkerPool,
     source: Path | str,
     target: Path,
     *,
@@ -214,7 +214,7 @@ async def bind_mount(
     a read-only one was asked for. Returns whether `make_target` created the target.
     """
     act = functools.partial(_bind_sync, str(source), str(target), read_only=read_only)
-    return await threads.run_sync(_made_then, target, make_target, act)
+    return await workers.run_sync(_made_then, target, make_target, act)
 
 
 def unmount_sync(target: str | Path) -> None:
@@ -227,6 +227,6 @@ def unmount_sync(target: str | Path) -> None:
             raise
 
 
-async def unmount(target: Path) -> None:
+async def unmount(workers: WorkerPool, target: Path) -> None:
     """Unmount the top mount at `target`; nothing mounted there (or no such path) is fine."""
-    await threads.run_sync(unmount_sync, target)
+    await workers.run_sync(unmount_sync, target)

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from aiocsi import threads
 from aiocsi.errors import CommandFailed
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
+
+    from aiocsi.threads import WorkerPool
 
 _log = structlog.get_logger("aiocsi.host")
 
@@ -42,7 +43,8 @@ class Completed:
 
 
 def _command_env() -> dict[str, str]:
-    # Callers match on tool messages (losetup, umount), so those must not be translated.
+    # Untranslated tool messages: fs.py recognises resize2fs's refusal by its text, and an
+    # operator reads the same words in every node's log.
     return {**os.environ, "LC_ALL": "C"}
 
 
@@ -59,9 +61,9 @@ def _run_blocking(argv: tuple[str, ...]) -> Completed:
     """Run `argv` to completion on this (worker) thread.
 
     Output goes to two memory files read once after the exit, not to pipes: the thread
-    gives up the GIL while the child is spawned (vfork) and while it runs, where Popen's
-    pipe-draining loop took the GIL back for every chunk of output. (os.posix_spawn holds
-    the GIL while the child execs, stalling the event loop.)
+    gives up the GIL while the child is spawned (vfork) and while it runs; draining pipes
+    would take it back for every chunk of output. (os.posix_spawn would hold the GIL while
+    the child execs, stalling the event loop.)
     """
     out = os.memfd_create("aiocsi-stdout", os.MFD_CLOEXEC)
     err = os.memfd_create("aiocsi-stderr", os.MFD_CLOEXEC)
@@ -81,14 +83,12 @@ def _run_blocking(argv: tuple[str, ...]) -> Completed:
         os.close(err)
 
 
-async def _spawn(argv: tuple[str, ...]) -> Completed:
-    # Spawned and waited for in a worker thread: asyncio's subprocess machinery (fork on
-    # the loop thread, pipe transports, a watcher thread per child) took a quarter of the
-    # event loop's time under load, and even a vfork-style spawn on the loop thread blocks
-    # it until the child has exec'd. The command is never cancelled half-way: operations
-    # run to completion in server-owned tasks (DESIGN.md section 3).
+async def _spawn(workers: WorkerPool, argv: tuple[str, ...]) -> Completed:
+    # Spawned and waited for in a worker thread: a spawn on the loop thread blocks it until
+    # the child has exec'd (docs/benchmarks.md). The command is never cancelled half-way:
+    # operations run to completion in server-owned tasks (docs/architecture.md).
     try:
-        return await threads.run_sync(_run_blocking, argv)
+        return await workers.run_sync(_run_blocking, argv)
     except FileNotFoundError:
         return Completed(argv, NOT_FOUND_CODE, "", f"command not found: {argv[0]}")
     except PermissionError:
@@ -96,6 +96,7 @@ async def _spawn(argv: tuple[str, ...]) -> Completed:
 
 
 async def run(
+    workers: WorkerPool,
     argv: Sequence[str],
     *,
     check: bool = True,
@@ -108,7 +109,7 @@ async def run(
     """
     command = tuple(argv)
     started = time.perf_counter()
-    done = await _spawn(command)
+    done = await _spawn(workers, command)
     seconds = time.perf_counter() - started
     for observe in _observer:
         observe(command[0].rpartition("/")[2], seconds)

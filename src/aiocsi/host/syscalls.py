@@ -1,11 +1,9 @@
 """The kernel interfaces aiocsi calls directly: mount(2), umount2(2) and the loop ioctls.
 
-Mounting, unmounting and loop attach/detach used to run mount(8), umount(8) and
-losetup(8). Each of those processes cost a spawn, a worker thread hand-off, and a few
-milliseconds of CPU of its own (libmount reads the whole mount table on every run); under
-churn that CPU was most of what the node had. The calls below do the same work in one
-system call each. They block (a mount reads the journal, an unmount flushes), so callers
-run them in worker threads; ctypes and fcntl release the GIL while the kernel works.
+One system call each instead of a mount(8), umount(8) or losetup(8) process (see
+docs/benchmarks.md for what that saves). They block (a mount reads the journal, an
+unmount flushes), so callers run them in worker threads; ctypes and fcntl release the GIL
+while the kernel works.
 
 Linux >= 5.8 (LOOP_CONFIGURE). Every function raises `SystemCallFailed`, which names the
 call, the object and the errno, so that a message says what failed and why.

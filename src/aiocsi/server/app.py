@@ -13,7 +13,7 @@ from typing import Any
 import uvloop
 from grpclib.server import Server
 
-from aiocsi import __version__, threads
+from aiocsi import __version__
 from aiocsi.config import Config, EventLoop
 from aiocsi.engine.core import Engine
 from aiocsi.host.lock import PoolLocked
@@ -52,7 +52,7 @@ class DriverServer:
     async def start(self) -> None:
         """Take the socket, then the pool, then serve. Raises SocketError or PoolLocked."""
         # The socket first: a live server on it must never see its pool reconciled under it.
-        self._bound = await threads.run_sync(
+        self._bound = await self.engine.workers.run_sync(
             bind_unix_socket, self.config.socket_path, self.config.socket_mode
         )
         await self.engine.start()
@@ -89,7 +89,7 @@ class DriverServer:
 
     @property
     def busy(self) -> bool:
-        return bool(self.tracker.active or self.engine.ctx.operations.active)
+        return bool(self.tracker.active or self.engine.operations.active)
 
     async def abandon(self) -> None:
         """Stop without waiting: work in flight is finished or undone by the next start's
@@ -100,7 +100,7 @@ class DriverServer:
         log.warning(
             "stopped_abandoning_work",
             in_flight=self.tracker.active,
-            operations=self.engine.ctx.operations.active,
+            operations=self.engine.operations.active,
         )
 
     async def _settled(self) -> None:
@@ -160,7 +160,8 @@ async def serve(config: Config, log_stream: LogStream | None = None) -> int:
             # A second signal means "now": waiting for children (mkfs, copies) is not "now".
             await driver.abandon()
             if log_stream is not None:
-                await threads.run_sync(log_stream.flush, ABANDON_FLUSH)
+                # The engine's workers are closed by now: a thread of its own.
+                await asyncio.to_thread(log_stream.flush, ABANDON_FLUSH)
             os._exit(EXIT_OK)
     finally:
         await driver.close()

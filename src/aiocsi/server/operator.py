@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from aiocsi import threads
 from aiocsi.host import process
 from aiocsi.metrics import Metrics
 from aiocsi.server.http import OperatorEndpoint
@@ -37,7 +36,7 @@ class OperatorSide:
         self._log_stream = log_stream
         host, port = config.http_endpoint
         # Every blocking step of a scrape (the census, the rendering) runs in these threads.
-        self._run_sync = threads.run_sync
+        self._run_sync = engine.workers.run_sync
         # One scrape renders at a time: the collector holds the scrape's snapshot meanwhile.
         self._scrape = asyncio.Lock()
         self.endpoint = OperatorEndpoint(
@@ -62,7 +61,7 @@ class OperatorSide:
     async def start(self) -> None:
         """After the engine started: the census reads the store's database."""
         process.observe_commands(self.metrics.observe_command)
-        committer = getattr(self._engine.ctx.store, "committer", None)
+        committer = getattr(self._engine.resources.store, "committer", None)
         if committer is not None and hasattr(committer, "observer"):
             committer.observer = self.metrics.commit_observer()
         self.lag.start()

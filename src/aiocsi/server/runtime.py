@@ -14,9 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from aiocsi import threads
 from aiocsi.engine.pool import Pool
-from aiocsi.host import loop
+from aiocsi.host import sysfs
 from aiocsi.metrics import (
     OperationCounts,
     PoolCensus,
@@ -59,8 +58,8 @@ def _allocated(directory: Path) -> int:
 
 
 def _attached(pool: Pool) -> int:
-    backing = loop.all_loop_backing_files().values()
-    return sum(1 for b in backing if pool.owns_image(loop.attached_path(b)))
+    backing = sysfs.all_loop_backing_files().values()
+    return sum(1 for b in backing if pool.owns_image(sysfs.attached_path(b)))
 
 
 def pool_census(pool: Pool, database: Path) -> PoolCensus:
@@ -95,29 +94,15 @@ def _counts(kind: type[_Counts], statistics: object) -> _Counts:
 
 
 def _operations(engine: Engine) -> OperationCounts:
-    operations = engine.ctx.operations
-    statistics: Callable[[], object] | None = getattr(operations, "statistics", None)
-    if statistics is None:
-        return OperationCounts(running=operations.active)
-    return _counts(OperationCounts, statistics())
+    return _counts(OperationCounts, engine.operations.statistics())
 
 
 def _workers(engine: Engine) -> WorkerCounts:
-    pool = getattr(engine, "workers", None)
-    if pool is not None:
-        return _counts(WorkerCounts, pool.statistics())
-    # The process-wide pool before the engine owned one.
-    w = threads._workers  # noqa: SLF001 - read-only, until the pool has statistics()
-    return WorkerCounts(
-        limit=w._limit,  # noqa: SLF001 - same
-        threads=w._threads,  # noqa: SLF001 - same
-        busy=w._threads - w._idle,  # noqa: SLF001 - same
-        queued=w._queued,  # noqa: SLF001 - same
-    )
+    return _counts(WorkerCounts, engine.workers.statistics())
 
 
 def _store(engine: Engine) -> StoreCounts | None:
-    statistics: Callable[[], object] | None = getattr(engine.ctx.store, "statistics", None)
+    statistics: Callable[[], object] | None = getattr(engine.resources.store, "statistics", None)
     return None if statistics is None else _counts(StoreCounts, statistics())
 
 
@@ -129,7 +114,7 @@ async def take_snapshot(
 ) -> Runtime:
     """The numbers of one scrape: counters read on the loop, the census in a worker."""
     calls = tracker.statistics()
-    census = await run_sync(pool_census, engine.ctx.pool, engine.ctx.store.path)
+    census = await run_sync(pool_census, engine.resources.pool, engine.resources.store.path)
     return Runtime(
         calls_in_flight=calls.active,
         calls_refused_draining=calls.refused_draining,

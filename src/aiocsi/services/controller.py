@@ -5,8 +5,6 @@ from __future__ import annotations
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.config import Config
 from aiocsi.engine.core import Engine
-from aiocsi.engine.parameters import preallocate
-from aiocsi.engine.volumes import minimum_size
 from aiocsi.errors import InvalidArgument, Unimplemented
 from aiocsi.models import Volume
 from aiocsi.services import convert
@@ -56,8 +54,7 @@ class ControllerService(csi.ControllerBase):
         )
 
     async def create_volume(self, message: csi.CreateVolumeRequest) -> csi.CreateVolumeResponse:
-        request, params = check.create_volume(message, self._config.allowed_mount_flags)
-        volume = await self._volumes.create(request, params)
+        volume = await self._volumes.create(check.create_volume(message))
         return csi.CreateVolumeResponse(volume=convert.volume(volume))
 
     async def delete_volume(self, message: csi.DeleteVolumeRequest) -> csi.DeleteVolumeResponse:
@@ -74,7 +71,7 @@ class ControllerService(csi.ControllerBase):
         common.string_map(message.secrets, "secrets")
         common.string_map(message.volume_context, "volume_context")
         volume = await self._volumes.get(volume_id)
-        if (why := _unconfirmed(volume, message, self._config.allowed_mount_flags)) is not None:
+        if (why := self._unconfirmed(volume, message)) is not None:
             return csi.ValidateVolumeCapabilitiesResponse(message=why)
         return csi.ValidateVolumeCapabilitiesResponse(
             confirmed=csi.ValidateVolumeCapabilitiesResponseConfirmed(
@@ -122,13 +119,14 @@ class ControllerService(csi.ControllerBase):
             if message.volume_capabilities
             else ()
         )
-        params = check.volume_parameters(message.parameters)
         segments = message.accessible_topology.segments if message.accessible_topology else None
-        available = await self._volumes.capacity(segments, preallocated=preallocate(params))
+        available, minimum = await self._volumes.capacity(
+            segments, caps, check.parameters(message.parameters)
+        )
         return csi.GetCapacityResponse(
             available_capacity=available,
             maximum_volume_size=available,
-            minimum_volume_size=minimum_size(caps),
+            minimum_volume_size=minimum,
         )
 
     async def controller_expand_volume(
@@ -146,7 +144,7 @@ class ControllerService(csi.ControllerBase):
             if message.volume_capability is not None
             else None
         )
-        size, _ = await self._volumes.expand(volume_id, capacity)
+        size, _ = await self._volumes.expand(volume_id, capacity, capability)
         return csi.ControllerExpandVolumeResponse(
             capacity_bytes=size,
             node_expansion_required=await self._volumes.needs_node_expansion(volume_id, capability),
@@ -157,7 +155,7 @@ class ControllerService(csi.ControllerBase):
     ) -> csi.ControllerModifyVolumeResponse:
         volume_id = check.volume_id(message.volume_id)
         common.string_map(message.secrets, "secrets")
-        mutable = check.mutable_parameters(message.mutable_parameters)
+        mutable = check.parameters(message.mutable_parameters, "mutable_parameters")
         await self._volumes.modify(volume_id, mutable)
         return csi.ControllerModifyVolumeResponse()
 
@@ -187,14 +185,26 @@ class ControllerService(csi.ControllerBase):
         )
         return csi.ControllerUnpublishVolumeResponse()
 
+    def _unconfirmed(
+        self, volume: Volume, message: csi.ValidateVolumeCapabilitiesRequest
+    ) -> str | None:
+        """Why `volume` cannot serve what `message` asks, or None when it can."""
+        try:
+            caps = check.volume_capabilities(message.volume_capabilities)
+            params = check.parameters(message.parameters)
+            mutable = check.parameters(message.mutable_parameters, "mutable_parameters")
+        except InvalidArgument as exc:
+            return str(exc)
+        return self._volumes.why_unsupported(volume, caps, params, mutable)
+
     async def create_snapshot(
         self, message: csi.CreateSnapshotRequest
     ) -> csi.CreateSnapshotResponse:
         name = common.string(message.name, "name")
         source = common.string(message.source_volume_id, "source_volume_id")
-        check.snapshot_parameters(message.parameters)
+        parameters = check.parameters(message.parameters)
         common.string_map(message.secrets, "secrets")
-        snap = await self._snapshots.create(name, source)
+        snap = await self._snapshots.create(name, source, parameters)
         return csi.CreateSnapshotResponse(snapshot=convert.snapshot(snap))
 
     async def delete_snapshot(
@@ -223,27 +233,3 @@ class ControllerService(csi.ControllerBase):
             entries=[csi.ListSnapshotsResponseEntry(snapshot=convert.snapshot(s)) for s in snaps],
             next_token=str(snaps[-1].seq) if more else "",
         )
-
-
-def _unconfirmed(
-    volume: Volume,
-    message: csi.ValidateVolumeCapabilitiesRequest,
-    operator_allowed: frozenset[str],
-) -> str | None:
-    """Why `volume` cannot serve what `message` asks, or None when it can."""
-    try:
-        caps = check.volume_capabilities(
-            message.volume_capabilities, operator_allowed=operator_allowed
-        )
-        params = check.volume_parameters(message.parameters)
-        check.mutable_parameters(message.mutable_parameters)
-    except InvalidArgument as exc:
-        return str(exc)
-    if message.parameters and params != volume.parameters:
-        return f"volume {volume.id} was created with other parameters: {volume.parameters}"
-    if volume.capacity_bytes < (needed := minimum_size(caps)):
-        return (
-            f"volume {volume.id} has {volume.capacity_bytes} bytes; the requested filesystem "
-            f"needs at least {needed}"
-        )
-    return None

@@ -47,9 +47,7 @@ class NodeService(csi.NodeBase):
     async def node_stage_volume(
         self, message: csi.NodeStageVolumeRequest
     ) -> csi.NodeStageVolumeResponse:
-        await self._node.stage(
-            check.stage(message, self._config.allowed_path_roots, self._config.allowed_mount_flags)
-        )
+        await self._node.stage(check.stage(message, self._config.allowed_path_roots))
         return csi.NodeStageVolumeResponse()
 
     async def node_unstage_volume(
@@ -65,11 +63,7 @@ class NodeService(csi.NodeBase):
     async def node_publish_volume(
         self, message: csi.NodePublishVolumeRequest
     ) -> csi.NodePublishVolumeResponse:
-        await self._node.publish(
-            check.publish(
-                message, self._config.allowed_path_roots, self._config.allowed_mount_flags
-            )
-        )
+        await self._node.publish(check.publish(message, self._config.allowed_path_roots))
         return csi.NodePublishVolumeResponse()
 
     async def node_unpublish_volume(
@@ -114,7 +108,12 @@ class NodeService(csi.NodeBase):
         volume_id = common.string(message.volume_id, "volume_id")
         path = check.lookup_path(message.volume_path, "volume_path")
         # capacity_range is optional: without one the filesystem grows to fill the device.
-        if message.volume_capability is not None:
-            check.node_capability(message.volume_capability, self._config.allowed_mount_flags)
-        size = await self._node.expand(volume_id, path, common.capacity(message.capacity_range))
+        capability = (
+            check.node_capability(message.volume_capability)
+            if message.volume_capability is not None
+            else None
+        )
+        size = await self._node.expand(
+            volume_id, path, common.capacity(message.capacity_range), capability
+        )
         return csi.NodeExpandVolumeResponse(capacity_bytes=size)

@@ -12,27 +12,19 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from aiocsi._proto.csi import v1 as csi
+from aiocsi.engine import policy
 from aiocsi.engine.requests import CapacityRange
 from aiocsi.errors import InvalidArgument
-from aiocsi.host.fs import SUPPORTED_FS_TYPES
-from aiocsi.models import AccessMode, AccessType, Capability
+from aiocsi.models import AccessType, Capability
 
 MAX_STRING_BYTES = 128
 MAX_MAP_BYTES = 4096
 MAX_PATH_BYTES = 4096
-MAX_INT64 = 2**63 - 1
 # Fields whose limit the spec raises above 128 bytes: paths "up to the maximum path length
 # of the operating system" (PATH_MAX).
 PATH_FIELDS = frozenset({"staging_target_path", "target_path", "volume_path"})
 _UTF8_MAX_BYTES_PER_CHAR = 4
 Mode = csi.VolumeCapabilityAccessModeMode
-# Our AccessMode values carry the spec's enum names.
-_MODES = {Mode.__members__[mode.value]: mode for mode in AccessMode}
-_MULTI_NODE = {
-    csi.VolumeCapabilityAccessModeMode.MULTI_NODE_READER_ONLY,
-    csi.VolumeCapabilityAccessModeMode.MULTI_NODE_SINGLE_WRITER,
-    csi.VolumeCapabilityAccessModeMode.MULTI_NODE_MULTI_WRITER,
-}
 
 
 def _utf8_size(value: str) -> int:
@@ -66,31 +58,18 @@ def string_map(value: Mapping[str, str], field: str) -> dict[str, str]:
 def capacity(message: csi.CapacityRange | None) -> CapacityRange:
     if message is None:
         return CapacityRange()
-    required, limit = message.required_bytes, message.limit_bytes
-    if required < 0 or limit < 0:
-        raise InvalidArgument("capacity_range values must not be negative")
-    if limit and required > limit:
-        raise InvalidArgument(
-            f"capacity_range.required_bytes ({required}) exceeds limit_bytes ({limit})"
-        )
-    return CapacityRange(required, limit)
+    return policy.capacity_range(message.required_bytes, message.limit_bytes)
 
 
 def capability(message: csi.VolumeCapability | None, field: str) -> Capability:
-    """Convert one VolumeCapability; anything this driver cannot honour is INVALID_ARGUMENT."""
+    """Convert one VolumeCapability; the engine's policy then says whether it can be served."""
     if message is None:
         raise InvalidArgument(f"{field} is required")
     mode_message = message.access_mode
-    if mode_message is None or mode_message.mode == csi.VolumeCapabilityAccessModeMode.UNKNOWN:
+    if mode_message is None or mode_message.mode == Mode.UNKNOWN:
         raise InvalidArgument(f"{field}.access_mode is required")
-    if mode_message.mode in _MULTI_NODE:
-        raise InvalidArgument(
-            f"{field}.access_mode {mode_message.mode.name} is not supported: "
-            "volumes are node-local (use a SINGLE_NODE_* mode)"
-        )
-    mode = _MODES.get(mode_message.mode)
-    if mode is None:
-        raise InvalidArgument(f"{field}.access_mode {mode_message.mode} is unknown")
+    mode_name = mode_message.mode.name if isinstance(mode_message.mode, Mode) else None
+    mode = policy.access_mode(mode_name or str(mode_message.mode), field)
     if message.mount is not None and message.block is not None:
         raise InvalidArgument(f"{field} sets both block and mount; choose one")
     if message.block is not None:
@@ -101,14 +80,8 @@ def capability(message: csi.VolumeCapability | None, field: str) -> Capability:
         # Only for plugins with the VOLUME_MOUNT_GROUP node capability, which aiocsi lacks:
         # ignoring it would hand the pod a volume without the group it asked for.
         raise InvalidArgument(f"{field}.mount.volume_mount_group is not supported")
-    fs_type = message.mount.fs_type
-    if fs_type and fs_type not in SUPPORTED_FS_TYPES:
-        raise InvalidArgument(
-            f"{field}.mount.fs_type {fs_type!r} is not supported "
-            f"(supported: {', '.join(sorted(SUPPORTED_FS_TYPES))})"
-        )
     flags = tuple(string(f, f"{field}.mount.mount_flags") for f in message.mount.mount_flags)
-    return Capability(AccessType.MOUNT, mode, fs_type, flags)
+    return Capability(AccessType.MOUNT, mode, message.mount.fs_type, flags)
 
 
 def capabilities(messages: Sequence[csi.VolumeCapability], field: str) -> tuple[Capability, ...]:

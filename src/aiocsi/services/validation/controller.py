@@ -6,17 +6,10 @@ import re
 from collections.abc import Sequence
 
 from aiocsi._proto.csi import v1 as csi
-from aiocsi.engine.parameters import (
-    MUTABLE_PARAMETERS,
-    SNAPSHOT_PARAMETERS,
-    VOLUME_PARAMETERS,
-    normalise,
-)
 from aiocsi.engine.requests import CreateVolume, Topology, TopologyRequirement
 from aiocsi.errors import InvalidArgument, InvalidToken
 from aiocsi.models import Capability, ContentSource, SourceKind
 from aiocsi.services.validation.common import capabilities, capacity, string, string_map
-from aiocsi.services.validation.node import mount_flags
 
 # The tokens ListVolumes/ListSnapshots hand out: a positive sequence number, no sign, no
 # leading zero, ASCII digits only (str.isdigit would let "²" through to int()).
@@ -42,29 +35,14 @@ def page(max_entries: int, starting_token: str) -> tuple[int, int]:
 
 
 def volume_capabilities(
-    messages: Sequence[csi.VolumeCapability],
-    field: str = "volume_capabilities",
-    operator_allowed: frozenset[str] = frozenset(),
+    messages: Sequence[csi.VolumeCapability], field: str = "volume_capabilities"
 ) -> tuple[Capability, ...]:
-    """Capabilities a volume must serve: refused now if NodeStage could never honour them."""
-    caps = capabilities(messages, field)
-    for index, cap in enumerate(caps):
-        mount_flags(cap, f"{field}[{index}]", operator_allowed)
-    return caps
+    return capabilities(messages, field)
 
 
-def volume_parameters(params: dict[str, str]) -> dict[str, str]:
-    return normalise(string_map(params, "parameters"), VOLUME_PARAMETERS, "parameters")
-
-
-def mutable_parameters(params: dict[str, str]) -> dict[str, str]:
-    return normalise(
-        string_map(params, "mutable_parameters"), MUTABLE_PARAMETERS, "mutable_parameters"
-    )
-
-
-def snapshot_parameters(params: dict[str, str]) -> dict[str, str]:
-    return normalise(string_map(params, "parameters"), SNAPSHOT_PARAMETERS, "parameters")
+def parameters(params: dict[str, str], field: str = "parameters") -> dict[str, str]:
+    """StorageClass-style parameters as given; the engine checks and normalises them."""
+    return string_map(params, field)
 
 
 def _topologies(items: list[csi.Topology], field: str) -> tuple[Topology, ...]:
@@ -85,9 +63,7 @@ def _content_source(source: csi.VolumeContentSource | None) -> ContentSource | N
     raise InvalidArgument("volume_content_source names neither a snapshot nor a volume")
 
 
-def create_volume(
-    req: csi.CreateVolumeRequest, operator_allowed: frozenset[str] = frozenset()
-) -> tuple[CreateVolume, dict[str, str]]:
+def create_volume(req: csi.CreateVolumeRequest) -> CreateVolume:
     string_map(req.secrets, "secrets")
     requirement = None
     if req.accessibility_requirements is not None:
@@ -99,19 +75,15 @@ def create_volume(
                 req.accessibility_requirements.preferred, "accessibility_requirements.preferred"
             ),
         )
-    params = volume_parameters(req.parameters)
-    request = CreateVolume(
+    return CreateVolume(
         name=string(req.name, "name"),
         capacity=capacity(req.capacity_range),
-        capabilities=volume_capabilities(
-            req.volume_capabilities, operator_allowed=operator_allowed
-        ),
-        parameters=params,
-        mutable_parameters=mutable_parameters(req.mutable_parameters),
+        capabilities=volume_capabilities(req.volume_capabilities),
+        parameters=parameters(req.parameters),
+        mutable_parameters=parameters(req.mutable_parameters, "mutable_parameters"),
         source=_content_source(req.volume_content_source),
         topology=requirement,
     )
-    return request, params
 
 
 def volume_id(value: str) -> str:
