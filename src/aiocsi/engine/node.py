@@ -155,7 +155,7 @@ class NodeService:
         return top, top is not None and await self._is_ours(top, point, device)
 
     async def _find(self, volume_id: str, kind: PublicationKind, path: str) -> Publication | None:
-        for pub in await self._store.publications(volume_id, kind):
+        for pub in self._store.publications(volume_id, kind):
             if pub.path == path:
                 return pub
         return None
@@ -184,7 +184,7 @@ class NodeService:
     async def _refuse_path_of_another(self, volume: Volume, path: Path) -> None:
         """One staging or target path serves one volume: otherwise either one's unstage or
         unpublish would meet the other's mount."""
-        for pub in await self._store.publications():
+        for pub in self._store.publications():
             if pub.path == str(path) and pub.volume_id != volume.id:
                 raise FailedPrecondition(f"{path} is in use by volume {pub.volume_id}")
 
@@ -209,7 +209,7 @@ class NodeService:
     ) -> None:
         """Stage at `staging` (recorded as given); `real` is its canonical path."""
         await self._refuse_path_of_another(volume, staging)
-        for pub in await self._store.publications(volume.id, PublicationKind.STAGE):
+        for pub in self._store.publications(volume.id, PublicationKind.STAGE):
             if pub.path != str(staging):
                 raise FailedPrecondition(
                     f"volume {volume.id} is already staged at {pub.path}; unstage it first"
@@ -341,7 +341,7 @@ class NodeService:
         )
 
     async def _unstage(self, volume: Volume, staging: Path, real: Path) -> None:
-        published = await self._store.publications(volume.id, PublicationKind.PUBLISH)
+        published = self._store.publications(volume.id, PublicationKind.PUBLISH)
         if published:
             paths = ", ".join(p.path for p in published)
             raise FailedPrecondition(f"volume {volume.id} is still published at {paths}")
@@ -352,7 +352,7 @@ class NodeService:
         await self._store.remove_publication(volume.id, PublicationKind.STAGE, str(staging))
         # Staged somewhere else: this path was not (or no longer) its staging path, and the
         # device still serves the other one.
-        still_staged = await self._store.publications(volume.id, PublicationKind.STAGE)
+        still_staged = self._store.publications(volume.id, PublicationKind.STAGE)
         if device is not None and not still_staged:
             # Only block publications get read-only views; without a record, look anyway.
             views = stage is None or _access_type(stage) is AccessType.BLOCK
@@ -443,7 +443,7 @@ class NodeService:
         """The publication already at the target (if any); refuse incompatible ones."""
         same: Publication | None = None
         others: list[Publication] = []
-        for pub in await self._store.publications(volume.id, PublicationKind.PUBLISH):
+        for pub in self._store.publications(volume.id, PublicationKind.PUBLISH):
             if pub.path == request.target_path:
                 same = pub
             else:
@@ -588,7 +588,7 @@ class NodeService:
     # -- ephemeral inline volumes ---------------------------------------------------------
 
     async def _ephemeral_volume(self, co_volume_id: str) -> Volume | None:
-        volume = await self._store.get_volume_by_name(EPHEMERAL_PREFIX + co_volume_id)
+        volume = self._store.get_volume_by_name(EPHEMERAL_PREFIX + co_volume_id)
         return volume if volume is not None and volume.ephemeral else None
 
     async def _publish_ephemeral(self, request: PublishVolume, target: Path) -> None:
@@ -647,7 +647,7 @@ class NodeService:
 
     async def _user_at(self, volume_id: str, path: str) -> tuple[Volume, Publication]:
         volume = await self._volume_or_ephemeral(volume_id)
-        for pub in await self._store.publications(volume.id):
+        for pub in self._store.publications(volume.id):
             if pub.kind is not PublicationKind.CONTROLLER and pub.path == path:
                 return volume, pub
         raise NotFound(f"volume {volume_id} is not staged or published at {path}")
@@ -705,7 +705,7 @@ class NodeService:
 
     async def _grow_filesystem(self, volume: Volume, device: str) -> None:
         # Grown through the staging mount: a read-only publication would refuse xfs_growfs.
-        stages = await self._store.publications(volume.id, PublicationKind.STAGE)
+        stages = self._store.publications(volume.id, PublicationKind.STAGE)
         for stage in stages:
             top, ours = await self._our_top_mount(await mount.canonical(Path(stage.path)), device)
             if top is not None and ours:

@@ -141,13 +141,13 @@ class VolumeService:
     # -- lookups --------------------------------------------------------------------------
 
     async def get(self, volume_id: str) -> Volume:
-        volume = await self._store.get_volume(volume_id) if is_volume_id(volume_id) else None
+        volume = self._store.get_volume(volume_id) if is_volume_id(volume_id) else None
         if volume is None or volume.state is not VolumeState.READY:
             raise NotFound(f"volume {volume_id} does not exist")
         return volume
 
     async def published_nodes(self, volume_id: str) -> list[str]:
-        pubs = await self._store.publications(volume_id)
+        pubs = self._store.publications(volume_id)
         return sorted({p.node_id for p in pubs})
 
     async def condition(self, volume: Volume) -> VolumeCondition:
@@ -174,7 +174,7 @@ class VolumeService:
     async def _create(
         self, request: CreateVolume, params: dict[str, str], *, ephemeral: bool
     ) -> Volume:
-        existing = await self._store.get_volume_by_name(request.name)
+        existing = self._store.get_volume_by_name(request.name)
         if existing is not None and existing.state is VolumeState.READY:
             if (why := _compatible(existing, request, params)) is not None:
                 raise AlreadyExists(f"volume {request.name!r} already exists but {why}")
@@ -261,7 +261,7 @@ class VolumeService:
             if snap is None or not snap.ready:
                 raise NotFound(f"source snapshot {source.id} does not exist")
             return snap.size_bytes
-        vol = await self._store.get_volume(source.id)
+        vol = self._store.get_volume(source.id)
         if vol is None or vol.state is not VolumeState.READY:
             raise NotFound(f"source volume {source.id} does not exist")
         return vol.capacity_bytes
@@ -299,10 +299,10 @@ class VolumeService:
         )
 
     async def _delete(self, volume_id: str) -> None:
-        volume = await self._store.get_volume(volume_id)
+        volume = self._store.get_volume(volume_id)
         if volume is None:
             return
-        users = await self._store.publications(volume_id)
+        users = self._store.publications(volume_id)
         if users:
             where = ", ".join(f"{p.kind.value} {p.path}" for p in users)
             raise FailedPrecondition(
@@ -391,7 +391,7 @@ class VolumeService:
         """After a controller expansion: must the node grow a filesystem or a loop device?"""
         access = capability.access_type if capability is not None else None
         if access is None:
-            staged = await self._store.publications(volume_id, PublicationKind.STAGE)
+            staged = self._store.publications(volume_id, PublicationKind.STAGE)
             if any(
                 p.capability is not None and p.capability.access_type is AccessType.BLOCK
                 for p in staged
@@ -457,7 +457,7 @@ class VolumeService:
         self, volume_id: str, node_id: str, capability: Capability, read_only: bool
     ) -> None:
         volume = await self.get(volume_id)
-        attached = await self._store.publications(volume.id, PublicationKind.CONTROLLER)
+        attached = self._store.publications(volume.id, PublicationKind.CONTROLLER)
         for pub in attached:
             if pub.node_id != node_id:
                 raise FailedPrecondition(
@@ -471,7 +471,7 @@ class VolumeService:
             return
         limit = self._ctx.config.max_volumes_per_node
         if limit:
-            on_node = await self._store.publications(kind=PublicationKind.CONTROLLER)
+            on_node = self._store.publications(kind=PublicationKind.CONTROLLER)
             if len({p.volume_id for p in on_node if p.node_id == node_id}) >= limit:
                 raise ResourceExhausted(f"node {node_id} already holds {limit} volumes")
         await self._store.add_publication(
@@ -492,7 +492,7 @@ class VolumeService:
         )
 
     async def _controller_unpublish(self, volume_id: str, node_id: str) -> None:
-        for pub in await self._store.publications(volume_id, PublicationKind.CONTROLLER):
+        for pub in self._store.publications(volume_id, PublicationKind.CONTROLLER):
             if not node_id or pub.node_id == node_id:
                 await self._store.remove_publication(
                     volume_id, PublicationKind.CONTROLLER, pub.path
