@@ -10,8 +10,8 @@ What a full filesystem does to the files, in WAL mode: a commit appends its page
 -wal file, so a commit that cannot append fails whole and leaves no valid frame behind;
 a checkpoint that cannot grow the main file leaves the WAL in place (its commits stay
 durable there) and is tried again after a later commit or on close. The -shm index is
-32 KiB, made on open, and grows only every 4096 WAL frames. Once space is freed, the same
-connection writes again.
+32 KiB, made on open, and grows only about every 4,000 WAL frames. Once space is freed,
+the same connection writes again.
 """
 
 from __future__ import annotations
