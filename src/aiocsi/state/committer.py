@@ -177,10 +177,13 @@ class Committer:
         for job in batch:
             if not job.transaction:
                 job.outcome = _attempt(job.fn, db)
+        translated: dict[int, BaseException] = {}  # a failed batch shares one error
         for job in batch:
             ok, value = job.outcome
             if not ok and isinstance(value, sqlite3.Error):
-                job.outcome = (False, self._translate(value))
+                if id(value) not in translated:
+                    translated[id(value)] = self._translate(value)
+                job.outcome = (False, translated[id(value)])
         self._count(len(batch) - len(writes))
         self._deliver_soon(functools.partial(_finish, batch))
 
