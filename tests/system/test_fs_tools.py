@@ -119,5 +119,5 @@ async def test_an_inline_xfs_volume_is_refused_before_it_is_made(
         )
     assert refused.value.status is Status.FAILED_PRECONDITION
     assert "mkfs.xfs" in str(refused.value.message)
-    assert await driver.server.engine.resources.store.all_volumes() == []
+    assert driver.server.engine.resources.store.all_volumes() == []
     assert _ours(driver.root) == []

@@ -1124,8 +1124,8 @@ async def test_ephemeral_inline_volume(driver: Driver) -> None:
     assert loops_backed_by(images[0]) == []
     assert mounts_under(driver.root) == []
     assert list((driver.pool / "staging").iterdir()) == []
-    assert await driver.server.engine.resources.store.all_volumes() == []
-    assert await driver.server.engine.resources.store.publications() == []
+    assert driver.server.engine.resources.store.all_volumes() == []
+    assert driver.server.engine.resources.store.publications() == []
 
 
 async def test_ephemeral_inline_volume_refusals(driver: Driver) -> None:
@@ -1143,7 +1143,7 @@ async def test_ephemeral_inline_volume_refusals(driver: Driver) -> None:
                 ephemeral_request(foreign, "csi-blocked", size="16Mi")
             ),
         )
-    assert await driver.server.engine.resources.store.all_volumes() == []
+    assert driver.server.engine.resources.store.all_volumes() == []
     assert list((driver.pool / "volumes").glob("*.img")) == []
     assert mounts_under(driver.root) == []
 
@@ -1181,7 +1181,7 @@ async def test_restart_forgets_lost_mounts_and_detaches_unused_devices(cleanup: 
         for vol in (lost, kept, block):
             await vol.down()
             assert loops_backed_by(vol.image) == []
-        states = {v.state for v in await second.server.engine.resources.store.all_volumes()}
+        states = {v.state for v in second.server.engine.resources.store.all_volumes()}
         assert states == {VolumeState.READY}
 
 

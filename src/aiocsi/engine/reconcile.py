@@ -120,7 +120,7 @@ async def _forget_lost_publications(
 ) -> None:
     """Publications whose mount or device vanished (reboot, crash, a hand unmount) are
     forgotten: the CO stages and publishes again."""
-    pubs = [p for p in await ctx.store.publications() if p.kind is not PublicationKind.CONTROLLER]
+    pubs = [p for p in ctx.store.publications() if p.kind is not PublicationKind.CONTROLLER]
     points = await ctx.workers.run_sync(_mount_points, pubs)
     for pub in pubs:
         if host.still_mounted(pub, points[pub.path], devices.get(pub.volume_id)):
@@ -135,7 +135,7 @@ async def _roll_back_unfinished(
     """Half-made or half-deleted volumes and snapshots are rolled back; returns the rest."""
     store, pool = ctx.store, ctx.pool
     known_volumes: set[str] = set()
-    for volume in await store.all_volumes():
+    for volume in store.all_volumes():
         if volume.state is VolumeState.READY:
             known_volumes.add(volume.id)
             continue
@@ -183,7 +183,7 @@ async def _detach_unused(
     repaired: Counter[str],
 ) -> None:
     """Loop devices backed by our images that nothing uses any more are detached."""
-    staged = {p.volume_id for p in await ctx.store.publications(kind=PublicationKind.STAGE)}
+    staged = {p.volume_id for p in ctx.store.publications(kind=PublicationKind.STAGE)}
     in_use = host.devices_in_use | held
     for volume_id, device in devices.items():
         if volume_id in staged or device in in_use:

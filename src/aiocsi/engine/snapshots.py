@@ -54,7 +54,7 @@ class SnapshotService:
             return existing
         if existing is not None:  # half made before a crash: start over
             await self._remove(existing.id)
-        source = await self._store.get_volume(source_volume_id)
+        source = self._store.get_volume(source_volume_id)
         if source is None or source.state is not VolumeState.READY:
             raise NotFound(f"source volume {source_volume_id} does not exist")
         budget, _ = await pool_space(self._ctx)

@@ -70,7 +70,7 @@ class ControllerService(csi.ControllerBase):
             raise InvalidArgument("volume_capabilities is required")
         common.string_map(message.secrets, "secrets")
         common.string_map(message.volume_context, "volume_context")
-        volume = await self._volumes.get(volume_id)
+        volume = self._volumes.get(volume_id)
         if (why := self._unconfirmed(volume, message)) is not None:
             return csi.ValidateVolumeCapabilitiesResponse(message=why)
         return csi.ValidateVolumeCapabilitiesResponse(
@@ -85,11 +85,11 @@ class ControllerService(csi.ControllerBase):
     async def controller_get_volume(
         self, message: csi.ControllerGetVolumeRequest
     ) -> csi.ControllerGetVolumeResponse:
-        volume = await self._volumes.get(check.volume_id(message.volume_id))
+        volume = self._volumes.get(check.volume_id(message.volume_id))
         return csi.ControllerGetVolumeResponse(
             volume=convert.volume(volume),
             status=csi.ControllerGetVolumeResponseVolumeStatus(
-                published_node_ids=await self._volumes.published_nodes(volume.id),
+                published_node_ids=self._volumes.published_nodes(volume.id),
                 volume_condition=convert.condition(await self._volumes.condition(volume)),
             ),
         )
@@ -103,7 +103,7 @@ class ControllerService(csi.ControllerBase):
             csi.ListVolumesResponseEntry(
                 volume=convert.volume(v),
                 status=csi.ListVolumesResponseVolumeStatus(
-                    published_node_ids=await self._volumes.published_nodes(v.id),
+                    published_node_ids=self._volumes.published_nodes(v.id),
                     volume_condition=convert.condition(await self._volumes.condition(v)),
                 ),
             )
@@ -147,7 +147,7 @@ class ControllerService(csi.ControllerBase):
         size, _ = await self._volumes.expand(volume_id, capacity, capability)
         return csi.ControllerExpandVolumeResponse(
             capacity_bytes=size,
-            node_expansion_required=await self._volumes.needs_node_expansion(volume_id, capability),
+            node_expansion_required=self._volumes.needs_node_expansion(volume_id, capability),
         )
 
     async def controller_modify_volume(

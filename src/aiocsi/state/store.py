@@ -3,358 +3,235 @@
 One connection, WAL and synchronous=FULL, owned by one thread that commits the writes
 queued meanwhile together (state/committer.py), so the event loop never waits on disk,
 SQLite sees one writer, and concurrent operations share fsyncs.
+
+What "missing" means, for every method: a look-up of an unknown id or name returns None;
+a change (state, size, parameters, readiness) or removal of an unknown row changes nothing
+and raises nothing, so a retry after a crash need not look first; an insert of an id or
+name that exists raises `sqlite3.IntegrityError` and records nothing. Every write raises
+`PoolFull` (a ResourceExhausted) when the pool filesystem has no room for it, and then
+nothing of it is kept, on disk or in the mirror.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import sqlite3
-from collections.abc import Callable, Iterable
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any, TypeVar
+import functools
+from typing import TYPE_CHECKING, TypeVar
 
-from aiocsi.models import (
-    AccessMode,
-    AccessType,
-    Capability,
-    ContentSource,
-    Publication,
-    PublicationKind,
-    Snapshot,
-    SourceKind,
-    Volume,
-    VolumeState,
-)
-from aiocsi.state.committer import Committer
-from aiocsi.state.schema import MIGRATIONS, SCHEMA_VERSION
+from aiocsi.state import rows, space, sql
+from aiocsi.state.committer import Committer, CommitterStatistics
+from aiocsi.state.database import SchemaTooNew, open_database
+from aiocsi.state.mirror import Mirror
+from aiocsi.state.space import PoolFull
+from aiocsi.state.sql import Budget, OverBudget, check_budget
+
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Callable, Iterable
+    from pathlib import Path
+
+    from aiocsi.models import Publication, PublicationKind, Snapshot, Volume, VolumeState
+
+__all__ = [
+    "DB_NAME",
+    "Budget",
+    "OverBudget",
+    "PoolFull",
+    "SchemaTooNew",
+    "Store",
+]
 
 T = TypeVar("T")
 DB_NAME = "aiocsi.db"
-
-
-class SchemaTooNew(Exception):
-    """The database was written by a newer aiocsi; refusing to downgrade it."""
-
-
-class OverBudget(Exception):
-    """Recording this many more bytes would provision more than the pool's budget."""
-
-    def __init__(self, provisioned: int, wanted: int, budget: int) -> None:
-        self.provisioned = provisioned
-        self.wanted = wanted
-        self.budget = budget
-        super().__init__(f"{provisioned} + {wanted} bytes exceeds the budget of {budget}")
-
-
-# Every image in the pool, volume or snapshot, counts against its capacity.
-_PROVISIONED_SQL = (
-    "SELECT (SELECT COALESCE(SUM(capacity_bytes), 0) FROM volumes)"
-    " + (SELECT COALESCE(SUM(size_bytes), 0) FROM snapshots)"
-)
-
-
-# A budget in bytes, or how to get it in the store thread (a statvfs: one fewer hand-off).
-Budget = int | Callable[[], int] | None
-
-
-def _check_budget(db: sqlite3.Connection, wanted: int, budget: Budget) -> None:
-    """Refuse `wanted` more bytes over `budget`; call inside the write's own thread call,
-    so that the check and the write are one step that no other writer can split.
-    """
-    if budget is None or wanted <= 0:
-        return
-    if callable(budget):
-        budget = budget()
-    provisioned = int(db.execute(_PROVISIONED_SQL).fetchone()[0])
-    if provisioned + wanted > budget:
-        raise OverBudget(provisioned, wanted, budget)
-
-
-def _volume(row: sqlite3.Row) -> Volume:
-    source = (
-        ContentSource(SourceKind(row["source_kind"]), row["source_id"])
-        if row["source_kind"]
-        else None
-    )
-    return Volume(
-        id=row["id"],
-        name=row["name"],
-        capacity_bytes=row["capacity_bytes"],
-        state=VolumeState(row["state"]),
-        node_id=row["node_id"],
-        parameters=json.loads(row["parameters"]),
-        mutable_parameters=json.loads(row["mutable_parameters"]),
-        source=source,
-        ephemeral=bool(row["ephemeral"]),
-        created_at=row["created_at"],
-        seq=row["seq"],
-    )
-
-
-def _snapshot(row: sqlite3.Row) -> Snapshot:
-    return Snapshot(
-        id=row["id"],
-        name=row["name"],
-        source_volume_id=row["source_volume_id"],
-        size_bytes=row["size_bytes"],
-        ready=bool(row["ready"]),
-        created_at=row["created_at"],
-        seq=row["seq"],
-    )
-
-
-def _capability_json(capability: Capability | None) -> str | None:
-    return None if capability is None else json.dumps(asdict(capability))
-
-
-def _capability(text: str | None) -> Capability | None:
-    if text is None:
-        return None
-    raw = json.loads(text)
-    return Capability(
-        access_type=AccessType(raw["access_type"]),
-        access_mode=AccessMode(raw["access_mode"]),
-        fs_type=raw["fs_type"],
-        mount_flags=tuple(raw["mount_flags"]),
-    )
-
-
-def _publication(row: sqlite3.Row) -> Publication:
-    return Publication(
-        volume_id=row["volume_id"],
-        kind=PublicationKind(row["kind"]),
-        path=row["path"],
-        node_id=row["node_id"],
-        read_only=bool(row["read_only"]),
-        capability=_capability(row["capability"]),
-    )
-
-
-_PubKey = tuple[str, PublicationKind, str]  # volume id, kind, path: the table's key
 
 
 class Store:
     """Durable state with an in-memory mirror of volumes and publications.
 
     This process is the database's only writer (the pool lock sees to that), so reads of
-    the hot tables are answered from memory: every RPC looks its volume up several times,
-    and each look-up through a worker thread cost more than the RPC's own work. Writes go
-    to SQLite first and reach the mirror only once they are durable.
+    the hot tables are answered from memory, without a coroutine: every RPC looks its
+    volume up several times, and each look-up through a worker thread cost more than the
+    RPC's own work. Writes go to SQLite first and reach the mirror only once durable.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._committer = Committer(self._connect, name="aiocsi-store")
-        self._volumes: dict[str, Volume] = {}
-        self._volume_ids: dict[str, str] = {}  # name -> id
-        # In insertion order, like rowid; and per volume, as most look-ups ask.
-        self._publications: dict[_PubKey, Publication] = {}
-        self._by_volume: dict[str, dict[_PubKey, Publication]] = {}
+        self._mirror = Mirror()
+        self.committer = Committer(
+            self._connect,
+            name="aiocsi-store",
+            translate=functools.partial(space.translate, path.parent),
+        )
+
+    def statistics(self) -> CommitterStatistics:
+        """The committer's counts (commits, batch sizes, time in commits, queue depth)."""
+        return self.committer.statistics()
 
     # -- plumbing -------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
         """In the store thread: open, migrate and load the mirror."""
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db = open_database(self.path)
         try:
-            self._prepare(db)
+            self._mirror.load(db)
         except BaseException:
             db.close()
             raise
         return db
 
-    def _prepare(self, db: sqlite3.Connection) -> None:
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA foreign_keys=ON")
-        version: int = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise SchemaTooNew(
-                f"{self.path} has schema version {version}; this aiocsi knows {SCHEMA_VERSION}"
-            )
-        for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={target};\nCOMMIT;")
-        for row in db.execute("SELECT * FROM volumes ORDER BY seq"):
-            self._remember(_volume(row))
-        for row in db.execute("SELECT * FROM publications ORDER BY rowid"):
-            self._append_publication(_publication(row))
-
-    def _remember(self, volume: Volume) -> Volume:
-        self._volumes[volume.id] = volume
-        self._volume_ids[volume.name] = volume.id
-        return volume
-
-    def _update(self, volume_id: str, change: Callable[[Volume], Volume]) -> None:
-        if (volume := self._volumes.get(volume_id)) is not None:
-            self._volumes[volume_id] = change(volume)
-
     async def open(self) -> None:
-        await self._committer.start()
+        """Open (or create) and migrate the database; raises `SchemaTooNew` for a database
+        of a newer aiocsi, `PoolFull` if there is no room to create or migrate it."""
+        await self.committer.start()
 
     async def close(self) -> None:
-        await self._committer.stop()
+        """Finish the queued writes and close; closing a closed store does nothing."""
+        await self.committer.stop()
 
     async def _call(
         self, fn: Callable[[sqlite3.Connection], T], then: Callable[[T], object] | None = None
     ) -> T:
         """Run `fn(db)` in a committed batch; `then(result)` updates the mirror once durable."""
-        return await self._committer.run(fn, then=then)
+        return await self.committer.run(fn, then=then)
 
     async def _write(
-        self, sql: str, args: Iterable[Any] = (), then: Callable[[], None] | None = None
+        self, statement: str, args: Iterable[object] = (), then: Callable[[], None] | None = None
     ) -> int:
         def write(db: sqlite3.Connection) -> int:
-            return db.execute(sql, tuple(args)).rowcount
+            return db.execute(statement, tuple(args)).rowcount
 
         return await self._call(write, None if then is None else lambda _: then())
 
-    async def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        return await self._committer.run(
-            lambda db: db.execute(sql, tuple(args)).fetchall(), transaction=False
+    async def _rows(self, query: str, args: Iterable[object] = ()) -> list[sqlite3.Row]:
+        return await self.committer.run(
+            lambda db: db.execute(query, tuple(args)).fetchall(), transaction=False
         )
 
-    async def _row(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Row | None:
-        rows = await self._rows(sql, args)
-        return rows[0] if rows else None
+    async def _row(self, query: str, args: Iterable[object] = ()) -> sqlite3.Row | None:
+        found = await self._rows(query, args)
+        return found[0] if found else None
 
     # -- volumes --------------------------------------------------------------------------
 
     async def insert_volume(self, v: Volume, *, budget: Budget = None) -> Volume:
-        """Record a new volume; with `budget`, only if it keeps the pool within it."""
+        """Record a new volume and return it with its `seq`. With `budget`, only if it keeps
+        the pool within it (else `OverBudget`); an id or name taken: `IntegrityError`."""
 
         def insert(db: sqlite3.Connection) -> Volume:
-            _check_budget(db, v.capacity_bytes, budget)
-            cur = db.execute(
-                "INSERT INTO volumes (id, name, state, capacity_bytes, node_id, parameters,"
-                " mutable_parameters, source_kind, source_id, ephemeral, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    v.id,
-                    v.name,
-                    v.state.value,
-                    v.capacity_bytes,
-                    v.node_id,
-                    json.dumps(v.parameters, sort_keys=True),
-                    json.dumps(v.mutable_parameters, sort_keys=True),
-                    v.source.kind.value if v.source else None,
-                    v.source.id if v.source else None,
-                    int(v.ephemeral),
-                    v.created_at,
-                ),
-            )
-            row = db.execute("SELECT * FROM volumes WHERE seq = ?", (cur.lastrowid,)).fetchone()
-            return _volume(row)
+            check_budget(db, v.capacity_bytes, budget)
+            cur = db.execute(sql.INSERT_VOLUME, rows.volume_columns(v))
+            return rows.volume_from_row(db.execute(sql.VOLUME_BY_SEQ, (cur.lastrowid,)).fetchone())
 
-        return await self._call(insert, then=self._remember)
+        return await self._call(insert, then=self._mirror.remember)
 
-    async def get_volume(self, volume_id: str) -> Volume | None:
-        return self._volumes.get(volume_id)
+    def get_volume(self, volume_id: str) -> Volume | None:
+        """The volume with this id, in any state; None if there is none."""
+        return self._mirror.volume(volume_id)
 
-    async def get_volume_by_name(self, name: str) -> Volume | None:
-        volume_id = self._volume_ids.get(name)
-        return None if volume_id is None else self._volumes.get(volume_id)
+    def get_volume_by_name(self, name: str) -> Volume | None:
+        """The volume with this name, in any state; None if there is none."""
+        return self._mirror.volume_named(name)
 
     async def set_volume_state(self, volume_id: str, state: VolumeState) -> None:
+        """Set a volume's state; an unknown id changes nothing."""
         await self._write(
-            "UPDATE volumes SET state = ? WHERE id = ?",
+            sql.SET_VOLUME_STATE,
             (state.value, volume_id),
-            then=lambda: self._update(volume_id, lambda v: dataclasses.replace(v, state=state)),
+            then=lambda: self._mirror.change(
+                volume_id, lambda v: dataclasses.replace(v, state=state)
+            ),
         )
 
     async def set_volume_capacity(
-        self, volume_id: str, capacity: int, *, budget: int | None = None
+        self, volume_id: str, capacity: int, *, budget: Budget = None
     ) -> None:
-        """Record a new size; with `budget`, only if the growth keeps the pool within it."""
+        """Record a new size; with `budget`, only if the growth keeps the pool within it
+        (else `OverBudget`). An unknown id changes nothing."""
 
         def update(db: sqlite3.Connection) -> None:
-            row = db.execute(
-                "SELECT capacity_bytes FROM volumes WHERE id = ?", (volume_id,)
-            ).fetchone()
+            row = db.execute(sql.VOLUME_CAPACITY, (volume_id,)).fetchone()
             if row is not None:
-                _check_budget(db, capacity - int(row[0]), budget)
-            db.execute("UPDATE volumes SET capacity_bytes = ? WHERE id = ?", (capacity, volume_id))
+                check_budget(db, capacity - int(row[0]), budget)
+            db.execute(sql.SET_VOLUME_CAPACITY, (capacity, volume_id))
 
         await self._call(
             update,
-            then=lambda _: self._update(
+            then=lambda _: self._mirror.change(
                 volume_id, lambda v: dataclasses.replace(v, capacity_bytes=capacity)
             ),
         )
 
     async def set_mutable_parameters(self, volume_id: str, params: dict[str, str]) -> None:
+        """Replace a volume's mutable parameters; an unknown id changes nothing."""
         await self._write(
-            "UPDATE volumes SET mutable_parameters = ? WHERE id = ?",
-            (json.dumps(params, sort_keys=True), volume_id),
-            then=lambda: self._update(
+            sql.SET_MUTABLE_PARAMETERS,
+            (rows.parameters_json(params), volume_id),
+            then=lambda: self._mirror.change(
                 volume_id, lambda v: dataclasses.replace(v, mutable_parameters=dict(params))
             ),
         )
 
     async def delete_volume(self, volume_id: str) -> None:
+        """Forget a volume (its publications stay until removed); an unknown id: no-op."""
         await self._write(
-            "DELETE FROM volumes WHERE id = ?", (volume_id,), then=lambda: self._forget(volume_id)
+            sql.DELETE_VOLUME, (volume_id,), then=lambda: self._mirror.forget(volume_id)
         )
-
-    def _forget(self, volume_id: str) -> None:
-        if (volume := self._volumes.pop(volume_id, None)) is not None:
-            self._volume_ids.pop(volume.name, None)
 
     async def list_volumes(self, after_seq: int = 0, limit: int = -1) -> list[Volume]:
-        rows = await self._rows(
-            "SELECT * FROM volumes WHERE seq > ? AND state = 'ready' ORDER BY seq LIMIT ?",
-            (after_seq, limit),
-        )
-        return [_volume(r) for r in rows]
+        """Ready volumes with `seq` above `after_seq`, in `seq` order, at most `limit`
+        (-1: all); an empty list when there are none."""
+        found = await self._rows(sql.READY_VOLUMES_PAGE, (after_seq, limit))
+        return [rows.volume_from_row(r) for r in found]
 
-    async def all_volumes(self) -> list[Volume]:
-        return sorted(self._volumes.values(), key=lambda v: v.seq)
+    def all_volumes(self) -> list[Volume]:
+        """Every volume, in any state, in `seq` order."""
+        return self._mirror.volumes()
 
     async def provisioned_bytes(self) -> int:
         """Bytes promised to every volume and snapshot image, whatever its state."""
-        row = await self._row(_PROVISIONED_SQL)
+        row = await self._row(sql.PROVISIONED)
         return int(row[0]) if row else 0
 
     async def last_seq(self, table: str) -> int:
-        """The highest `seq` ever given out in `table` (0: none yet); deleted rows count."""
-        if table not in ("volumes", "snapshots"):
+        """The highest `seq` ever given out in `table` (0: none yet); deleted rows count.
+        A table other than "volumes" or "snapshots" raises ValueError."""
+        if table not in sql.SEQUENCED_TABLES:
             raise ValueError(f"no sequence for table {table!r}")
-        row = await self._row("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,))
+        row = await self._row(sql.LAST_SEQ, (table,))
         return int(row[0]) if row else 0
 
     # -- snapshots ------------------------------------------------------------------------
 
-    async def insert_snapshot(self, s: Snapshot, *, budget: int | None = None) -> Snapshot:
-        """Record a new snapshot; with `budget`, only if it keeps the pool within it."""
+    async def insert_snapshot(self, s: Snapshot, *, budget: Budget = None) -> Snapshot:
+        """Record a new snapshot and return it with its `seq`. With `budget`, only if it
+        keeps the pool within it (else `OverBudget`); an id or name taken: `IntegrityError`."""
 
         def insert(db: sqlite3.Connection) -> Snapshot:
-            _check_budget(db, s.size_bytes, budget)
-            cur = db.execute(
-                "INSERT INTO snapshots (id, name, source_volume_id, size_bytes, ready, created_at)"
-                " VALUES (?,?,?,?,?,?)",
-                (s.id, s.name, s.source_volume_id, s.size_bytes, int(s.ready), s.created_at),
-            )
-            row = db.execute("SELECT * FROM snapshots WHERE seq = ?", (cur.lastrowid,)).fetchone()
-            return _snapshot(row)
+            check_budget(db, s.size_bytes, budget)
+            cur = db.execute(sql.INSERT_SNAPSHOT, rows.snapshot_columns(s))
+            row = db.execute(sql.SNAPSHOT_BY_SEQ, (cur.lastrowid,)).fetchone()
+            return rows.snapshot_from_row(row)
 
         return await self._call(insert)
 
     async def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
-        row = await self._row("SELECT * FROM snapshots WHERE id = ?", (snapshot_id,))
-        return _snapshot(row) if row else None
+        """The snapshot with this id, ready or not; None if there is none."""
+        row = await self._row(sql.SNAPSHOT_BY_ID, (snapshot_id,))
+        return rows.snapshot_from_row(row) if row else None
 
     async def get_snapshot_by_name(self, name: str) -> Snapshot | None:
-        row = await self._row("SELECT * FROM snapshots WHERE name = ?", (name,))
-        return _snapshot(row) if row else None
+        """The snapshot with this name, ready or not; None if there is none."""
+        row = await self._row(sql.SNAPSHOT_BY_NAME, (name,))
+        return rows.snapshot_from_row(row) if row else None
 
     async def set_snapshot_ready(self, snapshot_id: str, ready: bool = True) -> None:
-        """Mark a snapshot usable, or (before its image goes) not usable any more."""
-        await self._write("UPDATE snapshots SET ready = ? WHERE id = ?", (int(ready), snapshot_id))
+        """Mark a snapshot usable, or (before its image goes) not usable any more; an
+        unknown id changes nothing."""
+        await self._write(sql.SET_SNAPSHOT_READY, (int(ready), snapshot_id))
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
-        await self._write("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+        """Forget a snapshot; an unknown id changes nothing."""
+        await self._write(sql.DELETE_SNAPSHOT, (snapshot_id,))
 
     async def list_snapshots(
         self,
@@ -364,61 +241,41 @@ class Store:
         source_volume_id: str = "",
         snapshot_id: str = "",
     ) -> list[Snapshot]:
-        sql = "SELECT * FROM snapshots WHERE seq > ? AND ready = 1"
-        args: list[Any] = [after_seq]
-        if source_volume_id:
-            sql += " AND source_volume_id = ?"
-            args.append(source_volume_id)
-        if snapshot_id:
-            sql += " AND id = ?"
-            args.append(snapshot_id)
-        rows = await self._rows(sql + " ORDER BY seq LIMIT ?", [*args, limit])
-        return [_snapshot(r) for r in rows]
+        """Ready snapshots with `seq` above `after_seq`, in `seq` order, at most `limit`
+        (-1: all), of one source volume and/or with one id if given (""; any); an unknown
+        source or id gives an empty list."""
+        query = sql.ready_snapshots_page(by_source=bool(source_volume_id), by_id=bool(snapshot_id))
+        args = [after_seq, *(x for x in (source_volume_id, snapshot_id) if x), limit]
+        found = await self._rows(query, args)
+        return [rows.snapshot_from_row(r) for r in found]
 
     async def all_snapshots(self) -> list[Snapshot]:
-        return [_snapshot(r) for r in await self._rows("SELECT * FROM snapshots ORDER BY seq")]
+        """Every snapshot, ready or not, in `seq` order."""
+        found = await self._rows(sql.ALL_SNAPSHOTS)
+        return [rows.snapshot_from_row(r) for r in found]
 
     # -- publications ---------------------------------------------------------------------
 
     async def add_publication(self, p: Publication) -> None:
+        """Record a publication, replacing one with the same volume, kind and path; the
+        volume id is not checked against the volumes table."""
         await self._write(
-            "INSERT OR REPLACE INTO publications"
-            " (volume_id, kind, path, node_id, read_only, capability) VALUES (?,?,?,?,?,?)",
-            (
-                p.volume_id,
-                p.kind.value,
-                p.path,
-                p.node_id,
-                int(p.read_only),
-                _capability_json(p.capability),
-            ),
-            then=lambda: self._append_publication(p),
+            sql.UPSERT_PUBLICATION,
+            rows.publication_columns(p),
+            then=lambda: self._mirror.add_publication(p),
         )
-
-    def _append_publication(self, p: Publication) -> None:
-        # INSERT OR REPLACE gives the row a new rowid: it moves to the end.
-        self._forget_publication(p.volume_id, p.kind, p.path)
-        key = (p.volume_id, p.kind, p.path)
-        self._publications[key] = p
-        self._by_volume.setdefault(p.volume_id, {})[key] = p
 
     async def remove_publication(self, volume_id: str, kind: PublicationKind, path: str) -> None:
+        """Forget a publication; one that is not recorded changes nothing."""
         await self._write(
-            "DELETE FROM publications WHERE volume_id = ? AND kind = ? AND path = ?",
+            sql.DELETE_PUBLICATION,
             (volume_id, kind.value, path),
-            then=lambda: self._forget_publication(volume_id, kind, path),
+            then=lambda: self._mirror.forget_publication(volume_id, kind, path),
         )
 
-    def _forget_publication(self, volume_id: str, kind: PublicationKind, path: str) -> None:
-        key = (volume_id, kind, path)
-        self._publications.pop(key, None)
-        if (of_volume := self._by_volume.get(volume_id)) is not None:
-            of_volume.pop(key, None)
-            if not of_volume:
-                del self._by_volume[volume_id]
-
-    async def publications(
+    def publications(
         self, volume_id: str | None = None, kind: PublicationKind | None = None
     ) -> list[Publication]:
-        pubs = self._publications if volume_id is None else self._by_volume.get(volume_id, {})
-        return [p for p in pubs.values() if kind is None or p.kind is kind]
+        """Publications of one volume (None: of all) and of one kind (None: any), oldest
+        first; an unknown volume has none."""
+        return self._mirror.publications(volume_id, kind)

@@ -105,8 +105,8 @@ class NodeCommon:
         top = self._top_mount(point)
         return top, top is not None and await self._is_ours(top, point, device)
 
-    async def _find(self, volume_id: str, kind: PublicationKind, path: str) -> Publication | None:
-        for pub in await self._store.publications(volume_id, kind):
+    def _find(self, volume_id: str, kind: PublicationKind, path: str) -> Publication | None:
+        for pub in self._store.publications(volume_id, kind):
             if pub.path == path:
                 return pub
         return None
@@ -132,10 +132,10 @@ class NodeCommon:
                 raise InvalidArgument(f"{field} {path} resolves outside the allowed path roots")
         return [real for real in resolved if real is not None]
 
-    async def _refuse_path_of_another(self, volume: Volume, path: Path) -> None:
+    def _refuse_path_of_another(self, volume: Volume, path: Path) -> None:
         """One staging or target path serves one volume: otherwise either one's unstage or
         unpublish would meet the other's mount."""
-        for pub in await self._store.publications():
+        for pub in self._store.publications():
             if pub.path == str(path) and pub.volume_id != volume.id:
                 raise FailedPrecondition(f"{path} is in use by volume {pub.volume_id}")
 

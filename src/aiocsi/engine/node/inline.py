@@ -37,7 +37,7 @@ class InlineVolumes(Publishing):
         target, staging = await self._real_paths(
             target_field, (Path(request.staging_path), "staging_target_path")
         )
-        volume = await self._volumes.get(request.volume_id)
+        volume = self._volumes.get(request.volume_id)
         await self._ctx.operations.run(
             OperationKey.volume(volume.id),
             ("publish", request),
@@ -68,10 +68,10 @@ class InlineVolumes(Publishing):
             await self._remove_ephemeral(volume)
 
     async def _volume_or_ephemeral(self, volume_id: str) -> Volume:
-        return await self._ephemeral_volume(volume_id) or await self._volumes.get(volume_id)
+        return self._ephemeral_volume(volume_id) or self._volumes.get(volume_id)
 
-    async def _ephemeral_volume(self, co_volume_id: str) -> Volume | None:
-        volume = await self._store.get_volume_by_name(policy.EPHEMERAL_PREFIX + co_volume_id)
+    def _ephemeral_volume(self, co_volume_id: str) -> Volume | None:
+        volume = self._store.get_volume_by_name(policy.EPHEMERAL_PREFIX + co_volume_id)
         return volume if volume is not None and volume.ephemeral else None
 
     async def _publish_ephemeral(self, request: PublishVolume, size: int, target: Path) -> None:

@@ -22,13 +22,13 @@ log = get_logger("aiocsi.engine")
 class Publishing(Staging):
     """Bind a staged volume at a target and release it again."""
 
-    async def _check_publish_conflicts(
+    def _check_publish_conflicts(
         self, volume: Volume, request: PublishVolume
     ) -> Publication | None:
         """The publication already at the target (if any); refuse incompatible ones."""
         same: Publication | None = None
         others: list[Publication] = []
-        for pub in await self._store.publications(volume.id, PublicationKind.PUBLISH):
+        for pub in self._store.publications(volume.id, PublicationKind.PUBLISH):
             if pub.path == request.target_path:
                 same = pub
             else:
@@ -53,9 +53,9 @@ class Publishing(Staging):
     async def _publish(self, volume: Volume, request: PublishVolume, points: Points) -> None:
         target = Path(request.target_path)
         capability = request.capability
-        await self._refuse_path_of_another(volume, target)
-        recorded = await self._check_publish_conflicts(volume, request)
-        stage = await self._find(volume.id, PublicationKind.STAGE, request.staging_path)
+        self._refuse_path_of_another(volume, target)
+        recorded = self._check_publish_conflicts(volume, request)
+        stage = self._find(volume.id, PublicationKind.STAGE, request.staging_path)
         device = self._device(volume)
         if stage is None or device is None:
             raise FailedPrecondition(
@@ -141,7 +141,7 @@ class Publishing(Staging):
 
     async def _unpublish(self, volume: Volume, target: Path, real: Path) -> None:
         device = self._device(volume)
-        pub = await self._find(volume.id, PublicationKind.PUBLISH, str(target))
+        pub = self._find(volume.id, PublicationKind.PUBLISH, str(target))
         with host_step(f"unpublishing volume {volume.id} from {target}"):
             await self._unmount_ours(real, device, remove_target=True)
         # Only a read-only block publication has a view to detach; without a record (a retry

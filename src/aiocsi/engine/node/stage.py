@@ -25,7 +25,7 @@ class Staging(NodeCommon):
 
     async def stage(self, request: StageVolume) -> None:
         policy.stage_request(request, self._allowed_flags)
-        volume = await self._volumes.get(request.volume_id)
+        volume = self._volumes.get(request.volume_id)
         staging = Path(request.staging_path)
         real = await self._real_path(staging, "staging_target_path")
         await self._ctx.operations.run(
@@ -39,8 +39,8 @@ class Staging(NodeCommon):
         self, volume: Volume, staging: Path, real: Path, capability: Capability
     ) -> None:
         """Stage at `staging` (recorded as given); `real` is its canonical path."""
-        await self._refuse_path_of_another(volume, staging)
-        for pub in await self._store.publications(volume.id, PublicationKind.STAGE):
+        self._refuse_path_of_another(volume, staging)
+        for pub in self._store.publications(volume.id, PublicationKind.STAGE):
             if pub.path != str(staging):
                 raise FailedPrecondition(
                     f"volume {volume.id} is already staged at {pub.path}; unstage it first"
@@ -152,7 +152,7 @@ class Staging(NodeCommon):
             await self._grow_filesystem_at(volume, device, found, staging)
 
     async def unstage(self, volume_id: str, staging_path: str) -> None:
-        volume = await self._volumes.get(volume_id)
+        volume = self._volumes.get(volume_id)
         real = await self._real_path(Path(staging_path), "staging_target_path")
         await self._ctx.operations.run(
             OperationKey.volume(volume.id),
@@ -162,18 +162,18 @@ class Staging(NodeCommon):
         )
 
     async def _unstage(self, volume: Volume, staging: Path, real: Path) -> None:
-        published = await self._store.publications(volume.id, PublicationKind.PUBLISH)
+        published = self._store.publications(volume.id, PublicationKind.PUBLISH)
         if published:
             paths = ", ".join(p.path for p in published)
             raise FailedPrecondition(f"volume {volume.id} is still published at {paths}")
         device = self._device(volume)
-        stage = await self._find(volume.id, PublicationKind.STAGE, str(staging))
+        stage = self._find(volume.id, PublicationKind.STAGE, str(staging))
         with host_step(f"unmounting volume {volume.id} from {staging}"):
             await self._unmount_ours(real, device)
         await self._store.remove_publication(volume.id, PublicationKind.STAGE, str(staging))
         # Staged somewhere else: this path was not (or no longer) its staging path, and the
         # device still serves the other one.
-        still_staged = await self._store.publications(volume.id, PublicationKind.STAGE)
+        still_staged = self._store.publications(volume.id, PublicationKind.STAGE)
         if device is not None and not still_staged:
             # Only block publications get read-only views; without a record, look anyway.
             views = stage is None or access_type(stage) is AccessType.BLOCK

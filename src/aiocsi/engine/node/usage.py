@@ -44,7 +44,7 @@ class NodeVolumes(InlineVolumes):
 
     async def _user_at(self, volume_id: str, path: str) -> tuple[Volume, Publication]:
         volume = await self._volume_or_ephemeral(volume_id)
-        for pub in await self._store.publications(volume.id):
+        for pub in self._store.publications(volume.id):
             if pub.kind is not PublicationKind.CONTROLLER and pub.path == path:
                 return volume, pub
         raise NotFound(f"volume {volume_id} is not staged or published at {path}")
@@ -93,7 +93,7 @@ class NodeVolumes(InlineVolumes):
 
     async def _expand(self, volume: Volume, pub: Publication, capacity: CapacityRange) -> int:
         # Read again under the operation's key: a ControllerExpand may have finished since.
-        volume = await self._volumes.get(volume.id)
+        volume = self._volumes.get(volume.id)
         # Grows the image when the controller has not (node-only expansion).
         size, volume = await self._volumes.expand_while_held(volume, capacity)
         device = self._device(volume)
@@ -110,7 +110,7 @@ class NodeVolumes(InlineVolumes):
 
     async def _grow_filesystem(self, volume: Volume, device: str) -> None:
         # Grown through the staging mount: a read-only publication would refuse xfs_growfs.
-        stages = await self._store.publications(volume.id, PublicationKind.STAGE)
+        stages = self._store.publications(volume.id, PublicationKind.STAGE)
         for stage in stages:
             top, ours = await self._our_top_mount(
                 await mount.canonical(self._workers, Path(stage.path)), device

@@ -21,7 +21,7 @@ class ControllerAttachments(VolumeLookups):
         self, volume_id: str, node_id: str, capability: Capability, read_only: bool
     ) -> None:
         policy.capabilities((capability,), "volume_capability", self._allowed_flags)
-        await self.get(volume_id)
+        self.get(volume_id)
         if node_id != self._ctx.config.node_id:
             raise NotFound(f"node {node_id!r} is not served by this driver")
         await self._ctx.operations.run(
@@ -34,8 +34,8 @@ class ControllerAttachments(VolumeLookups):
     async def _controller_publish(
         self, volume_id: str, node_id: str, capability: Capability, read_only: bool
     ) -> None:
-        volume = await self.get(volume_id)
-        attached = await self._store.publications(volume.id, PublicationKind.CONTROLLER)
+        volume = self.get(volume_id)
+        attached = self._store.publications(volume.id, PublicationKind.CONTROLLER)
         for pub in attached:
             if pub.node_id != node_id:
                 raise FailedPrecondition(
@@ -49,7 +49,7 @@ class ControllerAttachments(VolumeLookups):
             return
         limit = self._ctx.config.max_volumes_per_node
         if limit:
-            on_node = await self._store.publications(kind=PublicationKind.CONTROLLER)
+            on_node = self._store.publications(kind=PublicationKind.CONTROLLER)
             if len({p.volume_id for p in on_node if p.node_id == node_id}) >= limit:
                 raise ResourceExhausted(f"node {node_id} already holds {limit} volumes")
         await self._store.add_publication(
@@ -70,7 +70,7 @@ class ControllerAttachments(VolumeLookups):
         )
 
     async def _controller_unpublish(self, volume_id: str, node_id: str) -> None:
-        for pub in await self._store.publications(volume_id, PublicationKind.CONTROLLER):
+        for pub in self._store.publications(volume_id, PublicationKind.CONTROLLER):
             if not node_id or pub.node_id == node_id:
                 await self._store.remove_publication(
                     volume_id, PublicationKind.CONTROLLER, pub.path

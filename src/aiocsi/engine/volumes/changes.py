@@ -31,7 +31,7 @@ class VolumeChanges(VolumeLookups):
         driver makes (its flags matter at the node)."""
         if capability is not None:
             policy.filesystem(capability, "volume_capability")
-        await self.get(volume_id)
+        self.get(volume_id)
         return await self._ctx.operations.run(
             OperationKey.volume(volume_id),
             ("expand", capacity),
@@ -40,14 +40,14 @@ class VolumeChanges(VolumeLookups):
         )
 
     async def _expand_by_id(self, volume_id: str, capacity: CapacityRange) -> tuple[int, Volume]:
-        return await self.expand_while_held(await self.get(volume_id), capacity)
+        return await self.expand_while_held(self.get(volume_id), capacity)
 
     async def expand_while_held(
         self, volume: Volume, capacity: CapacityRange
     ) -> tuple[int, Volume]:
         """Grow the image to what `capacity` asks, for a caller that already runs the
         volume's operation (ControllerExpandVolume, or a node-only expansion)."""
-        volume = await self.get(volume.id)  # the caller's copy may predate an earlier change
+        volume = self.get(volume.id)  # the caller's copy may predate an earlier change
         current = volume.capacity_bytes
         if capacity.admits(current):
             # Also finishes an expansion that was recorded but not done before a crash.
@@ -97,7 +97,7 @@ class VolumeChanges(VolumeLookups):
 
     async def modify(self, volume_id: str, mutable: dict[str, str]) -> None:
         mutable = normalise(mutable, MUTABLE_PARAMETERS, "mutable_parameters")
-        await self.get(volume_id)
+        self.get(volume_id)
         await self._ctx.operations.run(
             OperationKey.volume(volume_id),
             ("modify", tuple(sorted(mutable.items()))),
@@ -106,7 +106,7 @@ class VolumeChanges(VolumeLookups):
         )
 
     async def _modify(self, volume_id: str, mutable: dict[str, str]) -> None:
-        volume = await self.get(volume_id)
+        volume = self.get(volume_id)
         modified = dataclasses.replace(
             volume, mutable_parameters={**volume.mutable_parameters, **mutable}
         )

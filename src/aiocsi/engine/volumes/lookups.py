@@ -39,14 +39,14 @@ class VolumeLookups:
         self._loops = ctx.loops
         self._allowed_flags = ctx.config.allowed_mount_flags
 
-    async def get(self, volume_id: str) -> Volume:
-        volume = await self._store.get_volume(volume_id) if is_volume_id(volume_id) else None
+    def get(self, volume_id: str) -> Volume:
+        volume = self._store.get_volume(volume_id) if is_volume_id(volume_id) else None
         if volume is None or volume.state is not VolumeState.READY:
             raise NotFound(f"volume {volume_id} does not exist")
         return volume
 
-    async def published_nodes(self, volume_id: str) -> list[str]:
-        pubs = await self._store.publications(volume_id)
+    def published_nodes(self, volume_id: str) -> list[str]:
+        pubs = self._store.publications(volume_id)
         return sorted({p.node_id for p in pubs})
 
     async def condition(self, volume: Volume) -> VolumeCondition:
@@ -60,11 +60,11 @@ class VolumeLookups:
     def is_attached(self, volume_id: str) -> bool:
         return bool(self._loops.devices_for(self._pool.volume_image(volume_id)))
 
-    async def needs_node_expansion(self, volume_id: str, capability: Capability | None) -> bool:
+    def needs_node_expansion(self, volume_id: str, capability: Capability | None) -> bool:
         """After a controller expansion: must the node grow a filesystem or a loop device?"""
         access = capability.access_type if capability is not None else None
         if access is None:
-            staged = await self._store.publications(volume_id, PublicationKind.STAGE)
+            staged = self._store.publications(volume_id, PublicationKind.STAGE)
             if any(
                 p.capability is not None and p.capability.access_type is AccessType.BLOCK
                 for p in staged

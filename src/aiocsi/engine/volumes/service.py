@@ -39,7 +39,7 @@ class VolumeService(VolumeChanges, ControllerAttachments):
 
     async def _create(self, request: CreateVolume, *, ephemeral: bool) -> Volume:
         params = request.parameters
-        existing = await self._store.get_volume_by_name(request.name)
+        existing = self._store.get_volume_by_name(request.name)
         if existing is not None and existing.state is VolumeState.READY:
             if (why := why_incompatible(existing, request, params)) is not None:
                 raise AlreadyExists(f"volume {request.name!r} already exists but {why}")
@@ -126,7 +126,7 @@ class VolumeService(VolumeChanges, ControllerAttachments):
             if snap is None or not snap.ready:
                 raise NotFound(f"source snapshot {source.id} does not exist")
             return snap.size_bytes
-        vol = await self._store.get_volume(source.id)
+        vol = self._store.get_volume(source.id)
         if vol is None or vol.state is not VolumeState.READY:
             raise NotFound(f"source volume {source.id} does not exist")
         return vol.capacity_bytes
@@ -173,10 +173,10 @@ class VolumeService(VolumeChanges, ControllerAttachments):
 
     async def delete_while_held(self, volume_id: str) -> None:
         """DeleteVolume's work, for a caller that already runs the volume's operation."""
-        volume = await self._store.get_volume(volume_id)
+        volume = self._store.get_volume(volume_id)
         if volume is None:
             return
-        users = await self._store.publications(volume_id)
+        users = self._store.publications(volume_id)
         if users:
             where = ", ".join(f"{p.kind.value} {p.path}" for p in users)
             raise FailedPrecondition(
