@@ -132,6 +132,10 @@ async def test_a_lifecycle_is_counted_exactly(
     assert staged("aiocsi_operations_in_flight") == 0
     assert staged("aiocsi_calls_in_flight") == 0
     assert staged.calls(DELETE, "Aborted") == 1
+    assert staged("aiocsi_operation_retries_refused_total") == 1
+    assert staged("aiocsi_operations_queued") == 0
+    assert staged("aiocsi_store_commits_total") >= 1
+    assert staged("aiocsi_store_commit_seconds_count") == staged("aiocsi_store_commits_total")
     assert staged.calls(STAGE, "OK") == 1
     assert staged("aiocsi_command_seconds_count", command="mkfs.ext4") == 1
     assert staged("aiocsi_loop_devices_attached") == 1 == _attached(driver.pool)

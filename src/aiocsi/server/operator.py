@@ -61,9 +61,7 @@ class OperatorSide:
     async def start(self) -> None:
         """After the engine started: the census reads the store's database."""
         process.observe_commands(self.metrics.observe_command)
-        committer = getattr(self._engine.resources.store, "committer", None)
-        if committer is not None and hasattr(committer, "observer"):
-            committer.observer = self.metrics.commit_observer()
+        self._engine.resources.store.committer.observer = self.metrics.commit_observer()
         self.lag.start()
         await self.endpoint.start()
 

@@ -101,9 +101,8 @@ def _workers(engine: Engine) -> WorkerCounts:
     return _counts(WorkerCounts, engine.workers.statistics())
 
 
-def _store(engine: Engine) -> StoreCounts | None:
-    statistics: Callable[[], object] | None = getattr(engine.resources.store, "statistics", None)
-    return None if statistics is None else _counts(StoreCounts, statistics())
+def _store(engine: Engine) -> StoreCounts:
+    return _counts(StoreCounts, engine.resources.store.statistics())
 
 
 async def take_snapshot(
