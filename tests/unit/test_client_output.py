@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from aiocsi._proto.csi import v1 as csi
-from aiocsi.client.cli.render import Fields, Output, Table, message_json, plain, show
+from aiocsi.client.cli.render import Fields, Output, TextTable, message_json, plain, show
 from aiocsi.client.sizes import human_size, parse_size
 
 GiB = 1024**3
@@ -77,8 +77,10 @@ def test_json_names_fields_as_the_csi_messages_do() -> None:
 
 def _output() -> Output:
     fields = Fields("Volume v").add("id", "vol-1").add("size", "1 GiB")
-    table = Table("Volumes", ("VOLUME ID", "SIZE"), [("vol-1", "1 GiB"), ("vol-22", "[b]2[/b]")])
-    return Output({"x": 1}, [fields, table, Table("Snapshots", ("ID",))])
+    table = TextTable(
+        "Volumes", ("VOLUME ID", "SIZE"), [("vol-1", "1 GiB"), ("vol-22", "[b]2[/b]")]
+    )
+    return Output({"x": 1}, [fields, table, TextTable("Snapshots", ("ID",))])
 
 
 def test_plain_text_when_no_terminal() -> None:

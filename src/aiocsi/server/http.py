@@ -21,7 +21,7 @@ from http import HTTPStatus
 from aiocsi.engine.health import HealthChecker
 from aiocsi.logging import get_logger
 from aiocsi.metrics import CONTENT_TYPE
-from aiocsi.server.lag import MAX_HEALTHY_LAG, LoopLag
+from aiocsi.server.lag import MAX_HEALTHY_LAG, LoopLagWatch
 from aiocsi.server.socket import SocketError
 
 log = get_logger("aiocsi.http")
@@ -62,7 +62,7 @@ class OperatorEndpoint:
         *,
         metrics_text: Callable[[], Awaitable[bytes]],
         health: HealthChecker,
-        lag: LoopLag,
+        lag: LoopLagWatch,
         max_lag: float = MAX_HEALTHY_LAG,
     ) -> None:
         self._host = host or None  # "" = every interface, as Go's ":8080"

@@ -11,7 +11,7 @@ MAX_HEALTHY_LAG = 1.0
 INTERVAL = 0.1
 
 
-class LoopLag:
+class LoopLagWatch:
     """A watchdog task that sleeps `interval` at a time and measures how late it wakes."""
 
     def __init__(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from aiocsi.host import process
 from aiocsi.metrics import Metrics
 from aiocsi.server.http import OperatorEndpoint
-from aiocsi.server.lag import LoopLag
+from aiocsi.server.lag import LoopLagWatch
 from aiocsi.server.runtime import take_snapshot
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ class OperatorSide:
     ) -> None:
         assert config.http_endpoint is not None  # noqa: S101 - built only when it is set
         self.metrics = Metrics(config.driver_name)
-        self.lag = LoopLag(self.metrics.observe_loop_lag)
+        self.lag = LoopLagWatch(self.metrics.observe_loop_lag)
         self._engine = engine
         self._tracker = tracker
         self._log_stream = log_stream

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from aiocsi._proto.csi import v1 as csi
-from aiocsi.client.cli.render import Fields, Output, Table, message_json
+from aiocsi.client.cli.render import Fields, Output, TextTable, message_json
 from aiocsi.client.cli.session import NODE, ClientError, NodeCap, Rpc, Session, bad_usage
 from aiocsi.client.cli.volumes import capability_of, find_volume, request_json
 from aiocsi.client.sizes import human_size
@@ -112,7 +112,7 @@ async def stats(session: Session, args: argparse.Namespace) -> Output:
     )
     node = session.stubs.node
     reply = await session.call(STATS, lambda t: node.node_get_volume_stats(request, timeout=t))
-    usage = Table(f"Volume {args.id} at {args.path}", ("UNIT", "TOTAL", "USED", "AVAILABLE"))
+    usage = TextTable(f"Volume {args.id} at {args.path}", ("UNIT", "TOTAL", "USED", "AVAILABLE"))
     for item in reply.usage:
         usage.rows.append(
             (

@@ -68,14 +68,14 @@ class Fields:
 
 
 @dataclass
-class Table:
+class TextTable:
     title: str
     headers: tuple[str, ...]
     rows: list[tuple[str, ...]] = field(default_factory=list)
     empty: str = "none"
 
 
-Block = Fields | Table
+Block = Fields | TextTable
 
 
 @dataclass

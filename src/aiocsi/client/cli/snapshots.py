@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiocsi._proto.csi import v1 as csi
-from aiocsi.client.cli.render import Fields, Json, Output, Table, message_json, pairs
+from aiocsi.client.cli.render import Fields, Json, Output, TextTable, message_json, pairs
 from aiocsi.client.cli.session import CONTROLLER, Ctrl, Rpc, Session, follow_pages, refused
 from aiocsi.client.cli.volumes import capability_of, delete_each
 from aiocsi.client.codes import BadResponse
@@ -73,13 +73,13 @@ async def list_snapshots(session: Session, args: argparse.Namespace) -> Output:
         session, source=args.source or "", start=args.starting_token, max_entries=args.max_entries
     )
     document: Json = {"entries": [message_json(e) for e in entries], "next_token": token}
-    table = Table("Snapshots", ("SNAPSHOT ID", "SOURCE VOLUME", "SIZE", "CREATED", "READY"))
+    table = TextTable("Snapshots", ("SNAPSHOT ID", "SOURCE VOLUME", "SIZE", "CREATED", "READY"))
     for entry in entries:
         snap = entry.snapshot or csi.Snapshot()
         size = human_size(snap.size_bytes) if snap.size_bytes else "-"
         ready = "yes" if snap.ready_to_use else "no"
         table.rows.append((snap.snapshot_id, snap.source_volume_id, size, _when(snap), ready))
-    blocks: list[Fields | Table] = [table]
+    blocks: list[Fields | TextTable] = [table]
     if token:
         blocks.append(Fields("More").add("next page", f"--starting-token {token}"))
     return Output(document, blocks)

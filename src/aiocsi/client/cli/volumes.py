@@ -6,7 +6,7 @@ import functools
 from typing import TYPE_CHECKING, TypeVar
 
 from aiocsi._proto.csi import v1 as csi
-from aiocsi.client.cli.render import Fields, Json, Output, Table, message_json, pairs
+from aiocsi.client.cli.render import Fields, Json, Output, TextTable, message_json, pairs
 from aiocsi.client.cli.session import (
     CONTROLLER,
     NODE,
@@ -129,7 +129,7 @@ async def list_volumes(session: Session, args: argparse.Namespace) -> Output:
         "entries": [message_json(e) for e in entries],
         "next_token": token,
     }
-    table = Table("Volumes", ("VOLUME ID", "SIZE", "PUBLISHED ON", "CONDITION"))
+    table = TextTable("Volumes", ("VOLUME ID", "SIZE", "PUBLISHED ON", "CONDITION"))
     for entry in entries:
         volume, status = entry.volume or csi.Volume(), entry.status
         table.rows.append(
@@ -140,7 +140,7 @@ async def list_volumes(session: Session, args: argparse.Namespace) -> Output:
                 _condition(status.volume_condition) if status is not None else "-",
             )
         )
-    blocks: list[Fields | Table] = [table]
+    blocks: list[Fields | TextTable] = [table]
     if token:
         blocks.append(Fields("More").add("next page", f"--starting-token {token}"))
     return Output(document, blocks)
@@ -188,7 +188,7 @@ async def delete_each(
 ) -> Output:
     """One delete per id; a refusal is reported and the rest still run (exit 1 at the end)."""
     done: list[Json] = []
-    table = Table(f"Deleted {what}", ("ID",), empty="nothing")
+    table = TextTable(f"Deleted {what}", ("ID",), empty="nothing")
     failed = 0
     for one in ids:
         request = request_of(one)
