@@ -131,7 +131,8 @@ async def grow_offline(device: str, fs_type: str) -> None:
     await run(["resize2fs", device])
 
 
-def _can_grow_sync(device: str, fs_type: str) -> bool:
+def _read_superblock(device: str, fs_type: str) -> tuple[bytes, int]:
+    """The superblock bytes of `device` and the device's size."""
     if fs_type not in superblock.LOCATION:
         raise ValueError(f"unsupported filesystem type {fs_type!r}")
     offset, length = superblock.LOCATION[fs_type]
@@ -141,7 +142,18 @@ def _can_grow_sync(device: str, fs_type: str) -> bool:
         size = os.lseek(fd, 0, os.SEEK_END)
     finally:
         os.close(fd)
+    return raw, size
+
+
+def _can_grow_sync(device: str, fs_type: str) -> bool:
+    raw, size = _read_superblock(device, fs_type)
     return superblock.can_grow(fs_type, raw, size, os.sysconf("SC_PAGESIZE"))
+
+
+def filesystem_bytes_sync(device: str, fs_type: str) -> int:
+    """The size the filesystem on `device` spans, from its superblock (blocking)."""
+    raw, _ = _read_superblock(device, fs_type)
+    return superblock.size_bytes(fs_type, raw)
 
 
 async def can_grow(device: str, fs_type: str) -> bool:

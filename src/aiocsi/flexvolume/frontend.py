@@ -1,0 +1,222 @@
+"""Flexvolume ops -> engine requests, on the same engine as the CSI services.
+
+Each op is a sequence of engine calls (create, stage, publish; unpublish, unstage), each
+one an engine operation under the same per-volume control as a CSI call: a Flexvolume
+mount racing a CSI call on the same volume is refused as a second CSI call would be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiocsi.config import Config
+from aiocsi.engine import mounted
+from aiocsi.engine.core import Engine
+from aiocsi.engine.node import EPHEMERAL_KEY, EPHEMERAL_PREFIX
+from aiocsi.engine.requests import CapacityRange, CreateVolume, PublishVolume, StageVolume
+from aiocsi.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from aiocsi.flexvolume import options as opts
+from aiocsi.models import AccessMode, AccessType, Capability, Publication, PublicationKind
+
+SUCCESS = "Success"
+NOT_SUPPORTED = "Not supported"
+FAILURE = "Failure"
+Reply = dict[str, Any]
+# Two pods on one node may share a volume, read-write or read-only: one staged mount,
+# one bind per pod.
+_MODE = AccessMode.SINGLE_NODE_MULTI_WRITER
+
+
+@dataclass
+class Outcome:
+    """What an op did, for its log line."""
+
+    volume: str = ""
+
+
+def _capability(fs_type: str) -> Capability:
+    return Capability(AccessType.MOUNT, _MODE, fs_type)
+
+
+def _count(args: list[str], wanted: int, usage: str) -> None:
+    if len(args) != wanted:
+        raise InvalidArgument(f"expected {usage}; got {len(args)} argument(s)")
+
+
+def _options_arg(text: str) -> dict[str, str]:
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        raise InvalidArgument("the options argument is not valid JSON") from None
+    return opts.strings(parsed)
+
+
+class FlexvolumeFrontEnd:
+    def __init__(self, config: Config, engine: Engine) -> None:
+        self._config = config
+        self._ctx = engine.ctx
+        self._volumes = engine.volumes
+        self._node = engine.node
+        self._ops: Mapping[str, Callable[[list[str], Outcome], Awaitable[Reply]]] = {
+            "mount": self._mount,
+            "unmount": self._unmount,
+            "expandfs": self._expandfs,
+            "getvolumename": self._getvolumename,
+        }
+
+    async def call(self, op: str, args: list[str], outcome: Outcome) -> Reply:
+        handler = self._ops.get(op)
+        if handler is None:
+            return {"status": NOT_SUPPORTED, "message": f"{op} is not supported"}
+        return await handler(args, outcome)
+
+    # -- mount ----------------------------------------------------------------------------
+
+    async def _mount(self, args: list[str], outcome: Outcome) -> Reply:
+        _count(args, 2, "mount <mount dir> <options json>")
+        target = opts.directory(args[0])
+        options = opts.mount_options(_options_arg(args[1]))
+        pod = opts.require_pod_dir(target)
+        capability = _capability(options.fs_type)
+        if options.ephemeral:
+            outcome.volume = pod.pod_volume_id
+            await self._mount_pod_scoped(pod, options, capability)
+        else:
+            outcome.volume = options.name
+            await self._mount_persistent(pod, options, capability, outcome)
+        return {"status": SUCCESS}
+
+    async def _mount_pod_scoped(
+        self, pod: opts.PodDir, options: opts.MountOptions, capability: Capability
+    ) -> None:
+        # The engine's inline-volume path: create, stage and publish as one operation,
+        # rolled back whole when any step fails; deleted by its unpublish.
+        size = options.size_bytes or self._config.default_volume_size
+        await self._node.publish(
+            PublishVolume(
+                volume_id=pod.pod_volume_id,
+                target_path=pod.path,
+                capability=capability,
+                read_only=options.read_only,
+                volume_context={EPHEMERAL_KEY: "true", opts.SIZE: str(size)},
+            )
+        )
+
+    async def _mount_persistent(
+        self,
+        pod: opts.PodDir,
+        options: opts.MountOptions,
+        capability: Capability,
+        outcome: Outcome,
+    ) -> None:
+        existed = await mounted.volume_named(self._ctx, options.name) is not None
+        volume = await self._volumes.create(
+            CreateVolume(
+                name=options.name,
+                capacity=CapacityRange(required_bytes=options.size_bytes),
+                capabilities=(capability,),
+                parameters=options.parameters,
+            ),
+            options.parameters,
+        )
+        outcome.volume = volume.id
+        staging = pod.staging_path(volume.id)
+        try:
+            await self._node.stage(StageVolume(volume.id, staging, capability))
+            await self._node.publish(
+                PublishVolume(
+                    volume_id=volume.id,
+                    target_path=pod.path,
+                    capability=capability,
+                    read_only=options.read_only,
+                    staging_path=staging,
+                )
+            )
+        except Exception:
+            # Nothing half-made: the staged mount goes unless another pod uses it (the
+            # engine refuses to unstage a published volume), and a volume this call made
+            # goes with it (the engine refuses to delete one in use).
+            with contextlib.suppress(DomainError):
+                await self._node.unstage(volume.id, staging)
+            if not existed:
+                with contextlib.suppress(DomainError):
+                    await self._volumes.delete(volume.id)
+            raise
+
+    # -- unmount --------------------------------------------------------------------------
+
+    async def _unmount(self, args: list[str], outcome: Outcome) -> Reply:
+        _count(args, 1, "unmount <mount dir>")
+        target = opts.directory(args[0])
+        pub = await mounted.publication_at(self._ctx, target)
+        volume_id = pub.volume_id if pub is not None else await self._unrecorded(target)
+        if volume_id is None:
+            return {"status": SUCCESS, "message": f"{target} holds no aiocsi volume"}
+        outcome.volume = volume_id
+        volume = await self._volumes.get(volume_id)
+        await self._node.unpublish(volume.id, target)
+        if not volume.ephemeral:
+            await self._unstage_if_unused(volume.id, opts.pod_dir(target))
+        return {"status": SUCCESS}
+
+    async def _unrecorded(self, target: str) -> str | None:
+        """The volume at a path with no publication record: a mount made by a call that
+        died before recording it, or a pod-scoped volume whose record a reboot cleared."""
+        seen = await mounted.mount_at(self._ctx, target)
+        if seen.volume_id is not None:
+            return seen.volume_id
+        if seen.mounted:
+            raise FailedPrecondition(
+                f"{target} has a mount of {seen.source} that is not an aiocsi volume; "
+                "it is left alone"
+            )
+        pod = opts.pod_dir(target)
+        if pod is None:
+            return None
+        volume = await mounted.volume_named(self._ctx, EPHEMERAL_PREFIX + pod.pod_volume_id)
+        return volume.id if volume is not None and volume.ephemeral else None
+
+    async def _unstage_if_unused(self, volume_id: str, pod: opts.PodDir | None) -> None:
+        if pod is None:
+            return
+        if await self._ctx.store.publications(volume_id, PublicationKind.PUBLISH):
+            return  # another pod on this node still uses the staged mount
+        staging = pod.staging_path(volume_id)
+        if await mounted.publication_at(self._ctx, staging, PublicationKind.STAGE) is not None:
+            await self._node.unstage(volume_id, staging)
+
+    # -- expandfs / getvolumename ---------------------------------------------------------
+
+    async def _expandfs(self, args: list[str], outcome: Outcome) -> Reply:
+        usage = "expandfs <options json> <device path> <mount dir> <new size> <old size>"
+        _count(args, 5, usage)
+        _options_arg(args[0])
+        target = opts.directory(args[2])
+        wanted = opts.new_bytes(args[3])
+        pub = await self._publication(target)
+        outcome.volume = pub.volume_id
+        await self._node.expand(pub.volume_id, target, CapacityRange(required_bytes=wanted))
+        spans = await mounted.filesystem_bytes(target)
+        if spans < wanted:
+            raise FailedPrecondition(
+                f"the filesystem at {target} spans {spans} bytes after growing, less than the "
+                f"{wanted} asked for"
+            )
+        return {"status": SUCCESS, "volumeNewSize": spans}
+
+    async def _publication(self, target: str) -> Publication:
+        pub = await mounted.publication_at(self._ctx, target)
+        if pub is None:
+            raise NotFound(f"{target} is not a mount of an aiocsi volume")
+        return pub
+
+    async def _getvolumename(self, args: list[str], outcome: Outcome) -> Reply:
+        _count(args, 1, "getvolumename <options json>")
+        options = _options_arg(args[0])
+        name = opts.volume_name(options)
+        outcome.volume = name
+        return {"status": SUCCESS, "volumeName": name}
