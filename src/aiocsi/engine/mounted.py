@@ -9,13 +9,14 @@ was recorded).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiocsi import threads
 from aiocsi.engine.context import EngineContext
 from aiocsi.engine.pool import is_volume_id
-from aiocsi.host import fs, loop, mount
+from aiocsi.host import files, fs, loop, mount
 from aiocsi.models import Publication, PublicationKind, Volume
 
 
@@ -67,4 +68,10 @@ async def filesystem_bytes(path: str) -> int:
     if not entries:
         raise FileNotFoundError(f"{path} is not mounted")
     top = entries[-1]
-    return await threads.run_sync(fs.filesystem_bytes_sync, top.source, top.fs_type)
+    return await threads.run_sync(fs.filesystem_bytes_sync, top.source, top.fs_type, real)
+
+
+async def remove_empty_dir(path: str) -> None:
+    """Remove a directory a stage left behind once it is empty; gone or in use is fine."""
+    with contextlib.suppress(OSError):
+        await threads.run_sync(files.remove_empty_sync, Path(path))

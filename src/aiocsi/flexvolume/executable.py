@@ -1,16 +1,18 @@
 #!/bin/sh
 """:"
-command -v python3 >/dev/null 2>&1 || {
+py=/usr/bin/python3
+[ -x "$py" ] || py=$(command -v python3) || {
   echo '{"status": "Failure", "message": "aiocsi.dev/loop needs python3 (>= 3.8) on this host"}'
   exit 1
 }
-exec python3 -I "$0" "$@"
+exec "$py" -I "$0" "$@"
 """
 
 # The Flexvolume executable of aiocsi.dev/loop, installed by `aiocsi flexvolume install`.
 #
 # The kubelet runs it on the host, outside any container: it may rely on nothing but the
-# host's python3 (>= 3.8, standard library only; the sh lines above re-run it isolated).
+# host's python3 (>= 3.8, standard library only): the sh lines above run it isolated,
+# /usr/bin/python3 first (the distribution's), else the first python3 on the PATH.
 # It answers `init` itself and forwards the volume ops to the aiocsi driver on this node
 # over a unix socket: one JSON request line, one JSON reply line. It prints exactly one
 # JSON object and nothing else, whatever happens: the kubelet parses stdout and stderr

@@ -142,6 +142,7 @@ class FlexvolumeFrontEnd:
             # goes with it (the engine refuses to delete one in use).
             with contextlib.suppress(DomainError):
                 await self._node.unstage(volume.id, staging)
+                await mounted.remove_empty_dir(staging)
             if not existed:
                 with contextlib.suppress(DomainError):
                     await self._volumes.delete(volume.id)
@@ -188,6 +189,7 @@ class FlexvolumeFrontEnd:
         staging = pod.staging_path(volume_id)
         if await mounted.publication_at(self._ctx, staging, PublicationKind.STAGE) is not None:
             await self._node.unstage(volume_id, staging)
+            await mounted.remove_empty_dir(staging)
 
     # -- expandfs / getvolumename ---------------------------------------------------------
 
