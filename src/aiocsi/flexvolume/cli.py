@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from aiocsi.cli import _Parser
 from aiocsi.config import ConfigError, parse_endpoint
 from aiocsi.flexvolume import executable
 from aiocsi.flexvolume.install import DEFAULT_PLUGIN_DIR, install
 
 
 def _install(endpoint: str, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="aiocsi flexvolume install")
+    parser = _Parser(prog="aiocsi flexvolume install")
     parser.add_argument(
         "--plugin-dir",
         default=DEFAULT_PLUGIN_DIR,
