@@ -131,8 +131,7 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
         "--flexvolume-endpoint",
         "AIOCSI_FLEXVOLUME_ENDPOINT",
         "",
-        "also serve the Flexvolume front end on this unix socket (docs/flexvolume.md); "
-        "empty: off",
+        "also serve the Flexvolume front end on this unix socket (docs/flexvolume.md); empty: off",
     )
     p.add_argument(
         "--allowed-path-root",

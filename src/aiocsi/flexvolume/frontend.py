@@ -56,16 +56,16 @@ def _options_arg(text: str) -> dict[str, str]:
 
 
 class FlexvolumeFrontEnd:
+    # What the driver serves; the executable forwards exactly these (a unit test pins it).
+    OPS = ("mount", "unmount", "expandfs", "getvolumename")
+
     def __init__(self, config: Config, engine: Engine) -> None:
         self._config = config
         self._ctx = engine.ctx
         self._volumes = engine.volumes
         self._node = engine.node
         self._ops: Mapping[str, Callable[[list[str], Outcome], Awaitable[Reply]]] = {
-            "mount": self._mount,
-            "unmount": self._unmount,
-            "expandfs": self._expandfs,
-            "getvolumename": self._getvolumename,
+            op: getattr(self, f"_{op}") for op in self.OPS
         }
 
     async def call(self, op: str, args: list[str], outcome: Outcome) -> Reply:

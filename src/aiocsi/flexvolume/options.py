@@ -30,7 +30,7 @@ SIZE = "size"
 EPHEMERAL = "ephemeral"
 OWN_KEYS = frozenset({VOLUME_NAME, SIZE, EPHEMERAL})
 DEFAULT_FS = "ext4"
-MAX_NAME_BYTES = 128  # CSI's string limit: the same volumes, the same names
+MAX_NAME_BYTES = 253  # a Kubernetes object name (a PV name) at most
 MAX_PATH_BYTES = 4096
 MAX_INT64 = 2**63 - 1
 # <kubelet root>/pods/<pod uid>/volumes/<vendor>~<driver>/<volume>: the kubelet's layout.
