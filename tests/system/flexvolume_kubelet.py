@@ -95,6 +95,12 @@ class Kubelet:
         assert answer.code == 0, answer
         return answer
 
+    def fails(self, *args: str) -> str:
+        """Run an op that must fail the way the kubelet sees a failure; its message."""
+        answer = self.run(*args)
+        assert (answer.status, answer.code) == ("Failure", 1), answer
+        return str(answer.reply["message"])
+
     def mount(self, pod_uid: str, volume: str, **options: str) -> Path:
         target = self.pod_dir(pod_uid, volume)
         self.ok("mount", str(target), kubelet_options(volume, pod_uid, **options))

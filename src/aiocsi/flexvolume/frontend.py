@@ -42,6 +42,25 @@ def _capability(fs_type: str) -> Capability:
     return Capability(AccessType.MOUNT, _MODE, fs_type)
 
 
+def _publish(
+    pod: opts.PodDir,
+    options: opts.MountOptions,
+    capability: Capability,
+    volume_id: str,
+    *,
+    staging_path: str = "",
+    volume_context: dict[str, str] | None = None,
+) -> PublishVolume:
+    return PublishVolume(
+        volume_id=volume_id,
+        target_path=pod.path,
+        capability=capability,
+        read_only=options.read_only,
+        staging_path=staging_path,
+        volume_context=volume_context or {},
+    )
+
+
 def _count(args: list[str], wanted: int, usage: str) -> None:
     if len(args) != wanted:
         raise InvalidArgument(f"expected {usage}; got {len(args)} argument(s)")
@@ -96,14 +115,9 @@ class FlexvolumeFrontEnd:
         # The engine's inline-volume path: create, stage and publish as one operation,
         # rolled back whole when any step fails; deleted by its unpublish.
         size = options.size_bytes or self._config.default_volume_size
+        context = {EPHEMERAL_KEY: "true", opts.SIZE: str(size)}
         await self._node.publish(
-            PublishVolume(
-                volume_id=pod.pod_volume_id,
-                target_path=pod.path,
-                capability=capability,
-                read_only=options.read_only,
-                volume_context={EPHEMERAL_KEY: "true", opts.SIZE: str(size)},
-            )
+            _publish(pod, options, capability, pod.pod_volume_id, volume_context=context)
         )
 
     async def _mount_persistent(
@@ -128,13 +142,7 @@ class FlexvolumeFrontEnd:
         try:
             await self._node.stage(StageVolume(volume.id, staging, capability))
             await self._node.publish(
-                PublishVolume(
-                    volume_id=volume.id,
-                    target_path=pod.path,
-                    capability=capability,
-                    read_only=options.read_only,
-                    staging_path=staging,
-                )
+                _publish(pod, options, capability, volume.id, staging_path=staging)
             )
         except Exception:
             # Nothing half-made: the staged mount goes unless another pod uses it (the

@@ -12,6 +12,8 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from aiocsi.host.files import _fsync_dir
+
 DRIVER_NAME = "aiocsi.dev/loop"
 DRIVER_DIR = "aiocsi.dev~loop"  # <vendor>~<driver>: how the kubelet finds `aiocsi.dev/loop`
 EXECUTABLE = "loop"
@@ -30,14 +32,6 @@ def render(socket_path: Path) -> str:
     if count != 1:
         raise RuntimeError("the executable template has lost its ENDPOINT line")
     return text
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def install(plugin_dir: Path, socket_path: Path) -> Path:
