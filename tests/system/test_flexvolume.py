@@ -280,3 +280,23 @@ async def test_the_secret_appears_nowhere(cleanup: Path) -> None:
             assert value not in text, where
     assert SECRET_B64.encode() not in dump
     assert all(json.loads(o)["status"] for o in outputs)
+
+
+async def test_a_stage_an_unmount_failed_to_release_goes_at_the_next_unmount(
+    cleanup: Path,
+) -> None:
+    kubelet = install(cleanup)
+    async with flex_driver(cleanup):
+        target = kubelet.mount(POD_A, "pv-busy")
+        [staged] = list(kubelet.staging_root.iterdir())
+        with (staged / "held-open").open("w"):  # keeps the staged mount busy
+            message = kubelet.fails("unmount", str(target))
+            assert "busy" in message.lower(), message
+        # Unpublished and its dir removed: the kubelet skips any retry of that unmount.
+        assert not target.exists()
+        assert mounts_under(cleanup) == [str(staged)]
+        other = kubelet.mount(POD_B, "pv-other")
+        assert str(staged) in mounts_under(cleanup)  # a mount never releases it
+        kubelet.unmount(other)
+        assert mounts_under(cleanup) == []
+        assert not staged.exists()

@@ -38,6 +38,15 @@ async def publication_at(
     return None
 
 
+async def stages(ctx: EngineContext) -> list[Publication]:
+    return await ctx.store.publications(kind=PublicationKind.STAGE)
+
+
+async def is_published(ctx: EngineContext, volume_id: str) -> bool:
+    """Whether a pod (a publication) uses the volume on this node."""
+    return bool(await ctx.store.publications(volume_id, PublicationKind.PUBLISH))
+
+
 async def volume_named(ctx: EngineContext, name: str) -> Volume | None:
     return await ctx.store.get_volume_by_name(name)
 

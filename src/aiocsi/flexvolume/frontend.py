@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +21,10 @@ from aiocsi.engine.node import EPHEMERAL_KEY, EPHEMERAL_PREFIX
 from aiocsi.engine.requests import CapacityRange, CreateVolume, PublishVolume, StageVolume
 from aiocsi.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from aiocsi.flexvolume import options as opts
+from aiocsi.logging import get_logger
 from aiocsi.models import AccessMode, AccessType, Capability, Publication, PublicationKind
 
+log = get_logger("aiocsi.flexvolume")
 SUCCESS = "Success"
 NOT_SUPPORTED = "Not supported"
 FAILURE = "Failure"
@@ -83,6 +86,8 @@ class FlexvolumeFrontEnd:
         self._ctx = engine.ctx
         self._volumes = engine.volumes
         self._node = engine.node
+        # Volumes a mount of ours is staging and publishing: their stage is about to be used.
+        self._mounting: Counter[str] = Counter()
         self._ops: Mapping[str, Callable[[list[str], Outcome], Awaitable[Reply]]] = {
             op: getattr(self, f"_{op}") for op in self.OPS
         }
@@ -139,6 +144,7 @@ class FlexvolumeFrontEnd:
         )
         outcome.volume = volume.id
         staging = pod.staging_path(volume.id)
+        self._mounting[volume.id] += 1
         try:
             await self._node.stage(StageVolume(volume.id, staging, capability))
             await self._node.publish(
@@ -149,12 +155,15 @@ class FlexvolumeFrontEnd:
             # engine refuses to unstage a published volume), and a volume this call made
             # goes with it (the engine refuses to delete one in use).
             with contextlib.suppress(DomainError):
-                await self._node.unstage(volume.id, staging)
-                await mounted.remove_empty_dir(staging)
+                await self._unstage(volume.id, staging)
             if not existed:
                 with contextlib.suppress(DomainError):
                     await self._volumes.delete(volume.id)
             raise
+        finally:
+            self._mounting[volume.id] -= 1
+            if not self._mounting[volume.id]:
+                del self._mounting[volume.id]
 
     # -- unmount --------------------------------------------------------------------------
 
@@ -164,12 +173,14 @@ class FlexvolumeFrontEnd:
         pub = await mounted.publication_at(self._ctx, target)
         volume_id = pub.volume_id if pub is not None else await self._unrecorded(target)
         if volume_id is None:
+            await self._release_unused_stages(opts.pod_dir(target))
             return {"status": SUCCESS, "message": f"{target} holds no aiocsi volume"}
         outcome.volume = volume_id
         volume = await self._volumes.get(volume_id)
         await self._node.unpublish(volume.id, target)
         if not volume.ephemeral:
             await self._unstage_if_unused(volume.id, opts.pod_dir(target))
+        await self._release_unused_stages(opts.pod_dir(target))
         return {"status": SUCCESS}
 
     async def _unrecorded(self, target: str) -> str | None:
@@ -192,12 +203,33 @@ class FlexvolumeFrontEnd:
     async def _unstage_if_unused(self, volume_id: str, pod: opts.PodDir | None) -> None:
         if pod is None:
             return
-        if await self._ctx.store.publications(volume_id, PublicationKind.PUBLISH):
+        if await mounted.is_published(self._ctx, volume_id):
             return  # another pod on this node still uses the staged mount
         staging = pod.staging_path(volume_id)
         if await mounted.publication_at(self._ctx, staging, PublicationKind.STAGE) is not None:
-            await self._node.unstage(volume_id, staging)
-            await mounted.remove_empty_dir(staging)
+            await self._unstage(volume_id, staging)
+
+    async def _unstage(self, volume_id: str, staging: str) -> None:
+        await self._node.unstage(volume_id, staging)
+        await mounted.remove_empty_dir(staging)
+
+    async def _release_unused_stages(self, pod: opts.PodDir | None) -> None:
+        """Finish unmounts that unpublished but failed to unstage (the engine removed
+        their dir, so the kubelet calls them no more): release every staged mount that no
+        pod uses and no mount of ours is about to use."""
+        if pod is None:
+            return
+        root = pod.staging_path("")
+        for stage in await mounted.stages(self._ctx):
+            if (
+                stage.path.startswith(root)
+                and stage.volume_id not in self._mounting
+                and not await mounted.is_published(self._ctx, stage.volume_id)
+            ):
+                try:
+                    await self._unstage(stage.volume_id, stage.path)
+                except DomainError as exc:
+                    log.warning("flexvolume_stage_kept", volume_id=stage.volume_id, error=str(exc))
 
     # -- expandfs / getvolumename ---------------------------------------------------------
 
