@@ -14,8 +14,16 @@ import pytest
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.flexvolume import install as installer
 
-from .conftest import Csi, mount_capability, release_under, volume_id_of
-from .flexvolume_kubelet import flex_driver, install, kubelet_options, mounts_under
+from .conftest import (
+    Csi,
+    LoopWatchdog,
+    driver_config,
+    mount_capability,
+    release_under,
+    running_driver,
+    volume_id_of,
+)
+from .flexvolume_kubelet import Kubelet, flex_driver, install, kubelet_options, mounts_under
 from .process import serve_process, slow_tool_dir, wait_for_slow_tools, wait_until_started
 
 POD = "5f0a8e3c-1d2b-4c6a-9e7f-0123456789ab"
@@ -132,3 +140,27 @@ async def test_a_mount_racing_a_csi_call_on_the_volume_is_refused(cleanup: Path)
             client.channel.close()
             await wait_for_slow_tools(slow)
     assert mounts_under(cleanup) == []
+
+
+async def _exec(kubelet: Kubelet, *args: str) -> object:
+    """The executable run from a thread: the kubelet is another process, never the loop."""
+    answer = await asyncio.to_thread(kubelet.run, *args)
+    return answer.status
+
+
+async def test_flexvolume_calls_never_stall_the_drivers_loop(
+    cleanup: Path, loop_watchdog: LoopWatchdog
+) -> None:
+    kubelet = await asyncio.to_thread(install, cleanup)  # a process: not on the loop
+    config = driver_config(cleanup, flexvolume_socket_path=kubelet.socket_path)
+    async with running_driver(config, cleanup):
+        targets = [kubelet.pod_dir(f"pod-{i}", f"pv-{i}") for i in range(4)]
+        calls = [
+            _exec(kubelet, "mount", str(t), kubelet_options(f"pv-{i}", f"pod-{i}"))
+            for i, t in enumerate(targets)
+        ]
+        assert await asyncio.gather(*calls) == ["Success"] * 4
+        calls = [_exec(kubelet, "unmount", str(t)) for t in targets]
+        assert await asyncio.gather(*calls) == ["Success"] * 4
+    assert mounts_under(cleanup) == []
+    assert loop_watchdog.samples > 10
