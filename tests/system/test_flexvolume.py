@@ -133,6 +133,12 @@ async def test_unmount_of_a_plain_dir_or_a_foreign_mount(cleanup: Path) -> None:
         try:
             assert "not an aiocsi volume" in kubelet.fails("unmount", str(foreign))
             assert str(foreign) in mounts_under(cleanup)
+            # A mount that fails after the volume was made and staged undoes both.
+            assert "foreign mount" in kubelet.fails(
+                "mount", str(foreign), kubelet_options("foreign", POD_A)
+            )
+            assert mounts_under(cleanup) == [str(foreign)]
+            assert _volumes(cleanup / "pool") == []
         finally:
             _run("umount", str(foreign))
 

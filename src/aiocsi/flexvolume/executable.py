@@ -129,7 +129,7 @@ def _reply(raw: bytes) -> dict[str, object]:
             "the kubelet will retry"
         )
     try:
-        reply = json.loads(raw.decode("utf-8"))
+        reply = json.loads(raw.split(b"\n", 1)[0].decode("utf-8"))  # one line is the answer
     except ValueError:
         raise Refused("the aiocsi driver sent an unreadable answer") from None
     if not isinstance(reply, dict) or not isinstance(reply.get("status"), str):
