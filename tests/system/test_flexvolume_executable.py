@@ -114,3 +114,25 @@ def test_a_closed_stdout_writes_nothing_to_stderr(workdir: Path) -> None:
         writer.close()
     assert proc.stderr == b""
     assert proc.returncode == 0  # init succeeded; there was just nobody to tell
+
+
+def test_a_host_without_python3_still_gets_one_json_failure(workdir: Path) -> None:
+    kubelet = install(workdir)
+    text = kubelet.executable.read_text()
+    assert "py=/usr/bin/python3\n" in text
+    nopython = workdir / "nopython"
+    nopython.write_text(text.replace("py=/usr/bin/python3\n", f"py={workdir}/missing\n"))
+    nopython.chmod(0o755)
+    proc = subprocess.run(
+        [str(nopython), "init"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={"PATH": str(workdir)},  # no python3 anywhere on it
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout) == {
+        "status": "Failure",
+        "message": "aiocsi.dev/loop needs python3 (>= 3.8) on this host",
+    }
