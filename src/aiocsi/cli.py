@@ -7,10 +7,11 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from aiocsi import __version__
 from aiocsi.bench.config import add_bench_flags
+from aiocsi.client.cli.parser import add_client_commands, usage_exit
 from aiocsi.config import (
     DEFAULT_DRIVER_NAME,
     DEFAULT_ENDPOINT,
@@ -32,9 +33,27 @@ T = TypeVar("T")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line, exit code 2."""
+    """argparse that reports a bad command line in one line, exit code 2.
+
+    The client commands (`client=True`) say it as `USAGE: ...`, in the `<CODE>: <message>`
+    form of their other errors.
+    """
+
+    def __init__(self, *args: Any, client: bool = False, **kwargs: Any) -> None:  # noqa: ANN401 - argparse's own signature
+        super().__init__(*args, **kwargs)
+        self.client = client
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if self.client and extras:  # said by the command they were given to
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
+        if self.client:
+            usage_exit(self.prog, message)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
@@ -259,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     flex.add_argument("argv", nargs=argparse.REMAINDER, help="install ... | OP ARGS...")
     flex.set_defaults(func=_cmd_flexvolume)
+    add_client_commands(commands)
     return parser
 
 

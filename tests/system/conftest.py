@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from aiocsi._proto.csi import v1 as csi
-from aiocsi.bench.client import CsiStubs
+from aiocsi.client.stubs import CsiStubs
 from aiocsi.config import Config
 from aiocsi.host.loop import all_loop_backing_files
 from aiocsi.host.mount import parse_mountinfo

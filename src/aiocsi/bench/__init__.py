@@ -2,11 +2,11 @@
 
 Modules: `config` (flags -> BenchConfig; stdlib only, imported by `aiocsi.cli`), `cli`
 (entry point, exit codes), `app` (one run: phases, signals, cleanup), `stats` (samples,
-percentiles, the JSON report), `runner` (workers, budget), `client` (one volume lifecycle
-through the CSI stubs), `raw` (the same host work without a driver), `workspace` (the
-run's directory and its leftovers), `spawn` (`--spawn`), `scenarios` (probe, lifecycle,
-churn, sweep, raw), `machine`, `render` (progress, tables, plot). Nothing here is
-imported by the driver itself.
+percentiles, the JSON report), `runner` (workers, budget), `lifecycles` (one volume
+lifecycle through the CSI stubs of `aiocsi.client`), `raw` (the same host work without a
+driver), `workspace` (the run's directory and its leftovers), `spawn` (`--spawn`),
+`scenarios` (probe, lifecycle, churn, sweep, raw), `machine`, `render` (progress, tables,
+plot). Nothing here is imported by the driver itself.
 """
 
 from __future__ import annotations

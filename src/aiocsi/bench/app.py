@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from aiocsi import __version__
-from aiocsi.bench.client import CsiLifecycles, CsiStubs, grpc_code
+from aiocsi.bench.lifecycles import CsiLifecycles
 from aiocsi.bench.machine import machine_info
 from aiocsi.bench.prober import ProbeCalls
 from aiocsi.bench.raw import RawLifecycles
@@ -29,6 +29,8 @@ from aiocsi.bench.scenarios import DriverSide, RunState, run_scenario
 from aiocsi.bench.spawn import SetupError, spawned_driver
 from aiocsi.bench.stats import Report
 from aiocsi.bench.workspace import Workspace
+from aiocsi.client.codes import grpc_code
+from aiocsi.client.stubs import CsiStubs
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

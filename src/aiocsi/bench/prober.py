@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from aiocsi.bench.client import PROBE, CsiStubs, grpc_code
+from aiocsi.bench.lifecycles import PROBE
 from aiocsi.bench.runner import measure, run_unit
 from aiocsi.bench.stats import RunRecorder, Samples
+from aiocsi.client.codes import grpc_code
+from aiocsi.client.stubs import CsiStubs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 import anyio
 
 from aiocsi.bench.config import Access, VolumeSpec
-from aiocsi.bench.runner import Lifecycles, local_code, measure
+from aiocsi.bench.runner import Lifecycles, measure
 from aiocsi.bench.workspace import WRITE_FILE, write_and_sync
+from aiocsi.client.codes import local_code
 from aiocsi.errors import CommandFailed
 from aiocsi.host import files, fs, loop, mount, process
 

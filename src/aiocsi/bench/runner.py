@@ -5,7 +5,6 @@ lifecycles whose resources still exist (so that everything is released at the en
 from __future__ import annotations
 
 import abc
-import errno
 import itertools
 import math
 import time
@@ -27,13 +26,6 @@ CANCELLED = "CANCELLED"
 _LAG_INTERVAL_S = 0.01
 # Releasing many volumes at once would only queue inside the driver.
 _RELEASE_CONCURRENCY = 8
-
-
-def local_code(exc: BaseException) -> str:
-    """A short name for a failure on this machine: the errno name, else the exception type."""
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return errno.errorcode.get(exc.errno, type(exc).__name__)
-    return type(exc).__name__
 
 
 class Progress(Protocol):

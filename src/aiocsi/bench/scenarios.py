@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from aiocsi.bench.client import PROBE
 from aiocsi.bench.config import BenchConfig, Scenario
+from aiocsi.bench.lifecycles import PROBE
 from aiocsi.bench.prober import ProbeCalls, probe_process
 from aiocsi.bench.runner import Budget, Progress, run_workers
 from aiocsi.bench.stats import ChurnProbe, PointRecorder, RunRecorder, Samples
@@ -18,7 +18,7 @@ from aiocsi.bench.stats import ChurnProbe, PointRecorder, RunRecorder, Samples
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from aiocsi.bench.client import CsiLifecycles
+    from aiocsi.bench.lifecycles import CsiLifecycles
     from aiocsi.bench.raw import RawLifecycles
 
 

@@ -1,4 +1,4 @@
-"""CSI client side: one volume lifecycle through the generated stubs, timed call by call.
+"""One volume lifecycle through the CSI client stubs (`aiocsi.client`), timed call by call.
 
 Each lifecycle remembers what it may have made (a volume, a stage, a publish) before it
 asks, and forgets it only when the driver has confirmed the undo, or refused the request
@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
-from grpclib.client import Channel
-from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.bench.config import Access, VolumeSpec
-from aiocsi.bench.runner import Lifecycles, local_code, measure
+from aiocsi.bench.runner import Lifecycles, measure
 from aiocsi.bench.workspace import WRITE_FILE, write_and_sync
+from aiocsi.client.codes import DEFINITIVE, RETRYABLE, BadResponse, grpc_code
+from aiocsi.client.requests import volume_capability
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -28,89 +27,20 @@ if TYPE_CHECKING:
 
     from aiocsi.bench.stats import RunRecorder, Samples
     from aiocsi.bench.workspace import Workspace
+    from aiocsi.client.stubs import CsiStubs
 
 T = TypeVar("T")
 
 CREATE, STAGE, PUBLISH, WRITE = "CreateVolume", "NodeStageVolume", "NodePublishVolume", "Write"
 UNPUBLISH, UNSTAGE, DELETE = "NodeUnpublishVolume", "NodeUnstageVolume", "DeleteVolume"
 PROBE = "Probe"
-# Refusals: the driver did nothing, so there is nothing to undo.
-_DEFINITIVE = frozenset(
-    {
-        "INVALID_ARGUMENT",
-        "OUT_OF_RANGE",
-        "RESOURCE_EXHAUSTED",
-        "ALREADY_EXISTS",
-        "NOT_FOUND",
-        "FAILED_PRECONDITION",
-        "UNIMPLEMENTED",
-        "PERMISSION_DENIED",
-        "UNAUTHENTICATED",
-    }
-)
-# While releasing, the driver may still be busy with an interrupted call on the same volume.
-_RETRYABLE = frozenset({"ABORTED", "UNAVAILABLE", "DEADLINE_EXCEEDED"})
 _RELEASE_TRIES = 10
 _RELEASE_FIRST_DELAY_S = 0.1
 _RELEASE_MAX_DELAY_S = 2.0
 
 
-class NotReady(Exception):
-    """Probe answered ready=false."""
-
-
-class BadResponse(Exception):
-    """The driver answered OK with a response the spec does not allow."""
-
-
-def grpc_code(exc: BaseException) -> str:
-    """The gRPC status name for a failed call (or a short name for a local failure)."""
-    if isinstance(exc, GRPCError):
-        return str(exc.status.name)
-    if isinstance(exc, TimeoutError):  # grpclib's deadline
-        return "DEADLINE_EXCEEDED"
-    if isinstance(exc, NotReady):
-        return "NOT_READY"
-    if isinstance(exc, BadResponse):
-        return "BAD_RESPONSE"
-    if isinstance(exc, StreamTerminatedError | ProtocolError | ConnectionError):
-        return "UNAVAILABLE"
-    return local_code(exc)
-
-
-@dataclass
-class CsiStubs:
-    """Generated grpclib clients on one connection to a driver socket."""
-
-    channel: Channel
-    identity: csi.IdentityStub
-    controller: csi.ControllerStub
-    node: csi.NodeStub
-
-    @classmethod
-    def connect(cls, socket_path: Path) -> CsiStubs:
-        channel = Channel(path=os.fspath(socket_path))
-        return cls(
-            channel, csi.IdentityStub(channel), csi.ControllerStub(channel), csi.NodeStub(channel)
-        )
-
-    def close(self) -> None:
-        self.channel.close()
-
-    async def probe(self, deadline_s: float) -> None:
-        response = await self.identity.probe(csi.ProbeRequest(), timeout=deadline_s)
-        if response.ready is False:
-            raise NotReady
-
-
 def capability(spec: VolumeSpec) -> csi.VolumeCapability:
-    writer = csi.VolumeCapabilityAccessModeMode.SINGLE_NODE_WRITER
-    mode = csi.VolumeCapabilityAccessMode(mode=writer)
-    if spec.access is Access.BLOCK:
-        return csi.VolumeCapability(block=csi.VolumeCapabilityBlockVolume(), access_mode=mode)
-    return csi.VolumeCapability(
-        mount=csi.VolumeCapabilityMountVolume(fs_type=spec.fs_type), access_mode=mode
-    )
+    return volume_capability(block=spec.access is Access.BLOCK, fs_type=spec.fs_type)
 
 
 class Held(enum.Enum):
@@ -208,7 +138,7 @@ class CsiLifecycles(Lifecycles[CsiSlot]):
             try:
                 await call()
             except Exception as exc:
-                if grpc_code(exc) not in _RETRYABLE:
+                if grpc_code(exc) not in RETRYABLE:
                     raise
             else:
                 return
@@ -223,7 +153,7 @@ class CsiLifecycles(Lifecycles[CsiSlot]):
         try:
             return await measure(samples, call, grpc_code)
         except Exception as exc:
-            if grpc_code(exc) in _DEFINITIVE:
+            if grpc_code(exc) in DEFINITIVE:
                 slot.held.discard(what)
             raise
 
