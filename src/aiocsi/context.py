@@ -5,8 +5,10 @@ The server binds it in the handler's task, so every await inside a call sees its
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -35,8 +37,27 @@ def current_call() -> CallContext | None:
     return _current.get()
 
 
-def set_call(call: CallContext) -> None:
-    _current.set(call)
+CallToken = contextvars.Token[CallContext | None]
+
+
+def set_call(call: CallContext | None) -> CallToken:
+    """Make `call` the current call (None: no call); `reset_call(token)` undoes it."""
+    return _current.set(call)
+
+
+def reset_call(token: CallToken) -> None:
+    """Restore the call that was current before the `set_call` that returned `token`."""
+    _current.reset(token)
+
+
+@contextlib.contextmanager
+def call_scope(call: CallContext | None) -> Iterator[CallContext | None]:
+    """`call` is the current call inside the block, and the previous one again after it."""
+    token = set_call(call)
+    try:
+        yield call
+    finally:
+        reset_call(token)
 
 
 def _spellings(value: str) -> tuple[str, ...]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from aiocsi._proto.csi import v1 as csi
-from aiocsi.host import mount
+from aiocsi.host import files, mount
 from aiocsi.host.loop import all_loop_backing_files
 
 from .conftest import Csi, Driver, LoopWatchdog, mount_capability, volume_id_of
@@ -33,7 +34,8 @@ async def lifecycle(client: Csi, root: Path, name: str, payload: bytes) -> None:
     cap = mount_capability()
     volume_id = volume_id_of(await client.controller.create_volume(create_request(name)))
     staging, target = root / "s" / name, root / "t" / name
-    staging.mkdir(parents=True)
+    # A mkdir waits for the filesystem's journal, busy with the other volumes' mkfs.
+    await asyncio.to_thread(staging.mkdir, parents=True)
     await client.node.node_stage_volume(
         csi.NodeStageVolumeRequest(
             volume_id=volume_id, staging_target_path=str(staging), volume_capability=cap
@@ -48,13 +50,19 @@ async def lifecycle(client: Csi, root: Path, name: str, payload: bytes) -> None:
         )
     )
     await asyncio.to_thread(_write_and_check, target / "data", payload)
-    await client.node.node_unpublish_volume(
-        csi.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target))
-    )
+    await take_down(client, volume_id, staging, target)
+    await client.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id))
+
+
+async def take_down(client: Csi, volume_id: str, staging: Path, target: Path | None = None) -> None:
+    """Unpublish (when published), unstage: what the test made is gone again."""
+    if target is not None:
+        await client.node.node_unpublish_volume(
+            csi.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target))
+        )
     await client.node.node_unstage_volume(
         csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=str(staging))
     )
-    await client.controller.delete_volume(csi.DeleteVolumeRequest(volume_id=volume_id))
 
 
 def _write_and_check(path: Path, payload: bytes) -> None:
@@ -136,6 +144,7 @@ async def test_unstage_racing_publish_is_aborted(
     assert "NodePublishVolume is in progress" in str(refused.value.message)
     await publish
     assert (target / "lost+found").is_dir()  # the publish completed: the volume is there
+    await take_down(driver.client, volume_id, staging, target)
 
 
 async def test_stage_whose_deadline_expires_mid_mkfs_finishes_for_the_retry(
@@ -158,26 +167,43 @@ async def test_stage_whose_deadline_expires_mid_mkfs_finishes_for_the_retry(
     image = str(driver.pool / "volumes" / f"{volume_id}.img")
     assert list(all_loop_backing_files().values()).count(image) == 1
     assert (staging / "lost+found").is_dir()
+    await take_down(driver.client, volume_id, staging)
 
 
 async def test_create_whose_deadline_expires_mid_copy_returns_the_same_volume(
-    driver: Driver,
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source_id = volume_id_of(
-        await driver.client.controller.create_volume(create_request("src", 256 * MiB))
+        await driver.client.controller.create_volume(create_request("src", 32 * MiB))
     )
     source = driver.pool / "volumes" / f"{source_id}.img"
-    await asyncio.to_thread(_fill, source, 256 * MiB)
+    await asyncio.to_thread(_fill, source, 32 * MiB)
     clone = csi.CreateVolumeRequest(
         name="clone",
         volume_capabilities=[mount_capability()],
-        capacity_range=csi.CapacityRange(required_bytes=256 * MiB),
+        capacity_range=csi.CapacityRange(required_bytes=32 * MiB),
         volume_content_source=csi.VolumeContentSource(
             volume=csi.VolumeContentSourceVolumeSource(volume_id=source_id)
         ),
     )
-    with pytest.raises(TimeoutError):
-        await driver.client.controller.create_volume(clone, timeout=0.05)
+    # A reflink copies in a few ms, faster than any deadline: hold the copy at a gate
+    # until the deadline has passed, as the bind-mount race holds the bind.
+    copying, release = asyncio.Event(), asyncio.Event()
+    real_copy = files.copy_image
+
+    async def gated_copy(*args: Any, **kwargs: Any) -> Any:
+        copying.set()
+        await release.wait()
+        return await real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(files, "copy_image", gated_copy)
+    attempt = asyncio.create_task(driver.client.controller.create_volume(clone, timeout=0.05))
+    try:
+        with pytest.raises(TimeoutError):
+            await attempt
+        await asyncio.wait_for(copying.wait(), timeout=10)
+    finally:
+        release.set()
     first = await driver.client.controller.create_volume(clone)
     again = await driver.client.controller.create_volume(clone)
     assert volume_id_of(first) == volume_id_of(again)

@@ -40,7 +40,6 @@ from .conftest import (
     block_capability,
     driver_config,
     mount_capability,
-    release_under,
     running_driver,
     volume_id_of,
 )
@@ -1550,10 +1549,3 @@ async def test_malformed_bodies_are_logged_as_the_callers_error(cleanup: Path) -
     assert [e for e in events if e["level"] == "error"] == []
     assert "Traceback" not in json.dumps(events)
     assert server.stderr_path.read_bytes() == b""
-
-
-@pytest.fixture(autouse=True)
-def _release_outside(cleanup: Path) -> Iterator[None]:
-    """Also release what a failing test could have left under `outside` (ours, always)."""
-    yield
-    release_under(cleanup / "outside")

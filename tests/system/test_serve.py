@@ -17,7 +17,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from aiocsi import __version__
 from aiocsi._proto.csi import v1 as csi
 
-from .conftest import Csi, mount_capability, volume_id_of
+from .conftest import Csi, mount_capability, sweep, volume_id_of
 from .process import (
     run_cli,
     serve_process,
@@ -168,6 +168,8 @@ async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(
     assert ("Probe", "UNAVAILABLE") in codes
     [serving] = [e for e in server.log_lines() if e.get("event") == "serving"]
     assert serving["event_loop"] == event_loop
+    # A stopped driver leaves its stages in place (the CO unstages them): the test does.
+    assert [entry.split()[0] for entry in sweep(cleanup)] == ["loop", "mount"]
 
 
 async def test_a_second_signal_cuts_the_drain_short(cleanup: Path) -> None:
@@ -190,6 +192,8 @@ async def test_a_second_signal_cuts_the_drain_short(cleanup: Path) -> None:
     assert "drain_cut_short" in events
     assert "stopped_abandoning_work" in events
     assert not server.socket_path.exists()
+    # The abandoned stage's loop device stays until a restart's reconcile: the test frees it.
+    assert [entry.split()[0] for entry in sweep(cleanup)] == ["loop"]
 
 
 async def test_stdout_is_one_json_object_per_line_and_secrets_never_appear(cleanup: Path) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from aiocsi.context import CallContext, scrub, set_call
+from aiocsi.context import CallContext, call_scope, scrub
 from aiocsi.logging import configure, get_logger
 from aiocsi.server.interceptor import _request_id
 
@@ -16,12 +16,13 @@ SECRET = "pa55-w0rd'\"\n\x01é"  # quotes, a newline, a control character, non-A
 
 @pytest.fixture(params=["json", "console"])
 def stream(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
+    # The suite's `_process_state` fixture puts the default configuration back afterwards.
     out = io.StringIO()
     configure(request.param, "debug", stream=out)
-    set_call(CallContext("r1", "CreateVolume", secret_values=frozenset({SECRET, "hunter2"})))
-    yield out
-    set_call(CallContext("r0", "none"))
-    configure("json", "info")
+    with call_scope(
+        CallContext("r1", "CreateVolume", secret_values=frozenset({SECRET, "hunter2"}))
+    ):
+        yield out
 
 
 def _leaks(text: str) -> list[str]:
