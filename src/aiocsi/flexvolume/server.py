@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from aiocsi import threads
-from aiocsi.context import CallContext, scrub, set_call
+from aiocsi.context import CallContext, call_scope, scrub
 from aiocsi.errors import DomainError, grpc_code_name
 from aiocsi.flexvolume import options as opts
 from aiocsi.flexvolume.frontend import FAILURE, FlexvolumeFrontEnd, Outcome, Reply
@@ -125,23 +125,28 @@ class FlexvolumeServer:
         call = CallContext(
             request_id=os.urandom(8).hex(), method=op, secret_values=_secret_values(args)
         )
-        set_call(call)
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=call.request_id)
         outcome = Outcome()
+        with call_scope(call), structlog.contextvars.bound_contextvars(request_id=call.request_id):
+            reply = await self._call(op, args, outcome)
+            self._log(op, args, outcome, reply, started)
+        return reply
+
+    async def _call(self, op: str, args: list[str], outcome: Outcome) -> Reply:
         self._tracker.enter()
         try:
             if self._tracker.draining:
-                reply = _failure("the aiocsi driver is shutting down; the kubelet will retry")
-            else:
-                reply = await self._frontend.call(op, args, outcome)
+                return _failure("the aiocsi driver is shutting down; the kubelet will retry")
+            return await self._frontend.call(op, args, outcome)
         except DomainError as exc:
-            reply = _failure(f"{scrub(str(exc))} ({grpc_code_name(exc)})")
+            return _failure(f"{scrub(str(exc))} ({grpc_code_name(exc)})")
         except Exception as exc:
             log.exception("unexpected_error", error_type=type(exc).__name__)
-            reply = _failure(f"internal error ({type(exc).__name__}); see the aiocsi driver log")
+            return _failure(f"internal error ({type(exc).__name__}); see the aiocsi driver log")
         finally:
             self._tracker.leave()
+
+    @staticmethod
+    def _log(op: str, args: list[str], outcome: Outcome, reply: Reply, started: float) -> None:
         index = _DIR_ARG.get(op)
         log.info(
             "flexvolume",
@@ -152,4 +157,3 @@ class FlexvolumeServer:
             **({"dir": args[index]} if index is not None and index < len(args) else {}),
             **({"error": reply["message"]} if reply["status"] == FAILURE else {}),
         )
-        return reply
