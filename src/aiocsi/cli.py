@@ -152,6 +152,13 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="one more mount flag volumes may ask for (exact text, e.g. exec); repeatable "
         "[env AIOCSI_ALLOWED_MOUNT_FLAGS, comma-separated; default none]",
     )
+    _flag(
+        p,
+        "--flexvolume-endpoint",
+        "AIOCSI_FLEXVOLUME_ENDPOINT",
+        "",
+        "also serve the Flexvolume front end on this unix socket (docs/flexvolume.md); empty: off",
+    )
     p.add_argument(
         "--allowed-path-root",
         action="append",
@@ -225,6 +232,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
             allowed_path_roots=tuple(Path(r) for r in roots),
             allowed_mount_flags=_mount_flags(args),
             http_endpoint=parse_http_endpoint(args.http_endpoint),
+            flexvolume_socket_path=(
+                parse_endpoint(args.flexvolume_endpoint) if args.flexvolume_endpoint else None
+            ),
         )
     )
 
@@ -246,6 +256,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench(args)
 
 
+def _cmd_flexvolume(args: argparse.Namespace) -> int:
+    from aiocsi.flexvolume.cli import main as flexvolume  # noqa: PLC0415 - no server imports
+
+    return flexvolume(args.flexvolume_endpoint, args.argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aiocsi", description="Asynchronous CSI driver for loop-device volumes.")
     parser.add_argument("--version", action="version", version=f"aiocsi {__version__}")
@@ -256,6 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="load-test a CSI driver socket (docs/benchmarks.md)")
     add_bench_flags(bench)
     bench.set_defaults(func=_cmd_bench)
+    flex = commands.add_parser(
+        "flexvolume",
+        help="run a Flexvolume op against the driver, or install the executable "
+        "(docs/flexvolume.md)",
+    )
+    _flag(
+        flex,
+        "--flexvolume-endpoint",
+        "AIOCSI_FLEXVOLUME_ENDPOINT",
+        "",
+        "the driver's Flexvolume socket: unix:///abs/path",
+    )
+    flex.add_argument("argv", nargs=argparse.REMAINDER, help="install ... | OP ARGS...")
+    flex.set_defaults(func=_cmd_flexvolume)
     add_client_commands(commands)
     return parser
 

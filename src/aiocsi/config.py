@@ -76,6 +76,8 @@ class Config:
     # (host, port) of /metrics, /healthz and /readyz; None = not served. Host "" = every
     # interface.
     http_endpoint: tuple[str, int] | None = None
+    # The Flexvolume front end's socket (docs/flexvolume.md); None: not served.
+    flexvolume_socket_path: Path | None = None
 
 
 def parse_endpoint(endpoint: str) -> Path:
@@ -160,7 +162,7 @@ def default_node_id() -> str:
     return os.environ.get("KUBE_NODE_NAME") or os.environ.get("NODE_ID") or socket.gethostname()
 
 
-def validate(config: Config) -> Config:
+def validate(config: Config) -> Config:  # noqa: C901 - one flat check per setting
     """Cross-field checks that a single flag parser cannot make."""
     if not config.node_id or len(config.node_id.encode()) > 128:  # noqa: PLR2004 - CSI limit
         raise ConfigError("node id must be 1..128 bytes")
@@ -176,6 +178,8 @@ def validate(config: Config) -> Config:
         raise ConfigError("--max-operations and --max-mkfs must be >= 1")
     if config.max_volumes_per_node < 0:
         raise ConfigError("--max-volumes-per-node must be >= 0 (0 = no limit)")
+    if config.flexvolume_socket_path == config.socket_path:
+        raise ConfigError("--flexvolume-endpoint must not be the CSI --endpoint")
     for root in config.allowed_path_roots:
         if not root.is_absolute():
             raise ConfigError(f"allowed path root {root}: must be absolute")

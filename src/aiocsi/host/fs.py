@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -133,7 +135,8 @@ async def grow_offline(workers: WorkerPool, device: str, fs_type: str) -> None:
     await run(workers, ["resize2fs", device])
 
 
-def _can_grow_sync(device: str, fs_type: str) -> bool:
+def _read_superblock(device: str, fs_type: str) -> tuple[bytes, int]:
+    """The superblock bytes of `device` and the device's size."""
     if fs_type not in superblock.LOCATION:
         raise ValueError(f"unsupported filesystem type {fs_type!r}")
     offset, length = superblock.LOCATION[fs_type]
@@ -143,7 +146,40 @@ def _can_grow_sync(device: str, fs_type: str) -> bool:
         size = os.lseek(fd, 0, os.SEEK_END)
     finally:
         os.close(fd)
+    return raw, size
+
+
+def _can_grow_sync(device: str, fs_type: str) -> bool:
+    raw, size = _read_superblock(device, fs_type)
     return superblock.can_grow(fs_type, raw, size, os.sysconf("SC_PAGESIZE"))
+
+
+# <xfs/xfs_fs.h>: _IOR('X', 100, struct xfs_fsop_geom_v1), 112 bytes; every kernel has it.
+_XFS_IOC_FSGEOMETRY_V1 = 0x80705864
+_XFS_GEOMETRY_V1 = struct.Struct("=I28xQ72x")  # blocksize ... datablocks ...
+
+
+def _xfs_bytes_sync(mount_point: Path) -> int:
+    fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        raw = fcntl.ioctl(fd, _XFS_IOC_FSGEOMETRY_V1, bytes(_XFS_GEOMETRY_V1.size))
+    finally:
+        os.close(fd)
+    block_size, data_blocks = _XFS_GEOMETRY_V1.unpack(raw)
+    return int(block_size * data_blocks)
+
+
+def filesystem_bytes_sync(device: str, fs_type: str, mount_point: Path) -> int:
+    """The size the filesystem on `device`, mounted at `mount_point`, spans (blocking).
+
+    From the superblock, which ext4 and btrfs keep current through the device's page
+    cache; xfs writes its own buffers, so a grow shows on disk only later: its live
+    geometry comes from the mounted filesystem instead.
+    """
+    if fs_type == "xfs":
+        return _xfs_bytes_sync(mount_point)
+    raw, _ = _read_superblock(device, fs_type)
+    return superblock.size_bytes(fs_type, raw)
 
 
 async def can_grow(workers: WorkerPool, device: str, fs_type: str) -> bool:

@@ -185,3 +185,22 @@ def can_grow(fs_type: str, raw: bytes, device_bytes: int, page_size: int) -> boo
             return btrfs_can_grow(raw, device_bytes)
         case _:
             raise ValueError(f"unsupported filesystem type {fs_type!r}")
+
+
+def size_bytes(fs_type: str, raw: bytes) -> int:
+    """The bytes of its device the filesystem whose superblock is `raw` spans."""
+    match fs_type:
+        case "ext4":
+            geo = parse_ext4(raw)
+            return geo.blocks * geo.block_size
+        case "xfs":
+            if raw[:4] != _XFS_MAGIC:
+                raise ValueError("not an xfs superblock")
+            block_size, data_blocks = struct.unpack_from(">IQ", raw, 4)
+            return int(block_size * data_blocks)
+        case "btrfs":
+            if raw[0x40:0x48] != _BTRFS_MAGIC:
+                raise ValueError("not a btrfs superblock")
+            return _u64(raw, _BTRFS_DEV_ITEM + 8)
+        case _:
+            raise ValueError(f"unsupported filesystem type {fs_type!r}")

@@ -16,6 +16,8 @@ from grpclib.server import Server
 from aiocsi import __version__
 from aiocsi.config import Config, EventLoop
 from aiocsi.engine.core import Engine
+from aiocsi.flexvolume.frontend import FlexvolumeFrontEnd
+from aiocsi.flexvolume.server import FlexvolumeServer
 from aiocsi.host.lock import PoolLocked
 from aiocsi.logging import LogStream, configure, get_logger
 from aiocsi.server.interceptor import install
@@ -48,6 +50,12 @@ class DriverServer:
         install(self._server, self.tracker, self.operator.observers if self.operator else ())
         self._bound: BoundSocket | None = None
         self._started = False
+        self.flexvolume: FlexvolumeServer | None = None
+        if config.flexvolume_socket_path is not None:
+            frontend = FlexvolumeFrontEnd(config, self.engine)
+            self.flexvolume = FlexvolumeServer(
+                config.flexvolume_socket_path, frontend, self.tracker, self.engine.workers
+            )
 
     async def start(self) -> None:
         """Take the socket, then the pool, then serve. Raises SocketError or PoolLocked."""
@@ -55,14 +63,19 @@ class DriverServer:
         self._bound = await self.engine.workers.run_sync(
             bind_unix_socket, self.config.socket_path, self.config.socket_mode
         )
+        if self.flexvolume is not None:
+            await self.flexvolume.bind()
         await self.engine.start()
         await self._server.start(sock=self._bound.sock)
+        if self.flexvolume is not None:
+            await self.flexvolume.start()
         self._started = True
         if self.operator is not None:
             await self.operator.start()
         log.info(
             "serving",
             endpoint=str(self.config.socket_path),
+            flexvolume_endpoint=str(self.config.flexvolume_socket_path or ""),
             mode=self.config.mode.value,
             node_id=self.config.node_id,
             driver=self.config.driver_name,
@@ -96,6 +109,8 @@ class DriverServer:
         reconcile, since every side effect is recorded before and after it happens."""
         if self._bound is not None:
             self._bound.remove()
+        if self.flexvolume is not None:
+            self.flexvolume.remove_socket()
         await self.engine.close()
         log.warning(
             "stopped_abandoning_work",
@@ -112,6 +127,8 @@ class DriverServer:
             await self.operator.close()
         if self._bound is not None:
             self._bound.remove()
+        if self.flexvolume is not None:
+            await self.flexvolume.close()
         if self._started:
             self._server.close()
             await self._server.wait_closed()

@@ -47,7 +47,7 @@ class InlineVolumes(Publishing):
 
     async def unpublish(self, volume_id: str, target_path: str) -> None:
         try:
-            volume = await self._volume_or_ephemeral(volume_id)
+            volume = self._volume_or_ephemeral(volume_id)
         except NotFound:
             # An inline ephemeral volume is deleted by its unpublish: a retry finds neither
             # the volume nor the target, and that is success.
@@ -67,7 +67,7 @@ class InlineVolumes(Publishing):
         if volume.ephemeral:
             await self._remove_ephemeral(volume)
 
-    async def _volume_or_ephemeral(self, volume_id: str) -> Volume:
+    def _volume_or_ephemeral(self, volume_id: str) -> Volume:
         return self._ephemeral_volume(volume_id) or self._volumes.get(volume_id)
 
     def _ephemeral_volume(self, co_volume_id: str) -> Volume | None:

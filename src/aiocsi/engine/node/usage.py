@@ -43,7 +43,7 @@ class NodeVolumes(InlineVolumes):
     """Node-side volume work, for the Node service of any front end."""
 
     async def _user_at(self, volume_id: str, path: str) -> tuple[Volume, Publication]:
-        volume = await self._volume_or_ephemeral(volume_id)
+        volume = self._volume_or_ephemeral(volume_id)
         for pub in self._store.publications(volume.id):
             if pub.kind is not PublicationKind.CONTROLLER and pub.path == path:
                 return volume, pub
