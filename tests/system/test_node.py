@@ -414,6 +414,28 @@ async def test_stage_refuses_a_different_capability_or_path(driver: Driver) -> N
     await vol.unstage()
 
 
+async def test_a_path_inside_another_volumes_mount_is_refused(driver: Driver) -> None:
+    outer = await new_volume(driver, "nest-outer", cap_for("ext4"))
+    inner = await new_volume(driver, "nest-inner", cap_for("ext4"))
+    await outer.stage()
+    nested = outer.staging / "sub"
+    await anyio.Path(nested).mkdir()
+    # A mount beneath the outer staging mount would make its unstage fail with EBUSY.
+    message = await fails(Status.FAILED_PRECONDITION, inner.stage(staging=nested))
+    assert outer.id in message
+    assert mounts_at(nested) == []
+    assert loops_backed_by(inner.image) == []
+    # And the other way round: a mount over a path holding another volume's mount.
+    holder = driver.root / "holder"
+    await anyio.Path(holder / "staging").mkdir(parents=True)
+    await inner.stage(staging=holder / "staging")
+    await fails(Status.FAILED_PRECONDITION, outer.publish(holder))
+    assert mounts_at(holder) == []
+    await inner.unstage(holder / "staging")
+    await outer.unstage()
+    assert mounts_at(outer.staging) == []
+
+
 # -- publish rules --------------------------------------------------------------------------
 
 

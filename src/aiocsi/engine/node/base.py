@@ -133,11 +133,20 @@ class NodeCommon:
         return [real for real in resolved if real is not None]
 
     def _refuse_path_of_another(self, volume: Volume, path: Path) -> None:
-        """One staging or target path serves one volume: otherwise either one's unstage or
-        unpublish would meet the other's mount."""
+        """One staging or target path serves one volume, and no volume's path lies inside
+        another's: otherwise one's unstage or unpublish would meet the other's mount (a
+        mount beneath a mount point makes it busy; a mount over one hides it)."""
         for pub in self._store.publications():
-            if pub.path == str(path) and pub.volume_id != volume.id:
+            if pub.kind is PublicationKind.CONTROLLER or pub.volume_id == volume.id:
+                continue
+            other = Path(pub.path)
+            if other == path:
                 raise FailedPrecondition(f"{path} is in use by volume {pub.volume_id}")
+            if other in path.parents or path in other.parents:
+                raise FailedPrecondition(
+                    f"{path} and {other} (used by volume {pub.volume_id}) lie one inside the "
+                    "other; give each volume a path of its own"
+                )
 
     async def _detach_quietly(self, device: str) -> None:
         with contextlib.suppress(HostFailure, FailedPrecondition):
