@@ -170,6 +170,7 @@ class LoopWatchdog:
         self.worst = 0.0
         self.worst_cpu_wait = 0.0  # not counted in `worst`, for the failure message
         self.samples = 0
+        self.sampled = asyncio.Event()  # set by the first sample: the watchdog has run
 
     async def run(self) -> None:
         thread = threading.get_native_id()
@@ -181,6 +182,11 @@ class LoopWatchdog:
             if late - cpu > self.worst:
                 self.worst, self.worst_cpu_wait = late - cpu, cpu
             self.samples += 1
+            self.sampled.set()
+
+    async def settle(self) -> None:
+        """Waits for one sample: a block shorter than the interval still gets looked at."""
+        await asyncio.wait_for(self.sampled.wait(), timeout=1.0)
 
     def check(self) -> None:
         assert self.samples > 0
@@ -224,6 +230,7 @@ async def watched_loop() -> AsyncIterator[LoopWatchdog]:
     task = asyncio.create_task(watchdog.run(), name=WATCHDOG_TASK)
     try:
         yield watchdog
+        await watchdog.settle()
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
