@@ -206,7 +206,7 @@ async def _reply(channel: Channel, rpc: Rpc, request: object) -> object:
 
 def _budget_overcommit(pool_parent: Path) -> float:
     st_ = os.statvfs(pool_parent)
-    return POOL_BUDGET / (st_.f_blocks * st_.f_frsize)
+    return POOL_BUDGET / (st_.f_bavail * st_.f_frsize)
 
 
 @pytest.fixture(scope="module")

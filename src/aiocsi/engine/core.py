@@ -13,6 +13,7 @@ from aiocsi.engine.pool import Pool
 from aiocsi.engine.reconcile import reconcile
 from aiocsi.engine.resources import EngineResources
 from aiocsi.engine.snapshots import SnapshotService
+from aiocsi.engine.space import SpaceWatch
 from aiocsi.engine.volumes import VolumeService
 from aiocsi.host.lock import PoolLock
 from aiocsi.host.loop import LoopIndex
@@ -26,14 +27,17 @@ class Engine:
     def __init__(self, config: Config) -> None:
         pool = Pool(config.pool)
         workers = WorkerPool.for_operations(config.max_operations)
+        store = Store(config.pool / DB_NAME)
+        loops = LoopIndex(workers)
         self.resources = EngineResources(
             config=config,
-            store=Store(config.pool / DB_NAME),
+            store=store,
             pool=pool,
             operations=Operations(config.max_operations),
             mkfs_slots=asyncio.Semaphore(config.max_mkfs),
             workers=workers,
-            loops=LoopIndex(workers),
+            loops=loops,
+            space=SpaceWatch(pool, store, workers, loops, config.overcommit),
         )
         self.health = HealthChecker(config, workers)
         self.volumes = VolumeService(self.resources)
@@ -59,11 +63,13 @@ class Engine:
         self._lock.acquire()
         await self.resources.store.open()
         self.repaired = await reconcile(self.resources)
+        await self.resources.space.start()
 
     async def drain(self) -> None:
         await self.operations.drain()
 
     async def close(self) -> None:
+        await self.resources.space.stop()
         await self.resources.store.close()
         self._lock.release()
         self.workers.close()

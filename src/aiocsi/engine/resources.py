@@ -1,5 +1,5 @@
 """What every part of the engine shares: config, store, pool layout, operations, limits,
-the worker pool and the loop device index."""
+the worker pool, the loop device index and the space watch."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from aiocsi.config import Config
 from aiocsi.engine.operations import Operations
 from aiocsi.engine.pool import Pool
+from aiocsi.engine.space import SpaceWatch
 from aiocsi.host.loop import LoopIndex
 from aiocsi.state.store import Store
 from aiocsi.threads import WorkerPool
@@ -23,3 +24,4 @@ class EngineResources:
     mkfs_slots: asyncio.Semaphore
     workers: WorkerPool
     loops: LoopIndex
+    space: SpaceWatch

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from aiocsi.engine.budget import no_space_is_exhaustion, over_budget, pool_space
+from aiocsi.engine.budget import no_space_is_exhaustion
 from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.paging import check_page_token
 from aiocsi.engine.parameters import SNAPSHOT_PARAMETERS, normalise
@@ -26,6 +26,7 @@ class SnapshotService:
         self._store = ctx.store
         self._pool = ctx.pool
         self._workers = ctx.workers
+        self._space = ctx.space
 
     async def get(self, snapshot_id: str) -> Snapshot:
         snap = await self._store.get_snapshot(snapshot_id) if is_snapshot_id(snapshot_id) else None
@@ -57,7 +58,7 @@ class SnapshotService:
         source = self._store.get_volume(source_volume_id)
         if source is None or source.state is not VolumeState.READY:
             raise NotFound(f"source volume {source_volume_id} does not exist")
-        budget, _ = await pool_space(self._ctx)
+        budget = await self._space.measured_budget()
         try:
             # A snapshot is a full-size (sparse) image: it counts against the pool.
             snap = await self._store.insert_snapshot(
@@ -69,13 +70,14 @@ class SnapshotService:
                     ready=False,
                     created_at=time.time(),
                 ),
-                budget=budget,
+                budget=budget.value,
             )
         except OverBudget as exc:
-            raise over_budget(f"a snapshot {name!r}", exc, self._ctx.config.overcommit) from None
+            raise budget.exhausted(f"a snapshot {name!r}", exc) from None
         try:
-            with no_space_is_exhaustion(f"creating snapshot {name!r}"):
+            with no_space_is_exhaustion(f"creating snapshot {name!r}", self._pool.root):
                 method = await self._copy(source_volume_id, snap.id)
+            await self._space.measure(self._pool.snapshot_image(snap.id))
             await self._store.set_snapshot_ready(snap.id)
         except BaseException:
             await self._remove(snap.id)
@@ -107,6 +109,7 @@ class SnapshotService:
         """Unmark, remove the image, then the record: a crash in between is finished on start."""
         await self._store.set_snapshot_ready(snapshot_id, ready=False)
         await files.remove_file(self._workers, self._pool.snapshot_image(snapshot_id))
+        self._space.forget(self._pool.snapshot_image(snapshot_id))
         await self._store.delete_snapshot(snapshot_id)
 
     async def list(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from aiocsi.host.errors import HostConflict
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from aiocsi.threads import WorkerPool
 
@@ -330,6 +330,18 @@ async def remove_file(workers: WorkerPool, path: Path) -> None:
 
 def allocated_bytes(path: Path) -> int:
     return path.stat().st_blocks * _SECTOR
+
+
+def allocated_per_image(directories: Iterable[Path]) -> dict[str, int]:
+    """Bytes each `*.img` file in `directories` holds on disk, by path (one stat each)."""
+    found: dict[str, int] = {}
+    for directory in directories:
+        with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(".img"):
+                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                        found[entry.path] = entry.stat(follow_symlinks=False).st_blocks * _SECTOR
+    return found
 
 
 def file_size(path: Path) -> int:

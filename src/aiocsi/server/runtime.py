@@ -6,7 +6,6 @@ the operations registry, the worker pool, the store), so metrics.py renders plai
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import sqlite3
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiocsi.engine.pool import Pool
-from aiocsi.host import sysfs
+from aiocsi.host import files, sysfs
 from aiocsi.metrics import (
     OperationCounts,
     PoolCensus,
@@ -44,17 +43,6 @@ _PROVISIONED = (
 )
 # How a scrape runs blocking work: in the engine's worker threads.
 RunSync = Callable[..., "Awaitable[Any]"]
-BLOCK = 512  # st_blocks counts 512-byte units whatever the filesystem's block size
-
-
-def _allocated(directory: Path) -> int:
-    total = 0
-    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.name.endswith(".img"):
-                with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
-                    total += entry.stat(follow_symlinks=False).st_blocks * BLOCK
-    return total
 
 
 def _attached(pool: Pool) -> int:
@@ -78,7 +66,7 @@ def pool_census(pool: Pool, database: Path) -> PoolCensus:
         total_bytes=fs.f_blocks * fs.f_frsize,
         free_bytes=fs.f_bavail * fs.f_frsize,
         provisioned_bytes=provisioned,
-        used_bytes=_allocated(pool.volumes_dir) + _allocated(pool.snapshots_dir),
+        used_bytes=sum(files.allocated_per_image((pool.volumes_dir, pool.snapshots_dir)).values()),
         loop_devices=_attached(pool),
         volumes=volumes,
         snapshots=snapshots,

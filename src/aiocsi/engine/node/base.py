@@ -8,7 +8,7 @@ import functools
 from pathlib import Path
 
 from aiocsi.engine.health import HealthChecker
-from aiocsi.engine.host_errors import host_step
+from aiocsi.engine.host_errors import host_step, pool_write_step
 from aiocsi.engine.node.paths import (
     is_ours_sync,
     remove_empty_target,
@@ -226,7 +226,9 @@ class NodeCommon:
     ) -> None:
         """Grow the filesystem to fill the device: mounted at `mount_point`, or unmounted."""
         await self._require_fs_tools(fs_type)
-        with host_step(f"growing the filesystem of volume {volume.id}"):
+        async with pool_write_step(
+            f"growing the filesystem of volume {volume.id}", self._ctx.space, device
+        ):
             if mount_point is not None:
                 await fs.grow_fs(self._workers, device, mount_point, fs_type)
             else:

@@ -7,7 +7,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from aiocsi.engine import policy
-from aiocsi.engine.host_errors import host_step
+from aiocsi.engine.host_errors import host_step, pool_write_step
 from aiocsi.engine.node.base import NodeCommon, access_type
 from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.requests import StageVolume
@@ -86,6 +86,7 @@ class Staging(NodeCommon):
             )
         if attached.new:
             undo.push_async_callback(self._detach_quietly, attached.device)
+            await self._ctx.space.attached(attached.device)
         return attached
 
     async def _ensure_mounted(
@@ -111,7 +112,7 @@ class Staging(NodeCommon):
                 )
             return
         wanted = capability.fs_type or DEFAULT_FS
-        with host_step(f"formatting volume {volume.id}"):
+        async with pool_write_step(f"formatting volume {volume.id}", self._ctx.space, device):
             # An image with no data at all, just attached, carries no signature: no probe.
             found = None if attached.blank else await fs.probe_fs_type(self._workers, device)
             formatted = found is None

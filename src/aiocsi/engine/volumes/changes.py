@@ -6,13 +6,13 @@ from __future__ import annotations
 import dataclasses
 
 from aiocsi.engine import policy
-from aiocsi.engine.budget import no_space_is_exhaustion, over_budget, pool_space
+from aiocsi.engine.budget import no_space_is_exhaustion
 from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.parameters import MUTABLE_PARAMETERS, normalise
 from aiocsi.engine.requests import CapacityRange
 from aiocsi.engine.sizing import ALIGNMENT, choose_size
 from aiocsi.engine.volumes.lookups import VolumeLookups, is_preallocated
-from aiocsi.errors import FailedPrecondition, OutOfRange, ResourceExhausted
+from aiocsi.errors import FailedPrecondition, OutOfRange
 from aiocsi.host import files
 from aiocsi.logging import get_logger
 from aiocsi.models import Capability, Volume
@@ -59,19 +59,18 @@ class VolumeChanges(VolumeLookups):
                 "is not supported"
             )
         size = choose_size(capacity, ALIGNMENT, current, floor=current)
-        budget, available = await pool_space(self._ctx)
-        if is_preallocated(volume) and size - current > available:
-            raise ResourceExhausted(
-                f"the pool filesystem has {available} bytes free; growing preallocated volume "
-                f"{volume.id} needs {size - current}"
+        budget = await self._space.measured_budget()
+        if is_preallocated(volume) and (
+            refused := budget.too_big_to_preallocate(
+                f"growing preallocated volume {volume.id}", size - current
             )
+        ):
+            raise refused
         try:
             # Recorded first: the record never claims less than the image holds.
-            await self._store.set_volume_capacity(volume.id, size, budget=budget)
+            await self._store.set_volume_capacity(volume.id, size, budget=budget.value)
         except OverBudget as exc:
-            raise over_budget(
-                f"the growth of volume {volume.id}", exc, self._ctx.config.overcommit
-            ) from None
+            raise budget.exhausted(f"the growth of volume {volume.id}", exc) from None
         grown = dataclasses.replace(volume, capacity_bytes=size)
         try:
             await self._ensure_image_size(grown, size)
@@ -82,7 +81,7 @@ class VolumeChanges(VolumeLookups):
         return size, grown
 
     async def _ensure_image_size(self, volume: Volume, size: int) -> None:
-        with no_space_is_exhaustion(f"expanding volume {volume.id}"):
+        with no_space_is_exhaustion(f"expanding volume {volume.id}", self._pool.root):
             try:
                 await files.grow_file(
                     self._workers,
@@ -123,11 +122,11 @@ class VolumeChanges(VolumeLookups):
             held = await self._workers.run_sync(files.allocated_bytes, image)
         except FileNotFoundError:
             raise FailedPrecondition(f"the image of volume {volume.id} is missing") from None
-        _, available = await pool_space(self._ctx)
-        if volume.capacity_bytes - held > available:
-            raise ResourceExhausted(
-                f"the pool filesystem has {available} bytes free; preallocating volume "
-                f"{volume.id} needs up to {volume.capacity_bytes - held}"
-            )
-        with no_space_is_exhaustion(f"preallocating volume {volume.id}"):
+        budget = await self._space.measured_budget()
+        if refused := budget.too_big_to_preallocate(
+            f"preallocating volume {volume.id}", volume.capacity_bytes - held
+        ):
+            raise refused
+        with no_space_is_exhaustion(f"preallocating volume {volume.id}", self._pool.root):
             await files.allocate(self._workers, image, volume.capacity_bytes)
+        await self._space.measure(image)

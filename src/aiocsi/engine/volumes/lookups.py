@@ -7,7 +7,6 @@ from pathlib import Path
 
 from aiocsi.config import TOPOLOGY_KEY
 from aiocsi.engine import policy
-from aiocsi.engine.budget import pool_space
 from aiocsi.engine.paging import check_page_token
 from aiocsi.engine.parameters import MUTABLE_PARAMETERS, VOLUME_PARAMETERS, normalise, preallocate
 from aiocsi.engine.pool import is_volume_id
@@ -37,6 +36,7 @@ class VolumeLookups:
         self._store = ctx.store
         self._workers = ctx.workers
         self._loops = ctx.loops
+        self._space = ctx.space
         self._allowed_flags = ctx.config.allowed_mount_flags
 
     def get(self, volume_id: str) -> Volume:
@@ -51,7 +51,8 @@ class VolumeLookups:
 
     async def condition(self, volume: Volume) -> VolumeCondition:
         image = self._pool.volume_image(volume.id)
-        return await self._workers.run_sync(image_condition, image, volume.capacity_bytes)
+        found = await self._workers.run_sync(image_condition, image, volume.capacity_bytes)
+        return found if found.abnormal else await self._space.condition(volume, image)
 
     async def list(self, after_seq: int, limit: int) -> list[Volume]:
         await check_page_token(self._store, "volumes", after_seq)
@@ -89,9 +90,9 @@ class VolumeLookups:
         minimum = minimum_size(capabilities)
         if topology and topology.get(TOPOLOGY_KEY) != self._ctx.config.node_id:
             return 0, minimum
-        budget, available = await pool_space(self._ctx)
-        left = max(budget - await self._store.provisioned_bytes(), 0)
-        return (min(left, available) if preallocated else left), minimum
+        budget = await self._space.measured_budget()
+        offered = budget.offer(await self._store.provisioned_bytes(), preallocated=preallocated)
+        return offered, minimum
 
     def why_unsupported(
         self,

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from aiocsi.engine import policy
-from aiocsi.engine.budget import no_space_is_exhaustion, over_budget, pool_budget, pool_space
+from aiocsi.engine.budget import PoolBudget, no_space_is_exhaustion
 from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.parameters import preallocate
 from aiocsi.engine.pool import is_volume_id, new_volume_id
@@ -20,7 +20,7 @@ from aiocsi.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceE
 from aiocsi.host import files
 from aiocsi.logging import get_logger
 from aiocsi.models import ContentSource, SourceKind, Volume, VolumeState
-from aiocsi.state.store import Budget, OverBudget
+from aiocsi.state.store import OverBudget
 
 log = get_logger("aiocsi.engine")
 
@@ -72,28 +72,28 @@ class VolumeService(VolumeChanges, ControllerAttachments):
             created_at=time.time(),
         )
         if volume.source is None and not preallocated:
-            volume = await self._create_image_first(volume, pool_budget(self._ctx))
+            volume = await self._create_image_first(volume, self._space.budget())
         else:
-            budget, available = await pool_space(self._ctx)
-            if preallocated and size > available:
-                raise ResourceExhausted(
-                    f"the pool filesystem has {available} bytes free; a preallocated volume "
-                    f"of {size} bytes does not fit"
+            budget = await self._space.measured_budget()
+            if preallocated and (
+                refused := budget.too_big_to_preallocate(
+                    f"a preallocated volume {request.name!r}", size
                 )
+            ):
+                raise refused
             volume = await self._create_record_first(volume, budget, preallocated=preallocated)
         log.info("volume_created", volume_id=volume.id, name=volume.name, bytes=size)
         return volume
 
-    async def _record(self, volume: Volume, budget: Budget) -> Volume:
+    async def _record(self, volume: Volume, budget: PoolBudget) -> Volume:
         # The budget check and the record are one step: concurrent creates cannot together
         # promise more than the pool has.
         try:
             return await self._store.insert_volume(volume, budget=budget)
         except OverBudget as exc:
-            overcommit = self._ctx.config.overcommit
-            raise over_budget(f"a volume {volume.name!r}", exc, overcommit) from None
+            raise budget.exhausted(f"a volume {volume.name!r}", exc) from None
 
-    async def _create_image_first(self, volume: Volume, budget: Budget) -> Volume:
+    async def _create_image_first(self, volume: Volume, budget: PoolBudget) -> Volume:
         """A sparse image costs nothing to make or to undo: make it, then record the volume
         ready in one commit. A crash in between leaves an image without a record, which
         reconcile removes on start; the CO, never answered, asks again."""
@@ -101,11 +101,11 @@ class VolumeService(VolumeChanges, ControllerAttachments):
         try:
             return await self._record(dataclasses.replace(volume, state=VolumeState.READY), budget)
         except BaseException:
-            await files.remove_file(self._workers, self._pool.volume_image(volume.id))
+            await self._remove_image(volume.id)
             raise
 
     async def _create_record_first(
-        self, volume: Volume, budget: Budget, *, preallocated: bool
+        self, volume: Volume, budget: PoolBudget, *, preallocated: bool
     ) -> Volume:
         """A copy or a preallocation costs time and space: the budget is claimed first (the
         record, "creating"), then the image is made, then the record is marked ready."""
@@ -138,11 +138,13 @@ class VolumeService(VolumeChanges, ControllerAttachments):
 
     async def _materialise(self, volume: Volume, *, preallocated: bool) -> None:
         image = self._pool.volume_image(volume.id)
-        with no_space_is_exhaustion(f"creating volume {volume.name!r}"):
+        with no_space_is_exhaustion(f"creating volume {volume.name!r}", self._pool.root):
             if volume.source is None:
                 await files.create_sparse(
                     self._workers, image, volume.capacity_bytes, preallocate=preallocated
                 )
+                if preallocated:
+                    await self._space.measure(image)
                 return
             try:
                 method = await files.copy_image(
@@ -157,6 +159,7 @@ class VolumeService(VolumeChanges, ControllerAttachments):
                 ) from None
             if preallocated:
                 await files.allocate(self._workers, image, volume.capacity_bytes)
+            await self._space.measure(image)
             log.info(
                 "volume_content_copied", volume_id=volume.id, method=method, source=volume.source.id
             )
@@ -194,5 +197,10 @@ class VolumeService(VolumeChanges, ControllerAttachments):
         deletes again, and the retry finds nothing to remove but the record. No "deleting"
         mark is needed, which saves a commit per delete.
         """
-        await files.remove_file(self._workers, self._pool.volume_image(volume.id))
+        await self._remove_image(volume.id)
         await self._store.delete_volume(volume.id)
+
+    async def _remove_image(self, volume_id: str) -> None:
+        image = self._pool.volume_image(volume_id)
+        await files.remove_file(self._workers, image)
+        self._space.forget(image)
