@@ -69,8 +69,11 @@ class PoolCensus:
     total_bytes: int
     free_bytes: int
     provisioned_bytes: int
-    used_bytes: int
+    allocated_bytes: int
     loop_devices: int
+    foreign_bytes: int = 0
+    offered_bytes: int = 0
+    space_low: bool = False
     volumes: Mapping[str, int] = field(default_factory=dict)
     snapshots: Mapping[str, int] = field(default_factory=dict)
 
@@ -162,7 +165,24 @@ def runtime_metrics(rt: Runtime) -> Iterator[Metric]:
         pool.provisioned_bytes,
     )
     yield _gauge(
-        "aiocsi_pool_used_bytes", "Bytes the images take on disk (allocated).", pool.used_bytes
+        "aiocsi_pool_allocated_bytes",
+        "Bytes the images take on disk (allocated blocks).",
+        pool.allocated_bytes,
+    )
+    yield _gauge(
+        "aiocsi_pool_foreign_bytes",
+        "Bytes of the pool's filesystem used by anything but the images.",
+        pool.foreign_bytes,
+    )
+    yield _gauge(
+        "aiocsi_pool_offered_bytes",
+        "Bytes a new sparse volume may have: GetCapacity's answer.",
+        pool.offered_bytes,
+    )
+    yield _gauge(
+        "aiocsi_pool_space_low",
+        "1 while free space is below what an attached sparse volume may still allocate.",
+        int(pool.space_low),
     )
     yield _gauge(
         "aiocsi_loop_devices_attached", "Loop devices backed by this pool.", pool.loop_devices

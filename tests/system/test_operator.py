@@ -148,7 +148,7 @@ async def test_a_lifecycle_is_counted_exactly(
     assert staged("aiocsi_pool_total_bytes") == fs.f_blocks * fs.f_frsize
     # ext4's lazy inode-table init may still be allocating blocks of the image: bound it.
     used_before = _allocated(driver.pool)
-    used = (await scrape(address))("aiocsi_pool_used_bytes")
+    used = (await scrape(address))("aiocsi_pool_allocated_bytes")
     assert used_before <= used <= _allocated(driver.pool)
     assert used > 0
 
@@ -171,7 +171,7 @@ async def test_a_lifecycle_is_counted_exactly(
     assert last.calls(DELETE, "OK") == 1
     assert last.labelled("aiocsi_volumes", "state") == {}
     assert last("aiocsi_pool_provisioned_bytes") == 0
-    assert last("aiocsi_pool_used_bytes") == 0
+    assert last("aiocsi_pool_allocated_bytes") == 0
     assert last("aiocsi_loop_devices_attached") == 0
     assert last("aiocsi_event_loop_lag_seconds_count") > 0
 

@@ -7,12 +7,12 @@ the operations registry, the worker pool, the store), so metrics.py renders plai
 from __future__ import annotations
 
 import dataclasses
-import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from aiocsi.engine.budget import PoolSpace, statvfs
 from aiocsi.engine.pool import Pool
 from aiocsi.host import files, sysfs
 from aiocsi.metrics import (
@@ -50,9 +50,8 @@ def _attached(pool: Pool) -> int:
     return sum(1 for b in backing if pool.owns_image(sysfs.attached_path(b)))
 
 
-def pool_census(pool: Pool, database: Path) -> PoolCensus:
+def pool_census(pool: Pool, database: Path, overcommit: float) -> PoolCensus:
     """Bytes, devices and rows of the pool (blocking: call from a worker thread)."""
-    fs = os.statvfs(pool.root)
     db = sqlite3.connect(f"file:{database}?mode=ro", uri=True, isolation_level=None)
     try:
         db.execute("BEGIN")
@@ -62,11 +61,16 @@ def pool_census(pool: Pool, database: Path) -> PoolCensus:
         db.execute("COMMIT")
     finally:
         db.close()
+    total, used, free = statvfs(pool.root)
+    allocated = sum(files.allocated_per_image(pool.real_image_dirs).values())
+    space = PoolSpace(total, free, provisioned, allocated, max(used - allocated, 0))
     return PoolCensus(
-        total_bytes=fs.f_blocks * fs.f_frsize,
-        free_bytes=fs.f_bavail * fs.f_frsize,
+        total_bytes=total,
+        free_bytes=free,
         provisioned_bytes=provisioned,
-        used_bytes=sum(files.allocated_per_image((pool.volumes_dir, pool.snapshots_dir)).values()),
+        allocated_bytes=allocated,
+        foreign_bytes=space.foreign,
+        offered_bytes=space.offer(overcommit),
         loop_devices=_attached(pool),
         volumes=volumes,
         snapshots=snapshots,
@@ -101,7 +105,11 @@ async def take_snapshot(
 ) -> Runtime:
     """The numbers of one scrape: counters read on the loop, the census in a worker."""
     calls = tracker.statistics()
-    census = await run_sync(pool_census, engine.resources.pool, engine.resources.store.path)
+    resources = engine.resources
+    census = await run_sync(
+        pool_census, resources.pool, resources.store.path, resources.config.overcommit
+    )
+    census = dataclasses.replace(census, space_low=resources.space.low)
     return Runtime(
         calls_in_flight=calls.active,
         calls_refused_draining=calls.refused_draining,
