@@ -39,6 +39,7 @@ CREATE_IMAGE, ATTACH, MKFS, MOUNT, BIND = "CreateImage", "Attach", "Mkfs", "Moun
 WRITE, UNBIND, UNMOUNT, DETACH, REMOVE = "Write", "UnmountBind", "Unmount", "Detach", "RemoveImage"
 # Stacked mounts are possible in principle; more than this on one path is not ours.
 _MAX_STACKED = 8
+_BUSY_RETRIES, _BUSY_PAUSE_S = 5, 0.02
 
 
 def host_code(exc: BaseException) -> str:
@@ -75,7 +76,22 @@ async def _mount(
 
 
 async def _umount(workers: WorkerPool, target: Path) -> None:
-    await process.run(workers, ["umount", str(target)])
+    """umount(8), retried a few times while the kernel still calls the mount busy.
+
+    A mount can be busy for a moment right after the last use of it ended (a child of a
+    concurrent slot, or udev probing the new device, can still hold a reference); the
+    driver's own unmount does not retry, but a ceiling that fails on that moment would
+    make the comparison depend on luck.
+    """
+    for attempt in range(_BUSY_RETRIES):
+        try:
+            await process.run(workers, ["umount", str(target)])
+        except CommandFailed as exc:
+            if "busy" not in exc.stderr or attempt == _BUSY_RETRIES - 1:
+                raise
+            await anyio.sleep(_BUSY_PAUSE_S * (attempt + 1))
+        else:
+            return
 
 
 async def _detach(workers: WorkerPool, device: str) -> None:
