@@ -105,6 +105,20 @@ def _assert_runtime_statistics(scraped: Scrape) -> None:
     assert scraped("aiocsi_store_commit_seconds_count") == scraped("aiocsi_store_commits_total")
 
 
+async def _assert_budget_figures(scraped: Scrape, driver: Driver, unallocated: int) -> None:
+    """After one new sparse volume of `unallocated` bytes: the offer is free space less what
+    it may still take (docs/parameters.md, "The budget formula"), as GetCapacity says; this
+    pool is far from its warning level."""
+    assert scraped("aiocsi_pool_provisioned_bytes") == unallocated
+    capacity = await driver.client.controller.get_capacity(csi.GetCapacityRequest())
+    offered = scraped("aiocsi_pool_offered_bytes")
+    assert abs(offered - capacity.available_capacity) <= 2 * MiB
+    free = scraped("aiocsi_pool_free_bytes")
+    assert free - unallocated - 2 * MiB <= offered <= free - unallocated + 2 * MiB
+    assert scraped("aiocsi_pool_foreign_bytes") > 0  # the state database, at least
+    assert scraped("aiocsi_pool_space_low") == 0
+
+
 async def test_a_lifecycle_is_counted_exactly(
     driver: Driver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -127,7 +141,7 @@ async def test_a_lifecycle_is_counted_exactly(
     assert after_create.calls(CREATE, "OK") == 1
     assert after_create.calls(CREATE, "InvalidArgument") == 1
     assert after_create("aiocsi_volumes", state="ready") == 1
-    assert after_create("aiocsi_pool_provisioned_bytes") == 16 * MiB
+    await _assert_budget_figures(after_create, driver, 16 * MiB)
 
     staging = driver.root / "staging"
     staging.mkdir()

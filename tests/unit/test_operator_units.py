@@ -133,3 +133,18 @@ def test_the_call_tracker_reports_a_frozen_snapshot() -> None:
     assert stats == CallStatistics(active=1, draining=True, refused_draining=1)
     with pytest.raises(AttributeError):
         stats.active = 5  # type: ignore[misc]
+
+
+def test_the_pool_budget_figures_are_rendered() -> None:
+    census = PoolCensus(
+        100, 50, 40, 10, 0, foreign_bytes=40, offered_bytes=20, space_low=True, volumes={}
+    )
+    samples = _samples(
+        Metrics("drv").render(Runtime(0, 0, OperationCounts(running=0), census)).decode()
+    )
+    assert samples["aiocsi_pool_free_bytes", ()] == 50
+    assert samples["aiocsi_pool_provisioned_bytes", ()] == 40
+    assert samples["aiocsi_pool_allocated_bytes", ()] == 10
+    assert samples["aiocsi_pool_foreign_bytes", ()] == 40
+    assert samples["aiocsi_pool_offered_bytes", ()] == 20
+    assert samples["aiocsi_pool_space_low", ()] == 1
