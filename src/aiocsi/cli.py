@@ -128,7 +128,7 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
         "--overcommit",
         "AIOCSI_OVERCOMMIT",
         "1.0",
-        "ratio of provisioned bytes to pool filesystem bytes that GetCapacity allows",
+        "bytes sparse images may still allocate per free byte of the pool filesystem",
     )
     _flag(p, "--max-operations", "AIOCSI_MAX_OPERATIONS", "64", "volume operations running at once")
     _flag(p, "--max-mkfs", "AIOCSI_MAX_MKFS", "4", "filesystem formats running at once")

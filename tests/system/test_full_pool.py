@@ -225,6 +225,8 @@ async def test_a_write_lost_to_a_full_pool_makes_the_volume_abnormal(cleanup: Pa
             try:
                 await punch_and_restore(d, pre.volume_id, 24 * MiB)
                 space = d.server.engine.resources.space
+                # Without it a lost ext4 data write is not knowable (errors_count stays 0).
+                assert space.kernel_log.unavailable is None, space.kernel_log.unavailable
                 for volume_id, (_, target) in points.items():
                     found = await conditions(d, volume_id, target)
                     assert not any(c.abnormal for c in found), found
