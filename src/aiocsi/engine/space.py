@@ -223,14 +223,20 @@ class SpaceWatch:
 
     # -- volume condition -------------------------------------------------------------------
 
-    async def condition(self, volume: Volume, image: Path) -> VolumeCondition:
-        """Whether writes into a staged volume have failed, or may fail for space."""
+    def writers(self, volume: Volume, image: Path) -> list[str] | None:
+        """The loop devices of a staged volume, to pass to `condition_sync`; None when it is
+        not staged (nothing on this node can write to it)."""
         if not self._store.publications(volume.id, PublicationKind.STAGE):
-            return VolumeCondition.healthy()  # nothing on this node can write to it
-        devices = self._loops.devices_for(image)
-        return await self._workers.run_sync(self._condition_sync, volume, image, devices)
+            return None
+        return self._loops.devices_for(image)
 
-    def _condition_sync(self, volume: Volume, image: Path, devices: list[str]) -> VolumeCondition:
+    def condition_sync(
+        self, volume: Volume, image: Path, devices: list[str] | None
+    ) -> VolumeCondition:
+        """Whether writes into a staged volume have failed, or may fail for space (blocking:
+        sysfs reads, a kmsg drain, a statvfs)."""
+        if devices is None:
+            return VolumeCondition.healthy()
         root = self.pool.root
         _, _, free = statvfs(root)
         try:

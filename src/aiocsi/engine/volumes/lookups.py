@@ -51,8 +51,15 @@ class VolumeLookups:
 
     async def condition(self, volume: Volume) -> VolumeCondition:
         image = self._pool.volume_image(volume.id)
-        found = await self._workers.run_sync(image_condition, image, volume.capacity_bytes)
-        return found if found.abnormal else await self._space.condition(volume, image)
+        devices = self._space.writers(volume, image)
+        # One hand-off per volume: ListVolumes asks this for a whole page.
+        return await self._workers.run_sync(self._condition_sync, volume, image, devices)
+
+    def _condition_sync(
+        self, volume: Volume, image: Path, devices: list[str] | None
+    ) -> VolumeCondition:
+        found = image_condition(image, volume.capacity_bytes)
+        return found if found.abnormal else self._space.condition_sync(volume, image, devices)
 
     async def list(self, after_seq: int, limit: int) -> list[Volume]:
         await check_page_token(self._store, "volumes", after_seq)
