@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
-from aiocsi.engine.budget import PoolSpace
+from aiocsi.engine.budget import PoolBudget, PoolSpace, out_of_space
 from aiocsi.engine.host_errors import is_io_error, is_no_space
 from aiocsi.errors import CommandFailed
 from aiocsi.host import fserrors
 from aiocsi.host.syscalls import SystemCallFailed
+from aiocsi.state.store import OverBudget
 
 MiB = 1024 * 1024
 
@@ -30,6 +32,36 @@ def test_offer_is_free_space_less_what_sparse_images_may_still_take() -> None:
     over = PoolSpace(total=100 * MiB, free=MiB, provisioned=10, allocated=20, foreign=0)
     assert over.unallocated == 0
     assert over.offer(1.0) == MiB
+
+
+def test_the_store_check_is_the_offer(tmp_path: Path) -> None:
+    """`provisioned + wanted <= overcommit x free + allocated` (the store's check) is
+    `wanted <= offered`, and a refusal says the numbers."""
+    budget = PoolBudget(tmp_path, 2.0, allocated=10 * MiB)
+    value = budget()
+    assert budget.free > 0
+    assert value == int(budget.free * 2.0) + 10 * MiB
+    provisioned = 50 * MiB
+    offered = budget.offer(provisioned)
+    assert provisioned + offered <= value < provisioned + offered + 2
+    refused = budget.exhausted("a volume 'v'", OverBudget(provisioned, offered + MiB, value))
+    message = str(refused)
+    assert str(tmp_path) in message
+    assert str(offered + MiB) in message
+    assert f"{offered} bytes are left" in message
+    assert f"{budget.free} bytes free" in message
+    assert budget.too_big_to_preallocate("x", budget.free) is None
+    assert budget.too_big_to_preallocate("x", budget.free + 1) is not None
+
+
+def test_only_space_errors_are_exhaustion(tmp_path: Path) -> None:
+    full = out_of_space("creating volume 'v'", tmp_path, OSError(errno.ENOSPC, "full"))
+    assert full is not None
+    assert str(tmp_path) in str(full)
+    assert "ENOSPC" in str(full)
+    quota = out_of_space("x", tmp_path, OSError(errno.EDQUOT, "quota"))
+    assert quota is not None
+    assert out_of_space("x", tmp_path, OSError(errno.EIO, "io")) is None
 
 
 def test_parse_record() -> None:
