@@ -132,6 +132,8 @@ async def test_stage_again_with_another_group_is_already_exists(driver: Driver) 
     message = await fails(Status.ALREADY_EXISTS, vol.stage(grouped("ext4", OTHER_GROUP)))
     assert "volume_mount_group 2000 at stage, 3000 now" in message
     await fails(Status.ALREADY_EXISTS, vol.stage(mount_capability("ext4")))
+    # The same target again without the group: the spec's incompatible publication.
+    await fails(Status.ALREADY_EXISTS, vol.publish(cap=mount_capability("ext4")))
     # The refusal changed nothing.
     assert (await anyio.Path(vol.target).stat()).st_gid == int(GROUP)
     await vol.down()
@@ -224,3 +226,21 @@ async def test_the_capability_is_advertised(driver: Driver) -> None:
     reply = await driver.client.node.node_get_capabilities(csi.NodeGetCapabilitiesRequest())
     types = {c.rpc.type for c in reply.capabilities if c.rpc is not None}
     assert Rpc.VOLUME_MOUNT_GROUP in types
+
+
+async def test_a_stage_read_only_by_flag_leaves_the_root_but_ro_then_rw_gets_the_group(
+    driver: Driver,
+) -> None:
+    ro = await new_volume(driver, "roflag", mount_capability("ext4"), SIZE["ext4"])
+    await ro.up()  # formatted read-write first: a blank volume cannot be mounted ro
+    await ro.down()
+    ro.cap = grouped("ext4", GROUP)
+    assert ro.cap.mount is not None
+    ro.cap.mount.mount_flags = ["ro"]
+    await ro.up()
+    assert (await anyio.Path(ro.target).stat()).st_gid == 0
+    await ro.down()
+    ro.cap.mount.mount_flags = ["ro", "rw"]
+    await ro.up()
+    assert (await anyio.Path(ro.target).stat()).st_gid == int(GROUP)
+    await ro.down()

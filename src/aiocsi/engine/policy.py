@@ -235,7 +235,8 @@ def operator_mount_flag(flag: str) -> str:
     return flag
 
 
-def _is_read_only(cap: Capability) -> bool:
+def is_read_only(cap: Capability) -> bool:
+    """Whether a mount capability mounts read-only (of its ro/rw flags, the last wins)."""
     if cap.access_mode is AccessMode.SINGLE_NODE_READER_ONLY:
         return True  # the engine appends "ro" last
     last = [f for f in cap.mount_flags if f in ("ro", "rw")]
@@ -264,7 +265,7 @@ def mount_flags(
         if not _allowed_on(name, sep, value, cap.fs_type):
             fs = cap.fs_type or "a capability without fs_type"
             raise InvalidArgument(f"{where}: {flag!r} is not allowed on {fs}")
-        if flag in READ_ONLY_MOUNT_FLAGS and not _is_read_only(cap):
+        if flag in READ_ONLY_MOUNT_FLAGS and not is_read_only(cap):
             raise InvalidArgument(f"{where}: {flag!r} needs a read-only mount (add 'ro')")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiocsi.engine import policy
 from aiocsi.engine.host_errors import host_step, pool_write_step
-from aiocsi.engine.node.base import NodeCommon, access_type, asks_read_only
+from aiocsi.engine.node.base import NodeCommon, access_type
 from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.requests import StageVolume
 from aiocsi.engine.sizing import DEFAULT_FS
@@ -78,7 +78,7 @@ class Staging(NodeCommon):
         gid = policy.mount_group(capability, "volume_capability")
         if gid is None:
             return
-        if asks_read_only(capability):
+        if policy.is_read_only(capability):
             # A read-only filesystem cannot change; the kubelet skips fsGroup for those too.
             log.info("volume_mount_group_skipped", volume_id=volume.id, reason="read-only")
             return
