@@ -36,7 +36,7 @@ def give_group_sync(root: Path, gid: int) -> None:
     try:
         try:
             os.fchown(fd, _KEEP_OWNER, gid)
-            # After the chown: chown(2) clears the setgid bit when a non-root caller runs it.
+            # Read after the chown, which may clear set-id bits: the chmod sets them again.
             mode = stat.S_IMODE(os.fstat(fd).st_mode)
             os.fchmod(fd, mode | GROUP_BITS)
         except OSError as exc:
