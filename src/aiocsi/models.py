@@ -30,6 +30,8 @@ class Capability:
     access_mode: AccessMode
     fs_type: str = ""
     mount_flags: tuple[str, ...] = ()
+    # CSI volume_mount_group: the decimal group id the filesystem root is given at stage.
+    mount_group: str = ""
 
 
 class VolumeState(enum.StrEnum):

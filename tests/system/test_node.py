@@ -1090,6 +1090,7 @@ async def test_node_info_and_capabilities(driver: Driver) -> None:
         Rpc.EXPAND_VOLUME,
         Rpc.VOLUME_CONDITION,
         Rpc.SINGLE_NODE_MULTI_WRITER,
+        Rpc.VOLUME_MOUNT_GROUP,
     }
 
 

@@ -223,7 +223,7 @@ def bad_capabilities() -> list[csi.VolumeCapability]:
     both.block = csi.VolumeCapabilityBlockVolume()
     group = mount_capability()
     assert group.mount is not None
-    group.mount.volume_mount_group = "0"
+    group.mount.volume_mount_group = "root"  # a name, not a numeric gid
     return [
         mount_capability(mode=99),
         mount_capability(mode=-1),

@@ -95,3 +95,24 @@ def test_access_modes_and_sizes() -> None:
     with pytest.raises(InvalidArgument, match="exceeds limit_bytes"):
         policy.capacity_range(2, 1)
     assert policy.ephemeral_size({}) == 1 << 30
+
+
+def _grouped(group: str) -> Capability:
+    return Capability(AccessType.MOUNT, AccessMode.SINGLE_NODE_WRITER, "ext4", (), group)
+
+
+@pytest.mark.parametrize("gid", [0, 1, 2000, 65534, policy.MAX_GID])
+def test_a_mount_group_is_a_decimal_gid(gid: int) -> None:
+    assert policy.mount_group(_grouped(str(gid)), "volume_capability") == gid
+
+
+def test_no_mount_group_is_none() -> None:
+    assert policy.mount_group(_grouped(""), "volume_capability") is None
+
+
+@pytest.mark.parametrize(
+    "group", ["wheel", "-1", "+7", "007", " 7", "7\n", "1e3", "٣", str(policy.MAX_GID + 1)]
+)
+def test_other_mount_groups_are_refused_naming_the_field(group: str) -> None:
+    with pytest.raises(InvalidArgument, match=r"volume_capability\.mount\.volume_mount_group"):
+        policy.capability(_grouped(group), "volume_capability", frozenset())

@@ -98,10 +98,12 @@ def test_map_limit_counts_utf8_bytes_of_keys_and_values(secrets: dict[str, str])
             common.request_limits(request)
 
 
-def test_volume_mount_group_is_refused_not_ignored() -> None:
+def test_volume_mount_group_is_carried_for_the_engine() -> None:
     cap = mount_cap()
     assert cap.mount is not None
     cap.mount.volume_mount_group = "1000"
+    assert node_capability(cap).mount_group == "1000"
+    cap.mount.volume_mount_group = "1\x000"
     with pytest.raises(InvalidArgument, match="volume_mount_group"):
         node_capability(cap)
 

@@ -235,7 +235,8 @@ def operator_mount_flag(flag: str) -> str:
     return flag
 
 
-def _is_read_only(cap: Capability) -> bool:
+def is_read_only(cap: Capability) -> bool:
+    """Whether a mount capability mounts read-only (of its ro/rw flags, the last wins)."""
     if cap.access_mode is AccessMode.SINGLE_NODE_READER_ONLY:
         return True  # the engine appends "ro" last
     last = [f for f in cap.mount_flags if f in ("ro", "rw")]
@@ -264,8 +265,35 @@ def mount_flags(
         if not _allowed_on(name, sep, value, cap.fs_type):
             fs = cap.fs_type or "a capability without fs_type"
             raise InvalidArgument(f"{where}: {flag!r} is not allowed on {fs}")
-        if flag in READ_ONLY_MOUNT_FLAGS and not _is_read_only(cap):
+        if flag in READ_ONLY_MOUNT_FLAGS and not is_read_only(cap):
             raise InvalidArgument(f"{where}: {flag!r} needs a read-only mount (add 'ro')")
+
+
+# -- mount groups -------------------------------------------------------------------------
+
+# gid_t is 32 bits; (gid_t)-1 means "leave the group as it is" to chown(2), so it is no id.
+MAX_GID = 2**32 - 2
+
+
+def mount_group(cap: Capability, field: str) -> int | None:
+    """The group id a mount capability's volume_mount_group names; None when it has none.
+
+    Only the canonical decimal form is accepted ("2000", not "+2000", " 2000" or "02000"):
+    the recorded capability compares as text, so one group has one spelling.
+    """
+    raw = cap.mount_group
+    if not raw:
+        return None
+    where = f"{field}.mount.volume_mount_group"
+    if not (raw.isascii() and raw.isdigit()) or raw != str(int(raw)):
+        raise InvalidArgument(
+            f"{where} {raw!r} must be a numeric group id in decimal (e.g. '2000'); "
+            "group names, signs and leading zeros are not accepted"
+        )
+    gid = int(raw)
+    if gid > MAX_GID:
+        raise InvalidArgument(f"{where} {raw!r} is out of range (0 to {MAX_GID})")
+    return gid
 
 
 # -- capabilities -------------------------------------------------------------------------
@@ -286,6 +314,7 @@ def capability(cap: Capability, field: str, operator_allowed: frozenset[str]) ->
         return
     filesystem(cap, field)
     mount_flags(cap, field, operator_allowed)
+    mount_group(cap, field)
 
 
 def capabilities(

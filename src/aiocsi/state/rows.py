@@ -111,4 +111,5 @@ def _capability(text: str | None) -> Capability | None:
         access_mode=AccessMode(raw["access_mode"]),
         fs_type=raw["fs_type"],
         mount_flags=tuple(raw["mount_flags"]),
+        mount_group=raw.get("mount_group", ""),  # absent in rows written before it existed
     )

@@ -14,7 +14,7 @@ from aiocsi.engine.requests import PublishVolume
 from aiocsi.errors import AlreadyExists, FailedPrecondition
 from aiocsi.host import mount
 from aiocsi.logging import get_logger
-from aiocsi.models import AccessType, Publication, PublicationKind, Volume
+from aiocsi.models import AccessType, Capability, Publication, PublicationKind, Volume
 
 log = get_logger("aiocsi.engine")
 
@@ -66,6 +66,7 @@ class Publishing(Staging):
                 f"volume {volume.id} is staged for {stage.capability.access_type} access, "
                 f"not {capability.access_type}"
             )
+        _same_mount_group(volume, stage, capability)
         if capability.access_type is AccessType.MOUNT:
             # Binding an empty staging directory would hand out the node's own filesystem.
             _, staged = await self._our_top_mount(points.staging, device)
@@ -152,3 +153,20 @@ class Publishing(Staging):
             await self._detach_unused_views(device)
         await self._store.remove_publication(volume.id, PublicationKind.PUBLISH, str(target))
         log.info("volume_unpublished", volume_id=volume.id, path=str(target))
+
+
+def _same_mount_group(volume: Volume, stage: Publication, capability: Capability) -> None:
+    """A publication that asks for a mount group gets the one its volume was staged with.
+
+    The group is given to the filesystem root once, at stage: a pod with another fsGroup
+    would get a volume its group cannot write, so it is refused rather than served.
+    """
+    if not capability.mount_group:
+        return
+    staged = stage.capability.mount_group if stage.capability is not None else ""
+    if staged != capability.mount_group:
+        raise FailedPrecondition(
+            f"volume {volume.id} is staged with volume_mount_group {staged or 'unset'}, not "
+            f"{capability.mount_group}; a pod with another fsGroup cannot share it (unpublish "
+            "and unstage it everywhere to change the group)"
+        )

@@ -13,7 +13,7 @@ from aiocsi.engine.operations import OperationKey
 from aiocsi.engine.requests import StageVolume
 from aiocsi.engine.sizing import DEFAULT_FS
 from aiocsi.errors import AlreadyExists, FailedPrecondition
-from aiocsi.host import fs, loop, mount
+from aiocsi.host import fs, loop, mount, ownership
 from aiocsi.logging import get_logger
 from aiocsi.models import AccessMode, AccessType, Capability, Publication, PublicationKind, Volume
 
@@ -40,6 +40,7 @@ class Staging(NodeCommon):
     ) -> None:
         """Stage at `staging` (recorded as given); `real` is its canonical path."""
         self._refuse_path_of_another(volume, staging)
+        recorded = False
         for pub in self._store.publications(volume.id, PublicationKind.STAGE):
             if pub.path != str(staging):
                 raise FailedPrecondition(
@@ -48,7 +49,9 @@ class Staging(NodeCommon):
             if pub.capability != capability:
                 raise AlreadyExists(
                     f"volume {volume.id} is staged at {staging} with a different capability"
+                    + _group_difference(pub.capability, capability)
                 )
+            recorded = True
         if capability.access_type is AccessType.MOUNT and capability.fs_type:
             await self._require_fs_tools(capability.fs_type)
         async with AsyncExitStack() as undo:
@@ -56,6 +59,8 @@ class Staging(NodeCommon):
             device = attached.device
             if capability.access_type is AccessType.MOUNT:
                 await self._ensure_mounted(volume, attached, real, capability, undo)
+                if not recorded:  # once: a repeated stage leaves the root as the pod made it
+                    await self._give_mount_group(volume, real, capability)
             await self._store.add_publication(
                 Publication(
                     volume.id,
@@ -67,6 +72,19 @@ class Staging(NodeCommon):
             )
             undo.pop_all()
         log.info("volume_staged", volume_id=volume.id, device=device, path=str(staging))
+
+    async def _give_mount_group(self, volume: Volume, root: Path, capability: Capability) -> None:
+        """The volume_mount_group on the mounted filesystem's root directory (only there)."""
+        gid = policy.mount_group(capability, "volume_capability")
+        if gid is None:
+            return
+        if policy.is_read_only(capability):
+            # A read-only filesystem cannot change; the kubelet skips fsGroup for those too.
+            log.info("volume_mount_group_skipped", volume_id=volume.id, reason="read-only")
+            return
+        with host_step(f"giving volume {volume.id} the mount group {gid}"):
+            await ownership.give_group(self._workers, root, gid)
+        log.info("volume_mount_group_applied", volume_id=volume.id, gid=gid, path=str(root))
 
     async def _ensure_attached(
         self, volume: Volume, capability: Capability, undo: AsyncExitStack
@@ -180,3 +198,14 @@ class Staging(NodeCommon):
             views = stage is None or access_type(stage) is AccessType.BLOCK
             await self._release_device(volume, device, views=views)
         log.info("volume_unstaged", volume_id=volume.id, path=str(staging))
+
+
+def _group_difference(staged: Capability | None, asked: Capability) -> str:
+    """Say so when what differs is the mount group: the fix is another pod, not a retry."""
+    before = staged.mount_group if staged is not None else ""
+    if before == asked.mount_group:
+        return ""
+    return (
+        f" (volume_mount_group {before or 'unset'} at stage, {asked.mount_group or 'unset'} "
+        "now; unstage it to change the group)"
+    )

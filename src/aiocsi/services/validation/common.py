@@ -76,12 +76,12 @@ def capability(message: csi.VolumeCapability | None, field: str) -> Capability:
         return Capability(AccessType.BLOCK, mode)
     if message.mount is None:
         raise InvalidArgument(f"{field} needs an access type (block or mount)")
-    if message.mount.volume_mount_group:
-        # Only for plugins with the VOLUME_MOUNT_GROUP node capability, which aiocsi lacks:
-        # ignoring it would hand the pod a volume without the group it asked for.
-        raise InvalidArgument(f"{field}.mount.volume_mount_group is not supported")
     flags = tuple(string(f, f"{field}.mount.mount_flags") for f in message.mount.mount_flags)
-    return Capability(AccessType.MOUNT, mode, message.mount.fs_type, flags)
+    # What a group id may be is the engine's policy (policy.mount_group).
+    group = string(
+        message.mount.volume_mount_group, f"{field}.mount.volume_mount_group", required=False
+    )
+    return Capability(AccessType.MOUNT, mode, message.mount.fs_type, flags, group)
 
 
 def capabilities(messages: Sequence[csi.VolumeCapability], field: str) -> tuple[Capability, ...]:
