@@ -86,6 +86,15 @@ async def two_mounted(d: Driver) -> tuple[Vol, Vol]:
     return a, b
 
 
+async def thawed_and_rolled_back(d: Driver, *vols: Vol) -> None:
+    """Every member takes writes again, nothing of the group is left; then unstage."""
+    for vol in vols:
+        assert await writable(vol.staging / "after"), f"{vol.id} is still frozen"
+    await nothing_left(d)
+    for vol in vols:
+        await vol.unstage()
+
+
 async def nothing_left(d: Driver) -> None:
     store = d.server.engine.resources.store
     assert await store.all_groups() == []
@@ -139,11 +148,7 @@ async def test_a_capture_failing_mid_group_thaws_every_member(driver: Driver) ->
     seam = install_group_seam(driver, fail_at=2)
     await fails(Status.INTERNAL, create_group(driver, "g", [a.id, b.id]))
     assert seam.calls == 2
-    for vol in (a, b):
-        assert await writable(vol.staging / "after"), f"{vol.id} is still frozen"
-    await nothing_left(driver)
-    for vol in (a, b):
-        await vol.unstage()
+    await thawed_and_rolled_back(driver, a, b)
 
 
 async def test_a_cancelled_capture_leaves_nothing_frozen(driver: Driver) -> None:
@@ -153,14 +158,12 @@ async def test_a_cancelled_capture_leaves_nothing_frozen(driver: Driver) -> None
     call = asyncio.create_task(groups.create(CreateGroupSnapshot("g", [a.id, b.id])))
     await asyncio.wait_for(seam.reached.wait(), 10)
     assert seam.task is not None
+    # Frozen now: a write waits (and lands once thawed).
+    assert not await writable(a.staging / "during", timeout=0.3)
     seam.task.cancel()  # the operation's own task, mid-capture, members frozen
     with pytest.raises(asyncio.CancelledError):
         await call
-    for vol in (a, b):
-        assert await writable(vol.staging / "after"), f"{vol.id} is still frozen"
-    await nothing_left(driver)
-    for vol in (a, b):
-        await vol.unstage()
+    await thawed_and_rolled_back(driver, a, b)
 
 
 async def test_a_caller_giving_up_leaves_nothing_frozen(driver: Driver) -> None:

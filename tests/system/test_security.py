@@ -1242,15 +1242,15 @@ async def _snapshot_calls(c: SecretCalls, volume_id: str) -> None:
         ctl.delete_snapshot(csi.DeleteSnapshotRequest(snapshot_id=c.last + "\x00", secrets=s))
     )
     groups = csi.GroupControllerStub(c.client.channel)
-    reply = await groups.create_volume_group_snapshot(
+    made = await groups.create_volume_group_snapshot(
         csi.CreateVolumeGroupSnapshotRequest(
             name="g",
             source_volume_ids=[volume_id],
             secrets=c.secret("CreateVolumeGroupSnapshot", "OK"),
         )
     )
-    assert reply.group_snapshot is not None
-    group = reply.group_snapshot
+    assert made.group_snapshot is not None
+    group = made.group_snapshot
     s = c.secret("DeleteVolumeGroupSnapshot", "INVALID_ARGUMENT")
     await c.expect(
         groups.delete_volume_group_snapshot(
