@@ -81,6 +81,7 @@ class _Running:
     signature: Hashable
     description: str
     task: asyncio.Task[Any]
+    keys: tuple[OperationKey, ...] = ()
 
 
 class Operations:
@@ -122,13 +123,14 @@ class Operations:
         holders = {id(r): (k, r) for k in keys if (r := self._running.get(k)) is not None}
         if not holders:
             task = asyncio.get_running_loop().create_task(self._guarded(work))
-            running = _Running(signature, description, task)
+            running = _Running(signature, description, task, keys)
             for held in keys:
                 self._running[held] = running
             task.add_done_callback(lambda _: self._forget(keys, running))
         else:
             held, running = next(iter(holders.values()))
-            if len(holders) > 1 or running.signature != signature:
+            identical = running.signature == signature and set(running.keys) == set(keys)
+            if len(holders) > 1 or not identical:
                 self._refused += 1
                 raise OperationPending(
                     f"{running.description} is in progress on {held}; retry when it completes"
