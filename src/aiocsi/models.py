@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 VOLUME_ID_RE = re.compile(r"^vol-[0-9a-f]{32}$")
 SNAPSHOT_ID_RE = re.compile(r"^snap-[0-9a-f]{32}$")
+GROUP_ID_RE = re.compile(r"^group-[0-9a-f]{32}$")
 
 
 class AccessType(enum.StrEnum):
@@ -74,6 +75,19 @@ class Snapshot:
     size_bytes: int
     ready: bool
     created_at: float
+    seq: int = 0
+    group_snapshot_id: str = ""  # "" when not taken as a member of a group snapshot
+
+
+@dataclass(frozen=True)
+class GroupSnapshot:
+    """Snapshots of several volumes taken together (CreateVolumeGroupSnapshot)."""
+
+    id: str
+    name: str
+    ready: bool
+    created_at: float
+    members: tuple[Snapshot, ...] = ()
     seq: int = 0
 
 

@@ -1241,10 +1241,32 @@ async def _snapshot_calls(c: SecretCalls, volume_id: str) -> None:
     await c.expect(
         ctl.delete_snapshot(csi.DeleteSnapshotRequest(snapshot_id=c.last + "\x00", secrets=s))
     )
-    s = c.secret("CreateVolumeGroupSnapshot", "UNIMPLEMENTED")
+    groups = csi.GroupControllerStub(c.client.channel)
+    made = await groups.create_volume_group_snapshot(
+        csi.CreateVolumeGroupSnapshotRequest(
+            name="g",
+            source_volume_ids=[volume_id],
+            secrets=c.secret("CreateVolumeGroupSnapshot", "OK"),
+        )
+    )
+    assert made.group_snapshot is not None
+    group = made.group_snapshot
+    s = c.secret("DeleteVolumeGroupSnapshot", "INVALID_ARGUMENT")
     await c.expect(
-        csi.GroupControllerStub(c.client.channel).create_volume_group_snapshot(
-            csi.CreateVolumeGroupSnapshotRequest(name="g", source_volume_ids=[volume_id], secrets=s)
+        groups.delete_volume_group_snapshot(
+            csi.DeleteVolumeGroupSnapshotRequest(
+                group_snapshot_id=group.group_snapshot_id, snapshot_ids=[c.last], secrets=s
+            )
+        )
+    )
+    s = c.secret("DeleteVolumeGroupSnapshot", "OK")
+    await c.expect(
+        groups.delete_volume_group_snapshot(
+            csi.DeleteVolumeGroupSnapshotRequest(
+                group_snapshot_id=group.group_snapshot_id,
+                snapshot_ids=[m.snapshot_id for m in group.snapshots],
+                secrets=s,
+            )
         )
     )
 

@@ -146,3 +146,46 @@ async def test_statistics_count_running_queued_joined_and_refused() -> None:
     gate.set()
     await asyncio.gather(first, second, retry)
     assert ops.statistics() == OperationStatistics(running=0, queued=0, joined=1, refused=1)
+
+
+async def test_several_keys_are_held_together() -> None:
+    """A group (or a snapshot and its source) holds every key: any one of them taken by
+    other work refuses it, and while it runs each of its keys refuses other work."""
+    ops = Operations(max_running=8)
+    gate = asyncio.Event()
+    group = (OperationKey.group_snapshot_name("g"), KEY, OTHER)
+    first = asyncio.create_task(ops.run(group, ("create", "g"), "CreateGroup", gate.wait))
+    await asyncio.sleep(0)
+    assert ops.active == 1
+    for key in (KEY, OTHER):
+        with pytest.raises(OperationPending, match="CreateGroup is in progress"):
+            await ops.run(key, "expand", "Expand", gate.wait)
+    # An identical retry joins; the same name with other keys is refused.
+    retry = asyncio.create_task(ops.run(group, ("create", "g"), "CreateGroup", gate.wait))
+    await asyncio.sleep(0)
+    with pytest.raises(OperationPending):
+        await ops.run(
+            (KEY, OperationKey.volume("vol-3")), ("create", "g"), "CreateGroup", gate.wait
+        )
+    gate.set()
+    await asyncio.gather(first, retry)
+    assert ops.active == 0
+    assert ops.statistics().joined == 1
+
+    # Nothing was taken by the refused call: vol-3 is free.
+    async def quick() -> str:
+        return "ok"
+
+    assert await ops.run(OperationKey.volume("vol-3"), "x", "X", quick) == "ok"
+
+
+async def test_a_call_needing_two_keys_held_by_two_operations_is_refused() -> None:
+    ops = Operations(max_running=8)
+    gate = asyncio.Event()
+    a = asyncio.create_task(ops.run(KEY, "stage", "Stage", gate.wait))
+    b = asyncio.create_task(ops.run(OTHER, "stage", "Stage", gate.wait))
+    await asyncio.sleep(0)
+    with pytest.raises(OperationPending):
+        await ops.run((KEY, OTHER), "stage", "Stage", gate.wait)
+    gate.set()
+    await asyncio.gather(a, b)

@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 
 from aiocsi.config import Config
+from aiocsi.engine.groups import GroupSnapshotService
 from aiocsi.engine.health import HealthChecker
 from aiocsi.engine.node import NodeVolumes
 from aiocsi.engine.operations import Operations
@@ -42,6 +43,7 @@ class Engine:
         self.health = HealthChecker(config, workers)
         self.volumes = VolumeService(self.resources)
         self.snapshots = SnapshotService(self.resources)
+        self.groups = GroupSnapshotService(self.resources, self.snapshots)
         self.node = NodeVolumes(self.resources, self.volumes, self.health)
         self._lock = PoolLock(config.pool / LOCK_NAME)
         # What the start-up reconcile repaired, by kind (read by metrics).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -29,6 +29,8 @@ class KeyKind(enum.StrEnum):
     VOLUME = "volume"  # everything else on a volume, by id
     SNAPSHOT_NAME = "snapshot-name"  # CreateSnapshot
     SNAPSHOT = "snapshot"  # everything else on a snapshot, by id
+    GROUP_SNAPSHOT_NAME = "group-snapshot-name"  # CreateVolumeGroupSnapshot
+    GROUP_SNAPSHOT = "group-snapshot"  # everything else on a group snapshot, by id
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,14 @@ class OperationKey:
     def snapshot(cls, snapshot_id: str) -> OperationKey:
         return cls(KeyKind.SNAPSHOT, snapshot_id)
 
+    @classmethod
+    def group_snapshot_name(cls, name: str) -> OperationKey:
+        return cls(KeyKind.GROUP_SNAPSHOT_NAME, name)
+
+    @classmethod
+    def group_snapshot(cls, group_id: str) -> OperationKey:
+        return cls(KeyKind.GROUP_SNAPSHOT, group_id)
+
 
 @dataclass(frozen=True)
 class OperationStatistics:
@@ -71,6 +81,7 @@ class _Running:
     signature: Hashable
     description: str
     task: asyncio.Task[Any]
+    keys: tuple[OperationKey, ...] = ()
 
 
 class Operations:
@@ -85,7 +96,7 @@ class Operations:
 
     @property
     def active(self) -> int:
-        return len(self._running)
+        return len({id(r) for r in self._running.values()})
 
     def statistics(self) -> OperationStatistics:
         return OperationStatistics(
@@ -97,24 +108,33 @@ class Operations:
 
     async def run(
         self,
-        key: OperationKey,
+        key: OperationKey | Sequence[OperationKey],
         signature: Hashable,
         description: str,
         work: Callable[[], Awaitable[T]],
     ) -> T:
-        """Run `work` as the operation for `key`, or join the identical one already running."""
-        running = self._running.get(key)
-        if running is None:
+        """Run `work` as the operation for `key`, or join the identical one already running.
+
+        Several keys (a snapshot's name and its source volume, a group and every member)
+        are held together: the call is refused if any of them is held by another
+        operation, and joins only the identical operation holding all of them.
+        """
+        keys = (key,) if isinstance(key, OperationKey) else tuple(dict.fromkeys(key))
+        holders = {id(r): (k, r) for k in keys if (r := self._running.get(k)) is not None}
+        if not holders:
             task = asyncio.get_running_loop().create_task(self._guarded(work))
-            running = _Running(signature, description, task)
-            self._running[key] = running
-            task.add_done_callback(lambda _: self._forget(key, running))
-        elif running.signature != signature:
-            self._refused += 1
-            raise OperationPending(
-                f"{running.description} is in progress on {key}; retry when it completes"
-            )
+            running = _Running(signature, description, task, keys)
+            for held in keys:
+                self._running[held] = running
+            task.add_done_callback(lambda _: self._forget(keys, running))
         else:
+            held, running = next(iter(holders.values()))
+            identical = running.signature == signature and set(running.keys) == set(keys)
+            if len(holders) > 1 or not identical:
+                self._refused += 1
+                raise OperationPending(
+                    f"{running.description} is in progress on {held}; retry when it completes"
+                )
             self._joined += 1
         return cast("T", await self._wait(running.task))
 
@@ -131,9 +151,11 @@ class Operations:
             self._in_slot -= 1
             self._slots.release()
 
-    def _forget(self, key: OperationKey, running: _Running) -> None:
-        if self._running.get(key) is running:
-            del self._running[key]
+    def _forget(self, keys: tuple[OperationKey, ...], running: _Running) -> None:
+        for key in keys:
+            if self._running.get(key) is running:
+                del self._running[key]
+        key = keys[0]
         if not running.task.cancelled() and (exc := running.task.exception()) is not None:
             # Keep "Task exception was never retrieved" quiet when every waiter left early.
             log.debug("operation_failed", key=str(key), error=str(exc))
@@ -169,4 +191,4 @@ class Operations:
     async def drain(self) -> None:
         """Wait until every running operation has finished."""
         while self._running:
-            await asyncio.wait([r.task for r in self._running.values()])
+            await asyncio.wait({r.task for r in self._running.values()})

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from aiocsi.models import SNAPSHOT_ID_RE, VOLUME_ID_RE
+from aiocsi.models import GROUP_ID_RE, SNAPSHOT_ID_RE, VOLUME_ID_RE
 
 
 def new_volume_id() -> str:
@@ -17,6 +17,14 @@ def new_volume_id() -> str:
 
 def new_snapshot_id() -> str:
     return f"snap-{secrets.token_hex(16)}"
+
+
+def new_group_snapshot_id() -> str:
+    return f"group-{secrets.token_hex(16)}"
+
+
+def is_group_snapshot_id(value: str) -> bool:
+    return GROUP_ID_RE.fullmatch(value) is not None
 
 
 def is_volume_id(value: str) -> bool:

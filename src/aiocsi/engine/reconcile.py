@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 
+from aiocsi.engine.groups import mounted_filesystems, thaw_all
 from aiocsi.engine.pool import Pool, is_snapshot_id, is_volume_id
 from aiocsi.engine.resources import EngineResources
 from aiocsi.errors import FailedPrecondition, HostFailure
@@ -102,6 +103,7 @@ async def reconcile(ctx: EngineResources) -> Counter[str]:
     views = _our_views(backing_files, devices)
     host = await _host_view(ctx, devices, views)
     await _forget_lost_publications(ctx, host, devices, repaired)
+    await _roll_back_groups(ctx, repaired)
     known_volumes, known_snapshots = await _roll_back_unfinished(ctx, repaired)
     held = await _detach_unused_views(ctx, host, views, repaired)
     await _detach_unused(ctx, host, devices, held, repaired)
@@ -127,6 +129,22 @@ async def _forget_lost_publications(
             continue
         await ctx.store.remove_publication(pub.volume_id, pub.kind, pub.path)
         repaired[f"{pub.kind.value}_forgotten"] += 1
+
+
+async def _roll_back_groups(ctx: EngineResources, repaired: Counter[str]) -> None:
+    """A group snapshot not finished (or half deleted) before a crash is rolled back
+    whole; its members' filesystems may still be frozen (the kernel keeps a freeze when
+    the freezer dies), so they are thawed first."""
+    for group in await ctx.store.all_groups():
+        if group.ready:
+            continue
+        points = mounted_filesystems(ctx, [m.source_volume_id for m in group.members])
+        repaired["filesystem_thawed"] += await thaw_all(ctx, points)
+        await ctx.store.set_group_ready(group.id, ready=False)
+        for member in group.members:
+            await files.remove_file(ctx.workers, ctx.pool.snapshot_image(member.id))
+        await ctx.store.delete_group(group.id)
+        repaired["group_snapshot_rolled_back"] += 1
 
 
 async def _roll_back_unfinished(

@@ -51,3 +51,10 @@ class PublishVolume:
     read_only: bool
     staging_path: str = ""
     volume_context: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CreateGroupSnapshot:
+    name: str
+    source_volume_ids: list[str]
+    parameters: dict[str, str] = field(default_factory=dict)

@@ -8,6 +8,7 @@ from aiocsi._proto.csi import v1 as csi
 from aiocsi.config import Config
 from aiocsi.engine.core import Engine
 from aiocsi.services.controller import ControllerService
+from aiocsi.services.group_controller import GroupControllerService
 from aiocsi.services.identity import IdentityService
 from aiocsi.services.node import NodeService
 
@@ -22,10 +23,15 @@ def build_services(config: Config, engine: Engine) -> list[IServable]:
         ControllerService(config, engine) if config.mode.serves_controller else csi.ControllerBase()
     )
     node = NodeService(config, engine) if config.mode.serves_node else csi.NodeBase()
+    groups = (
+        GroupControllerService(engine)
+        if config.mode.serves_controller
+        else csi.GroupControllerBase()
+    )
     return [
         IdentityService(config, engine.health),
         controller,
         node,
-        csi.GroupControllerBase(),
+        groups,
         csi.SnapshotMetadataBase(),
     ]

@@ -6,7 +6,7 @@ import datetime as dt
 
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.config import TOPOLOGY_KEY
-from aiocsi.models import Snapshot, SourceKind, Volume, VolumeCondition
+from aiocsi.models import GroupSnapshot, Snapshot, SourceKind, Volume, VolumeCondition
 
 
 def topology(node_id: str) -> csi.Topology:
@@ -44,4 +44,14 @@ def snapshot(s: Snapshot) -> csi.Snapshot:
         source_volume_id=s.source_volume_id,
         creation_time=dt.datetime.fromtimestamp(s.created_at, tz=dt.UTC),
         ready_to_use=s.ready,
+        group_snapshot_id=s.group_snapshot_id,
+    )
+
+
+def group_snapshot(g: GroupSnapshot) -> csi.VolumeGroupSnapshot:
+    return csi.VolumeGroupSnapshot(
+        group_snapshot_id=g.id,
+        snapshots=[snapshot(m) for m in g.members],
+        creation_time=dt.datetime.fromtimestamp(g.created_at, tz=dt.UTC),
+        ready_to_use=g.ready,
     )

@@ -26,12 +26,10 @@ def plugin_capabilities(config: Config) -> list[csi.PluginCapability]:
         ),
     ]
     if config.mode.serves_controller:
-        caps.insert(
-            0,
-            csi.PluginCapability(
-                service=csi.PluginCapabilityService(type=Service.CONTROLLER_SERVICE)
-            ),
-        )
+        caps[:0] = [
+            csi.PluginCapability(service=csi.PluginCapabilityService(type=service))
+            for service in (Service.CONTROLLER_SERVICE, Service.GROUP_CONTROLLER_SERVICE)
+        ]
     return caps
 
 

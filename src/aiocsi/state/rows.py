@@ -11,6 +11,7 @@ from aiocsi.models import (
     AccessType,
     Capability,
     ContentSource,
+    GroupSnapshot,
     Publication,
     PublicationKind,
     Snapshot,
@@ -77,12 +78,30 @@ def snapshot_from_row(row: sqlite3.Row) -> Snapshot:
         ready=bool(row["ready"]),
         created_at=row["created_at"],
         seq=row["seq"],
+        group_snapshot_id=row["group_snapshot_id"] or "",
     )
 
 
 def snapshot_columns(s: Snapshot) -> tuple[object, ...]:
     """In the order of `sql.INSERT_SNAPSHOT`."""
-    return (s.id, s.name, s.source_volume_id, s.size_bytes, int(s.ready), s.created_at)
+    group = s.group_snapshot_id or None
+    return (s.id, s.name, s.source_volume_id, s.size_bytes, int(s.ready), s.created_at, group)
+
+
+def group_from_row(row: sqlite3.Row, members: tuple[Snapshot, ...]) -> GroupSnapshot:
+    return GroupSnapshot(
+        id=row["id"],
+        name=row["name"],
+        ready=bool(row["ready"]),
+        created_at=row["created_at"],
+        members=members,
+        seq=row["seq"],
+    )
+
+
+def group_columns(g: GroupSnapshot) -> tuple[object, ...]:
+    """In the order of `sql.INSERT_GROUP`."""
+    return (g.id, g.name, int(g.ready), g.created_at)
 
 
 def publication_from_row(row: sqlite3.Row) -> Publication:

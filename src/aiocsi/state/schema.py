@@ -38,6 +38,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (volume_id, kind, path)
     );
     """,
+    """
+    CREATE TABLE group_snapshots (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL UNIQUE,
+        ready INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    ALTER TABLE snapshots ADD COLUMN group_snapshot_id TEXT;
+    CREATE INDEX snapshots_by_group ON snapshots (group_snapshot_id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -23,8 +23,9 @@ ALL_VOLUMES = "SELECT * FROM volumes ORDER BY seq"
 READY_VOLUMES_PAGE = "SELECT * FROM volumes WHERE seq > ? AND state = 'ready' ORDER BY seq LIMIT ?"
 
 INSERT_SNAPSHOT = (
-    "INSERT INTO snapshots (id, name, source_volume_id, size_bytes, ready, created_at)"
-    " VALUES (?,?,?,?,?,?)"
+    "INSERT INTO snapshots"
+    " (id, name, source_volume_id, size_bytes, ready, created_at, group_snapshot_id)"
+    " VALUES (?,?,?,?,?,?,?)"
 )
 SNAPSHOT_BY_SEQ = "SELECT * FROM snapshots WHERE seq = ?"
 SNAPSHOT_BY_ID = "SELECT * FROM snapshots WHERE id = ?"
@@ -32,6 +33,17 @@ SNAPSHOT_BY_NAME = "SELECT * FROM snapshots WHERE name = ?"
 SET_SNAPSHOT_READY = "UPDATE snapshots SET ready = ? WHERE id = ?"
 DELETE_SNAPSHOT = "DELETE FROM snapshots WHERE id = ?"
 ALL_SNAPSHOTS = "SELECT * FROM snapshots ORDER BY seq"
+SNAPSHOTS_OF_GROUP = "SELECT * FROM snapshots WHERE group_snapshot_id = ? ORDER BY seq"
+SET_GROUP_MEMBERS_READY = "UPDATE snapshots SET ready = ? WHERE group_snapshot_id = ?"
+DELETE_GROUP_MEMBERS = "DELETE FROM snapshots WHERE group_snapshot_id = ?"
+
+INSERT_GROUP = "INSERT INTO group_snapshots (id, name, ready, created_at) VALUES (?,?,?,?)"
+GROUP_BY_SEQ = "SELECT * FROM group_snapshots WHERE seq = ?"
+GROUP_BY_ID = "SELECT * FROM group_snapshots WHERE id = ?"
+GROUP_BY_NAME = "SELECT * FROM group_snapshots WHERE name = ?"
+SET_GROUP_READY = "UPDATE group_snapshots SET ready = ? WHERE id = ?"
+DELETE_GROUP = "DELETE FROM group_snapshots WHERE id = ?"
+ALL_GROUPS = "SELECT * FROM group_snapshots ORDER BY seq"
 
 
 def ready_snapshots_page(*, by_source: bool, by_id: bool) -> str:
@@ -53,7 +65,7 @@ DELETE_PUBLICATION = "DELETE FROM publications WHERE volume_id = ? AND kind = ? 
 ALL_PUBLICATIONS = "SELECT * FROM publications ORDER BY rowid"
 
 LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = ?"
-SEQUENCED_TABLES = ("volumes", "snapshots")
+SEQUENCED_TABLES = ("volumes", "snapshots", "group_snapshots")
 
 # Every image in the pool, volume or snapshot, counts against its capacity.
 PROVISIONED = (

@@ -30,7 +30,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from pathlib import Path
 
-    from aiocsi.models import Publication, PublicationKind, Snapshot, Volume, VolumeState
+    from aiocsi.models import (
+        GroupSnapshot,
+        Publication,
+        PublicationKind,
+        Snapshot,
+        Volume,
+        VolumeState,
+    )
 
 __all__ = [
     "DB_NAME",
@@ -254,6 +261,64 @@ class Store:
         found = await self._rows(sql.ALL_SNAPSHOTS)
         return [rows.snapshot_from_row(r) for r in found]
 
+    # -- group snapshots ------------------------------------------------------------------
+
+    async def insert_group(self, g: GroupSnapshot, *, budget: Budget = None) -> GroupSnapshot:
+        """Record a group and its members (not ready) in one transaction and return it with
+        its `seq`; with `budget`, only if all the members' images keep the pool within it
+        (else `OverBudget`); an id or name taken: `IntegrityError`, nothing recorded."""
+
+        def insert(db: sqlite3.Connection) -> GroupSnapshot:
+            check_budget(db, sum(m.size_bytes for m in g.members), budget)
+            cur = db.execute(sql.INSERT_GROUP, rows.group_columns(g))
+            for member in g.members:
+                db.execute(sql.INSERT_SNAPSHOT, rows.snapshot_columns(member))
+            inserted = _group(db, db.execute(sql.GROUP_BY_SEQ, (cur.lastrowid,)).fetchone())
+            assert inserted is not None  # noqa: S101 -- just inserted, in this transaction
+            return inserted
+
+        return await self._call(insert)
+
+    async def get_group(self, group_id: str) -> GroupSnapshot | None:
+        """The group with this id and its members, ready or not; None if there is none."""
+        return await self._call_read(
+            lambda db: _group(db, db.execute(sql.GROUP_BY_ID, (group_id,)).fetchone())
+        )
+
+    async def get_group_by_name(self, name: str) -> GroupSnapshot | None:
+        """The group with this name and its members, ready or not; None if there is none."""
+        return await self._call_read(
+            lambda db: _group(db, db.execute(sql.GROUP_BY_NAME, (name,)).fetchone())
+        )
+
+    async def all_groups(self) -> list[GroupSnapshot]:
+        """Every group with its members, ready or not, in `seq` order."""
+        return await self._call_read(
+            lambda db: [g for r in db.execute(sql.ALL_GROUPS).fetchall() if (g := _group(db, r))]
+        )
+
+    async def set_group_ready(self, group_id: str, ready: bool = True) -> None:
+        """Mark a group and all its members usable (or not) in one transaction; an unknown
+        id changes nothing."""
+
+        def update(db: sqlite3.Connection) -> None:
+            db.execute(sql.SET_GROUP_MEMBERS_READY, (int(ready), group_id))
+            db.execute(sql.SET_GROUP_READY, (int(ready), group_id))
+
+        await self._call(update)
+
+    async def delete_group(self, group_id: str) -> None:
+        """Forget a group and its members' records; an unknown id changes nothing."""
+
+        def delete(db: sqlite3.Connection) -> None:
+            db.execute(sql.DELETE_GROUP_MEMBERS, (group_id,))
+            db.execute(sql.DELETE_GROUP, (group_id,))
+
+        await self._call(delete)
+
+    async def _call_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self.committer.run(fn, transaction=False)
+
     # -- publications ---------------------------------------------------------------------
 
     async def add_publication(self, p: Publication) -> None:
@@ -279,3 +344,10 @@ class Store:
         """Publications of one volume (None: of all) and of one kind (None: any), oldest
         first; an unknown volume has none."""
         return self._mirror.publications(volume_id, kind)
+
+
+def _group(db: sqlite3.Connection, row: sqlite3.Row | None) -> GroupSnapshot | None:
+    if row is None:
+        return None
+    members = db.execute(sql.SNAPSHOTS_OF_GROUP, (row["id"],)).fetchall()
+    return rows.group_from_row(row, tuple(rows.snapshot_from_row(m) for m in members))
