@@ -10,6 +10,7 @@ from aiocsi.engine.core import Engine
 from aiocsi.services.controller import ControllerService
 from aiocsi.services.identity import IdentityService
 from aiocsi.services.node import NodeService
+from aiocsi.services.snapshot_metadata import SnapshotMetadataService
 
 
 def build_services(config: Config, engine: Engine) -> list[IServable]:
@@ -27,5 +28,7 @@ def build_services(config: Config, engine: Engine) -> list[IServable]:
         controller,
         node,
         csi.GroupControllerBase(),
-        csi.SnapshotMetadataBase(),
+        SnapshotMetadataService(engine)
+        if config.mode.serves_controller
+        else csi.SnapshotMetadataBase(),
     ]

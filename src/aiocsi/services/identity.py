@@ -32,6 +32,11 @@ def plugin_capabilities(config: Config) -> list[csi.PluginCapability]:
                 service=csi.PluginCapabilityService(type=Service.CONTROLLER_SERVICE)
             ),
         )
+        caps.append(
+            csi.PluginCapability(
+                service=csi.PluginCapabilityService(type=Service.SNAPSHOT_METADATA_SERVICE)
+            )
+        )
     return caps
 
 
