@@ -131,7 +131,7 @@ class SnapshotMetadata:
                 cursor = extents.BLOCK * (starting_offset // extents.BLOCK)
                 while cursor < end:
                     found, cursor = await self._workers.run_sync(
-                        _delta_window, base_fd, target_fd, cursor, end
+                        delta_window, base_fd, target_fd, cursor, end
                     )
                     if found:
                         yield found
@@ -157,7 +157,7 @@ async def _pages(steps: AsyncIterator[list[Range]], limit: int) -> AsyncIterator
         del pending[:limit]
 
 
-def _delta_window(base_fd: int, target_fd: int, cursor: int, end: int) -> tuple[list[Range], int]:
+def delta_window(base_fd: int, target_fd: int, cursor: int, end: int) -> tuple[list[Range], int]:
     """The changed ranges in the next window holding data in either image, and where the
     window ended (in a worker thread)."""
     starts = [
