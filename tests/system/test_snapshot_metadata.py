@@ -15,7 +15,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from aiocsi._proto.csi import v1 as csi
-from aiocsi.engine.metadata import DEFAULT_MAX_RESULTS
+from aiocsi.engine.metadata import DEFAULT_MAX_RESULTS, MAX_RESULTS_CAP, page_size
 from aiocsi.host.sysfs import all_loop_backing_files
 
 from .conftest import Driver, block_capability
@@ -188,6 +188,7 @@ async def test_starting_offset_resumes_a_stream(
 
 
 async def test_max_results_caps_every_message(driver: Driver, two_snapshots: TwoSnapshots) -> None:
+    assert (page_size(0), page_size(5000)) == (DEFAULT_MAX_RESULTS, MAX_RESULTS_CAP)
     one_each = await allocated(driver, two_snapshots.target, max_results=1)
     assert [len(r.block_metadata) for r in one_each] == [1, 1, 1, 1]
     assert extents_of(one_each) == [*BASE_EXTENTS, (20 * MiB, 12 * KiB)]
@@ -237,16 +238,17 @@ async def test_a_1gib_sparse_image_streams_with_flat_memory(driver: Driver) -> N
         tracemalloc.reset_peak()
         changed = 0
         delta_request = csi.GetMetadataDeltaRequest(
-            base_snapshot_id=base, target_snapshot_id=target
+            base_snapshot_id=base, target_snapshot_id=target, max_results=64
         )
         async for page in metadata(driver).get_metadata_delta(delta_request):
-            assert len(page.block_metadata) <= DEFAULT_MAX_RESULTS
+            assert len(page.block_metadata) <= 64
             changed += len(page.block_metadata)
         _, delta_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert (seen, most, changed) == (count, 64, count)
-    # Measured: about 0.1 MiB for Allocated (pages of 64) and 0.3 MiB for Delta (pages of
-    # the default 256, one window's extents and read buffers at a time).
+    # Measured: about 0.1 MiB for Allocated and 0.3 MiB for Delta (a page of 64, and one
+    # window's extents and read buffers). Pages of 64 also keep each reply's encoding on
+    # the loop short while tracemalloc slows every allocation several times over.
     assert allocated_peak < MiB // 2, allocated_peak
     assert delta_peak < MiB, delta_peak

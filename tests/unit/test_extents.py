@@ -110,3 +110,42 @@ def test_physical_extents_maps_written_data(image: int) -> None:
     found = extents.physical_extents(image, 0, 16 * MIB)
     assert [(e.logical, e.length) for e in found] == [(MIB, 2 * BLOCK)]
     assert found[0].physical > 0
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_open_images_close_at_once_when_idle(workdir: Path, image: int) -> None:
+    del image
+    images = extents.OpenImages()
+    images.open(str(workdir / "a.img"))
+    (fd,) = images.fds
+    images.close()
+    assert not _is_open(fd)
+    with pytest.raises(ValueError, match="closed"), images.using():
+        pass
+
+
+def test_open_images_closed_during_a_step_close_when_it_ends(workdir: Path, image: int) -> None:
+    # A cancelled caller closes while its step still runs in a worker: the step keeps a
+    # valid descriptor to its end, and closes it then.
+    del image
+    images = extents.OpenImages()
+    images.open(str(workdir / "a.img"))
+    with images.using() as (fd,):
+        images.close()
+        assert _is_open(fd)
+        assert extents.next_data(fd, 0) is None
+    assert not _is_open(fd)
+
+
+def test_open_images_report_a_missing_file(workdir: Path) -> None:
+    images = extents.OpenImages()
+    with pytest.raises(FileNotFoundError):
+        images.open(str(workdir / "gone.img"))
+    images.close()

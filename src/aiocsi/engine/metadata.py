@@ -11,25 +11,24 @@ while it is being read still streams to the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from aiocsi.engine.pool import Pool
 from aiocsi.engine.snapshots import SnapshotService
 from aiocsi.errors import InvalidArgument, NotFound, OutOfRange
 from aiocsi.host import extents
-from aiocsi.host.extents import Range
-from aiocsi.logging import get_logger
+from aiocsi.host.extents import OpenImages, Range
 from aiocsi.models import Snapshot
 from aiocsi.threads import WorkerPool
 
-log = get_logger("aiocsi.engine")
-
 # max_results: 0 asks for our default; more than the cap is answered with the cap (the
-# spec lets a plugin return fewer). 4,096 extents make a reply of about 60 KiB.
+# spec lets a plugin return fewer). Each reply is built and encoded on the event loop, at
+# about 9 us an extent here: 256 cost 2.3 ms, the cap of 1,024 about 9.5 ms.
 DEFAULT_MAX_RESULTS = 256
-MAX_RESULTS_CAP = 4096
+MAX_RESULTS_CAP = 1024
 # Bytes of both images one Delta hand-off looks at: at most two READ_BYTES buffers live.
 DELTA_WINDOW = 8 * 1024 * 1024
 
@@ -58,12 +57,12 @@ class SnapshotMetadata:
         self._pool = pool
         self._workers = workers
 
-    async def _open(self, snap: Snapshot) -> int:
-        path = os.fspath(self._pool.snapshot_image(snap.id))
+    async def _open(self, images: OpenImages, *snaps: Snapshot) -> None:
+        paths = [os.fspath(self._pool.snapshot_image(snap.id)) for snap in snaps]
         try:
-            return await self._workers.run_sync(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFound(f"the image of snapshot {snap.id} is gone") from None
+            await self._workers.run_sync(images.open, *paths)
+        except FileNotFoundError as exc:
+            raise NotFound(f"a snapshot image is gone: {exc.filename}") from None
 
     @staticmethod
     def _check_offset(snap: Snapshot, starting_offset: int) -> None:
@@ -75,35 +74,37 @@ class SnapshotMetadata:
 
     async def allocated(
         self, snapshot_id: str, starting_offset: int, max_results: int
-    ) -> AsyncIterator[MetadataPage]:
+    ) -> AsyncGenerator[MetadataPage]:
         """Pages of the snapshot's allocated extents from `starting_offset` (the extent
         holding it is clipped to the 4 KiB block holding it)."""
         snap = await self._snapshots.get(snapshot_id)
         self._check_offset(snap, starting_offset)
         limit = page_size(max_results)
-        fd = await self._open(snap)
+        images = OpenImages()
         try:
+            await self._open(images, snap)
             cursor, end = starting_offset, snap.size_bytes
 
-            async def steps() -> AsyncIterator[list[Range]]:
+            async def steps() -> AsyncGenerator[list[Range]]:
                 nonlocal cursor
                 while cursor < end:
                     found = await self._workers.run_sync(
-                        extents.data_ranges, fd, cursor, end, limit
+                        _allocated_step, images, cursor, end, limit
                     )
                     if not found:
                         return
                     yield found
                     cursor = found[-1][0] + found[-1][1]
 
-            async for page in _pages(steps(), limit):
-                yield MetadataPage(snap.size_bytes, page)
+            async with contextlib.aclosing(_pages(steps(), limit)) as pages:
+                async for page in pages:
+                    yield MetadataPage(snap.size_bytes, page)
         finally:
-            os.close(fd)
+            images.close()
 
     async def delta(
         self, base_id: str, target_id: str, starting_offset: int, max_results: int
-    ) -> AsyncIterator[MetadataPage]:
+    ) -> AsyncGenerator[MetadataPage]:
         """Pages of the extents whose bytes differ between two snapshots of one volume.
 
         Ranges both images map to the same physical blocks (reflinks, FIEMAP) are skipped
@@ -118,40 +119,45 @@ class SnapshotMetadata:
             )
         self._check_offset(target, starting_offset)
         limit = page_size(max_results)
-        base_fd = await self._open(base)
+        images = OpenImages()
         try:
-            target_fd = await self._open(target)
-        except BaseException:
-            os.close(base_fd)
-            raise
-        try:
+            await self._open(images, base, target)
             end = target.size_bytes
 
-            async def steps() -> AsyncIterator[list[Range]]:
+            async def steps() -> AsyncGenerator[list[Range]]:
                 cursor = extents.BLOCK * (starting_offset // extents.BLOCK)
                 while cursor < end:
-                    found, cursor = await self._workers.run_sync(
-                        delta_window, base_fd, target_fd, cursor, end
-                    )
+                    found, cursor = await self._workers.run_sync(_delta_step, images, cursor, end)
                     if found:
                         yield found
 
-            async for page in _pages(steps(), limit):
-                yield MetadataPage(target.size_bytes, page)
+            async with contextlib.aclosing(_pages(steps(), limit)) as pages:
+                async for page in pages:
+                    yield MetadataPage(target.size_bytes, page)
         finally:
-            os.close(base_fd)
-            os.close(target_fd)
+            images.close()
 
 
-async def _pages(steps: AsyncIterator[list[Range]], limit: int) -> AsyncIterator[list[Range]]:
+def _allocated_step(images: OpenImages, cursor: int, end: int, limit: int) -> list[Range]:
+    with images.using() as (fd,):
+        return extents.data_ranges(fd, cursor, end, limit)
+
+
+def _delta_step(images: OpenImages, cursor: int, end: int) -> tuple[list[Range], int]:
+    with images.using() as (base_fd, target_fd):
+        return delta_window(base_fd, target_fd, cursor, end)
+
+
+async def _pages(steps: AsyncGenerator[list[Range]], limit: int) -> AsyncGenerator[list[Range]]:
     """Re-cut the hand-offs' extents into pages of `limit`, merging extents that touch
     across hand-offs: the last extent waits for the next hand-off before it is sent."""
     pending: list[Range] = []
-    async for found in steps:
-        _merge_into(pending, found)
-        while len(pending) > limit:
-            yield pending[:limit]
-            del pending[:limit]
+    async with contextlib.aclosing(steps):
+        async for found in steps:
+            _merge_into(pending, found)
+            while len(pending) > limit:
+                yield pending[:limit]
+                del pending[:limit]
     while pending:
         yield pending[:limit]
         del pending[:limit]

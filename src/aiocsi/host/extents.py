@@ -8,11 +8,14 @@ at the file's end), sorted, not overlapping, adjacent ones merged.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import struct
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 BLOCK = 4096
 # Bytes read from each file at a time by `changed_ranges`: its whole buffer is two of these.
@@ -43,6 +46,55 @@ class PhysicalExtent:
     @property
     def trusted(self) -> bool:
         return not self.flags & FIEMAP_EXTENT_UNTRUSTED
+
+
+@dataclass
+class OpenImages:
+    """Image files held open read-only for one stream: workers use them one step at a time
+    (`using`, in a worker thread), and `close` never waits (it is called on the event loop,
+    perhaps while a cancelled caller's step is still running in its thread: that step closes
+    them when it ends, so no thread ever reads a descriptor that was closed and reused)."""
+
+    fds: list[int] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _closing: bool = False
+    _closed: bool = False
+
+    def open(self, *paths: str) -> None:
+        """Open each path (worker thread); FileNotFoundError names a missing one."""
+        try:
+            with self._lock:
+                for path in paths:
+                    if self._closed:
+                        return
+                    self.fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        finally:
+            self._close_if_asked()
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[list[int]]:
+        try:
+            with self._lock:
+                if self._closed:
+                    raise ValueError("the images are closed")
+                yield self.fds
+        finally:
+            self._close_if_asked()
+
+    def close(self) -> None:
+        self._closing = True
+        self._close_if_asked()
+
+    def _close_if_asked(self) -> None:
+        # Both sides try after their last step: whichever gets the lock closes.
+        if self._closing and self._lock.acquire(blocking=False):
+            try:
+                if not self._closed:
+                    self._closed = True
+                    for fd in self.fds:
+                        os.close(fd)
+            finally:
+                self._lock.release()
 
 
 def _align_down(value: int) -> int:

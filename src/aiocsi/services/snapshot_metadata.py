@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiocsi._proto.csi import v1 as csi
@@ -25,21 +26,24 @@ class SnapshotMetadataService(csi.SnapshotMetadataBase):
     ) -> AsyncIterator[csi.GetMetadataAllocatedResponse]:
         snapshot_id, window = check.allocated(message)
         pages = self._metadata.allocated(snapshot_id, window.starting_offset, window.max_results)
-        async for page in pages:
-            yield csi.GetMetadataAllocatedResponse(
-                block_metadata_type=EXTENT_TYPE,
-                volume_capacity_bytes=page.capacity_bytes,
-                block_metadata=_extents(page),
-            )
+        # Closed here, not by the garbage collector: its images close when the call ends.
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                yield csi.GetMetadataAllocatedResponse(
+                    block_metadata_type=EXTENT_TYPE,
+                    volume_capacity_bytes=page.capacity_bytes,
+                    block_metadata=_extents(page),
+                )
 
     async def get_metadata_delta(
         self, message: csi.GetMetadataDeltaRequest
     ) -> AsyncIterator[csi.GetMetadataDeltaResponse]:
         base, target, window = check.delta(message)
         pages = self._metadata.delta(base, target, window.starting_offset, window.max_results)
-        async for page in pages:
-            yield csi.GetMetadataDeltaResponse(
-                block_metadata_type=EXTENT_TYPE,
-                volume_capacity_bytes=page.capacity_bytes,
-                block_metadata=_extents(page),
-            )
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                yield csi.GetMetadataDeltaResponse(
+                    block_metadata_type=EXTENT_TYPE,
+                    volume_capacity_bytes=page.capacity_bytes,
+                    block_metadata=_extents(page),
+                )
