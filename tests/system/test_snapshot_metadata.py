@@ -252,3 +252,40 @@ async def test_a_1gib_sparse_image_streams_with_flat_memory(driver: Driver) -> N
     # the loop short while tracemalloc slows every allocation several times over.
     assert allocated_peak < MiB // 2, allocated_peak
     assert delta_peak < MiB, delta_peak
+
+
+def open_snapshot_images(d: Driver) -> list[str]:
+    """The snapshot images this process holds open (the driver runs in the test's process)."""
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = str(fd.readlink())
+            if target.startswith(str(d.pool / "snapshots")):
+                held.append(target)
+    return held
+
+
+async def test_a_stream_dropped_by_its_client_closes_its_images(
+    driver: Driver, two_snapshots: TwoSnapshots
+) -> None:
+    path = "/csi.v1.SnapshotMetadata/GetMetadataDelta"
+    handler = csi.SnapshotMetadataBase().__mapping__()[path]
+    request = csi.GetMetadataDeltaRequest(
+        base_snapshot_id=two_snapshots.base, target_snapshot_id=two_snapshots.target, max_results=1
+    )
+    async with driver.client.channel.request(
+        path, handler.cardinality, handler.request_type, handler.reply_type
+    ) as stream:
+        await stream.send_message(request, end=True)
+        first = await stream.recv_message()
+        assert first is not None
+        assert [(b.byte_offset, b.size_bytes) for b in first.block_metadata] == CHANGED[:1]
+        assert len(open_snapshot_images(driver)) == 2  # the stream holds both images
+        await stream.cancel()
+    for _ in range(100):
+        if not open_snapshot_images(driver):
+            break
+        await asyncio.sleep(0.02)
+    assert open_snapshot_images(driver) == []
+    # The driver serves the next stream as before.
+    assert extents_of(await delta(driver, two_snapshots.base, two_snapshots.target)) == CHANGED
