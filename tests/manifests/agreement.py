@@ -116,6 +116,7 @@ def _named(obj: Obj) -> list[tuple[str, object]]:
     spec = obj.get("spec") or {}
     fields = {
         "CSIDriver": ("metadata.name", (obj.get("metadata") or {}).get("name")),
+        "SnapshotMetadataService": ("metadata.name", (obj.get("metadata") or {}).get("name")),
         "StorageClass": ("provisioner", obj.get("provisioner")),
         "VolumeSnapshotClass": ("driver", obj.get("driver")),
         "VolumeGroupSnapshotClass": ("driver", obj.get("driver")),

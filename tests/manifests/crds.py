@@ -289,7 +289,29 @@ def _monitor(kind: str, endpoints_key: str) -> Obj:
 _SCHEMAS["ServiceMonitor"] = _monitor("ServiceMonitor", "endpoints")
 _SCHEMAS["PodMonitor"] = _monitor("PodMonitor", "podMetricsEndpoints")
 
+# kubernetes-csi/external-snapshot-metadata v1.1.0,
+# client/config/crd/cbt.storage.k8s.io_snapshotmetadataservices.yaml: cluster-scoped, every
+# spec field required and non-empty.
+_SCHEMAS["SnapshotMetadataService"] = _object(
+    ["cbt.storage.k8s.io/v1beta1"],
+    "SnapshotMetadataService",
+    {
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["address", "caCert", "audience"],
+            "properties": {
+                "address": _NAME,
+                "caCert": {"type": "string", "minLength": 1, "contentEncoding": "base64"},
+                "audience": _NAME,
+            },
+        }
+    },
+    ["spec"],
+)
+
 GROUPS = {
+    "cbt.storage.k8s.io",
     "snapshot.storage.k8s.io",
     "groupsnapshot.storage.k8s.io",
     "monitoring.coreos.com",

@@ -172,6 +172,22 @@ def _attacher(options: Options) -> Needs:
     return Needs(cluster, _leases(options))
 
 
+def _snapshot_metadata(_: Options) -> Needs:
+    # deploy/snapshot-metadata-cluster-role.yaml of v1.1.0; a server, no leader election.
+    cluster: tuple[Rule, ...] = (
+        (
+            "cbt.storage.k8s.io",
+            "snapshotmetadataservices",
+            ("get", "list", "watch", "create", "update", "patch", "delete"),
+        ),
+        ("authentication.k8s.io", "tokenreviews", ("create", "get")),
+        ("authorization.k8s.io", "subjectaccessreviews", ("create", "get")),
+        ("snapshot.storage.k8s.io", "volumesnapshots", ("get", "list")),
+        ("snapshot.storage.k8s.io", "volumesnapshotcontents", ("get", "list")),
+    )
+    return Needs(cluster)
+
+
 def _nothing(_: Options) -> Needs:
     return Needs()
 
@@ -231,6 +247,23 @@ _REGISTRAR_FLAGS = _KLOG | {
     "enable-pprof",
     "version",
 }
+# cmd/csi-snapshot-metadata (pkg/sidecar/sidecar.go flag names), v1.1.0.
+_SNAPSHOT_METADATA_FLAGS = _KLOG | {
+    "csi-address",
+    "timeout",
+    "port",
+    "http-endpoint",
+    "metrics-path",
+    "disable-metrics",
+    "kube-api-qps",
+    "kube-api-burst",
+    "kubeconfig",
+    "max-streaming-duration-min",
+    "tls-cert",
+    "tls-key",
+    "audience",
+    "version",
+}
 _LIVENESSPROBE_FLAGS = _KLOG | {
     "csi-address",
     "http-endpoint",
@@ -250,6 +283,11 @@ SIDECARS: dict[str, dict[str, Sidecar]] = {
     "csi-attacher": {"v4.12.0": Sidecar(_ATTACHER_FLAGS, _attacher, "external-attacher")},
     "csi-node-driver-registrar": {"v2.17.0": Sidecar(_REGISTRAR_FLAGS, _nothing)},
     "livenessprobe": {"v2.19.0": Sidecar(_LIVENESSPROBE_FLAGS, _nothing)},
+    "csi-snapshot-metadata": {
+        "v1.1.0": Sidecar(
+            _SNAPSHOT_METADATA_FLAGS, _snapshot_metadata, "external-snapshot-metadata"
+        )
+    },
 }
 SIDECAR_REGISTRY = "registry.k8s.io/sig-storage/"
 

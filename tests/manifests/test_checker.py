@@ -165,6 +165,27 @@ KNOWN_BAD = {
         'accessModes: ["ReadWriteMany"]',
         ("PersistentVolumeClaim/aiocsi-example-block", "ReadWriteMany"),
     ),
+    "snapshot-metadata sidecar flag it lacks": (
+        "manifests/snapshot-metadata",
+        "daemonset.yaml",
+        "--port=50051",
+        "--grpc-port=50051",
+        ("csi-snapshot-metadata v1.1.0 has no --grpc-port",),
+    ),
+    "snapshot-metadata sidecar without TokenReview": (
+        "manifests/snapshot-metadata",
+        "rbac.yaml",
+        'resources: ["tokenreviews"]\n    verbs: ["create", "get"]',
+        'resources: ["tokenreviews"]\n    verbs: ["get"]',
+        ("lacks create authentication.k8s.io/tokenreviews", "csi-snapshot-metadata"),
+    ),
+    "SnapshotMetadataService named for another driver": (
+        "manifests/snapshot-metadata",
+        "snapshotmetadataservice.yaml",
+        "name: loop.csi.aiocsi.dev",
+        "name: hostpath.csi.k8s.io",
+        ("SnapshotMetadataService/hostpath.csi.k8s.io", "metadata.name"),
+    ),
     "kustomization names a missing file": (
         "manifests/attach",
         "kustomization.yaml",
@@ -338,6 +359,14 @@ CRD_OBJECTS: dict[str, tuple[dict[str, object], dict[str, object]]] = {
             },
         ),
         {"driver": 7},
+    ),
+    "snapshot metadata service": (
+        _content(
+            "SnapshotMetadataService",
+            "cbt.storage.k8s.io/v1beta1",
+            {"address": "svc.ns:6443", "caCert": "Q0E=", "audience": "backup"},
+        ),
+        {"audience": ""},
     ),
     "pod monitor": (
         _content(

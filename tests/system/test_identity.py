@@ -40,6 +40,7 @@ async def test_capabilities_follow_the_mode(cleanup: Path) -> None:
             expansion = [c.volume_expansion for c in reply.capabilities if c.volume_expansion]
             assert (Service.CONTROLLER_SERVICE in services) is has_controller
             assert (Service.GROUP_CONTROLLER_SERVICE in services) is has_controller
+            assert (Service.SNAPSHOT_METADATA_SERVICE in services) is has_controller
             assert Service.VOLUME_ACCESSIBILITY_CONSTRAINTS in services
             assert [e.type for e in expansion] == [csi.PluginCapabilityVolumeExpansionType.ONLINE]
 

@@ -8,6 +8,7 @@ from collections import Counter
 from aiocsi.config import Config
 from aiocsi.engine.groups import GroupSnapshotService
 from aiocsi.engine.health import HealthChecker
+from aiocsi.engine.metadata import SnapshotMetadata
 from aiocsi.engine.node import NodeVolumes
 from aiocsi.engine.operations import Operations
 from aiocsi.engine.pool import Pool
@@ -44,6 +45,7 @@ class Engine:
         self.volumes = VolumeService(self.resources)
         self.snapshots = SnapshotService(self.resources)
         self.groups = GroupSnapshotService(self.resources, self.snapshots)
+        self.metadata = SnapshotMetadata(self.snapshots, pool, workers)
         self.node = NodeVolumes(self.resources, self.volumes, self.health)
         self._lock = PoolLock(config.pool / LOCK_NAME)
         # What the start-up reconcile repaired, by kind (read by metrics).

@@ -11,6 +11,7 @@ from aiocsi.services.controller import ControllerService
 from aiocsi.services.group_controller import GroupControllerService
 from aiocsi.services.identity import IdentityService
 from aiocsi.services.node import NodeService
+from aiocsi.services.snapshot_metadata import SnapshotMetadataService
 
 
 def build_services(config: Config, engine: Engine) -> list[IServable]:
@@ -33,5 +34,7 @@ def build_services(config: Config, engine: Engine) -> list[IServable]:
         controller,
         node,
         groups,
-        csi.SnapshotMetadataBase(),
+        SnapshotMetadataService(engine)
+        if config.mode.serves_controller
+        else csi.SnapshotMetadataBase(),
     ]

@@ -30,6 +30,11 @@ def plugin_capabilities(config: Config) -> list[csi.PluginCapability]:
             csi.PluginCapability(service=csi.PluginCapabilityService(type=service))
             for service in (Service.CONTROLLER_SERVICE, Service.GROUP_CONTROLLER_SERVICE)
         ]
+        caps.append(
+            csi.PluginCapability(
+                service=csi.PluginCapabilityService(type=Service.SNAPSHOT_METADATA_SERVICE)
+            )
+        )
     return caps
 
 
