@@ -7,6 +7,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -26,6 +27,13 @@ QUIET_LIBRARIES = ("hpack", "h2")
 MAX_BUFFERED_LINES = 1024
 # Lines the writer thread joins into one write(2).
 _WRITE_BATCH = 256
+# When lines are already waiting behind the one that woke it, the writer thread lets more
+# gather for this long: a busy driver then wakes it (and hands it the GIL) every few
+# milliseconds, not at every line. A lone line is written at once.
+_BUSY_LINES = 2
+_LINGER_S = 0.002
+# Field values with nothing to redact in them.
+_PLAIN: frozenset[type] = frozenset({int, float, bool, type(None)})
 
 
 def _redact(value: object, secrets: frozenset[str]) -> object:
@@ -49,8 +57,28 @@ def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
     """
     call = current_call()
     secrets = call.secret_values if call else frozenset()
-    for key in list(event_dict):
-        event_dict[key] = REDACTED if key in SECRET_KEYS else _redact(event_dict[key], secrets)
+    # Values are replaced, no key is added or removed: safe while iterating.
+    for key, value in event_dict.items():
+        if key in SECRET_KEYS:
+            event_dict[key] = REDACTED
+        elif type(value) in _PLAIN or (not secrets and type(value) is str):
+            continue  # nothing in it to redact: most fields of most lines
+        else:
+            event_dict[key] = _redact(value, secrets)
+    return event_dict
+
+
+def add_call_fields(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """The current call's request_id, method and (once known) volume_id on every line.
+
+    Read from the call itself, so the interceptor binds nothing per call.
+    """
+    call = current_call()
+    if call is not None:
+        event_dict.setdefault("request_id", call.request_id)
+        event_dict.setdefault("method", call.method)
+        if call.volume_id:
+            event_dict.setdefault("volume_id", call.volume_id)
     return event_dict
 
 
@@ -131,6 +159,8 @@ class LogStream:
 
     def _write_lines(self) -> None:
         while (item := self._lines.get()) is not None:
+            if isinstance(item, str) and self._lines.qsize() >= _BUSY_LINES:
+                time.sleep(_LINGER_S)  # busy: let the next lines join this write
             batch, stop = [item], False
             while len(batch) < _WRITE_BATCH:
                 try:
@@ -185,6 +215,7 @@ def configure(
     level_no = logging.getLevelNamesMapping()[level.upper()]
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_call_fields,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -9,7 +9,6 @@ does by default, in a process of its own, until SIGTERM or SIGINT.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -30,8 +29,6 @@ class BareIdentity(csi.IdentityBase):
 
 async def serve(socket_path: Path) -> None:
     server = Server([BareIdentity()])
-    with contextlib.suppress(FileNotFoundError):
-        socket_path.unlink()
     await server.start(path=os.fspath(socket_path))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -42,14 +39,16 @@ async def serve(socket_path: Path) -> None:
     finally:
         server.close()
         await server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            socket_path.unlink()
 
 
 def main(argv: list[str]) -> int:
-    (socket_path,) = argv
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(Path(socket_path)))
+    socket_path = Path(argv[0])
+    socket_path.unlink(missing_ok=True)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(socket_path))
+    finally:
+        socket_path.unlink(missing_ok=True)
     return 0
 
 

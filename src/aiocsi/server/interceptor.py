@@ -2,9 +2,10 @@
 
 A `RecvRequest` listener binds the call's context and swaps the handler for a wrapper
 that maps errors (via the table in `aiocsi.errors`), writes one log line per call and
-tells the observers (metrics) how the call ended. A `RecvMessage` listener adds what only
-the request message knows: the volume id, the Kubernetes objects behind the call and the
-secret values to scrub, and applies the spec's size limits to the whole request.
+tells the observers (metrics) how the call ended. The wrapper also reads the request
+message as the handler receives it, for what only the message knows: the volume id, the
+Kubernetes objects behind the call and the secret values to scrub, and applies the spec's
+size limits to the whole request. What depends only on the method is worked out once.
 """
 
 from __future__ import annotations
@@ -12,18 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from grpclib.const import Status
-from grpclib.events import RecvMessage, RecvRequest, SendMessage, listen
+from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
-from aiocsi.context import CallContext, current_call, scrub, set_call
+from aiocsi.context import CallContext, scrub, set_call
 from aiocsi.errors import DomainError, grpc_code_name
 from aiocsi.logging import get_logger
 from aiocsi.server.tracker import CallTracker
@@ -56,17 +58,24 @@ _KUBE_KEYS: Mapping[str, Mapping[str, str]] = {
     },
 }
 _KUBE_METHODS = frozenset({"CreateVolume", "NodePublishVolume"})
-# The rpc line's extra fields for the call in this task (set by the message listener).
+# The rpc line's extra fields for the call in this task (set by the request inspector).
 _rpc_fields: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "aiocsi_rpc_fields", default=None
 )
 
 
+# Request ids need to be unique in a log, not unguessable: a generator seeded once from
+# the OS, rather than a getrandom(2) per call.
+_ids = random.Random(os.urandom(16))  # noqa: S311 - see above
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(16)))
+_NO_FIELDS: Mapping[str, str] = {}
+
+
 def _request_id(metadata: Mapping[str, object] | None) -> str:
-    supplied = metadata.get("x-request-id") if metadata is not None else None
+    supplied = metadata.get("x-request-id") if metadata else None
     if isinstance(supplied, str) and _REQUEST_ID.fullmatch(supplied):
         return supplied
-    return os.urandom(8).hex()
+    return f"{_ids.getrandbits(64):016x}"
 
 
 def _secret_values(message: object) -> frozenset[str]:
@@ -107,10 +116,61 @@ def _finish_code(exc: BaseException | None, call: CallContext) -> str:
     return "CANCELLED"
 
 
+@dataclass(frozen=True, slots=True)
+class _Method:
+    """What the interceptor needs to know of a method: worked out once per method path."""
+
+    path: str  # "/csi.v1.Identity/Probe": what the observers are told
+    name: str  # "Probe": the log lines' `method`
+    kube: bool  # its request may name Kubernetes objects (_KUBE_KEYS)
+    # CreateVolume learns its volume id only from the reply.
+    reply_volume: bool
+
+    @classmethod
+    def of(cls, path: str) -> _Method:
+        name = path.rsplit("/", 1)[-1]
+        return cls(path, name, name in _KUBE_METHODS, name == "CreateVolume")
+
+
+def _inspector(call: CallContext, method: _Method) -> Callable[[Any], None]:
+    """What only the request message knows: its volume id, Kubernetes objects, secrets."""
+
+    def inspect(message: Any) -> None:  # noqa: ANN401 - any request type
+        secrets = getattr(message, "secrets", None)
+        if secrets:
+            call.secret_values = _secret_values(message)
+        for name in _ID_FIELDS:
+            value = getattr(message, name, None)
+            if isinstance(value, str) and value:
+                # Not validated yet: a log line carries at most what a valid id can hold.
+                call.volume_id = value[:MAX_STRING_BYTES]
+                break
+        if method.kube and (found := kube_fields(message)):
+            _rpc_fields.set(found)
+        # Before the debug line: an oversized request is refused, not copied into the log.
+        request_limits(message)
+        if log.is_enabled_for(10):  # DEBUG: the whole request, secrets redacted by the pipeline
+            log.debug("rpc_request", request=message.to_dict())
+
+    return inspect
+
+
+def _learn_reply_volume(stream: Stream[Any, Any], call: CallContext) -> None:
+    send = stream.send_message
+
+    async def send_message(message: Any) -> None:  # noqa: ANN401 - the reply type
+        volume = getattr(message, "volume", None)
+        if not call.volume_id and volume is not None:
+            call.volume_id = volume.volume_id
+        await send(message)
+
+    stream.send_message = send_message  # type: ignore[method-assign]
+
+
 def _wrap(
     handler: Handler,
     call: CallContext,
-    path: str,
+    method: _Method,
     tracker: CallTracker,
     observers: Sequence[CallObserver],
 ) -> Handler:
@@ -120,7 +180,9 @@ def _wrap(
         tracker.enter()
         try:
             _refuse_when_draining(tracker)
-            guard_request(stream)
+            guard_request(stream, _inspector(call, method))
+            if method.reply_volume:
+                _learn_reply_volume(stream, call)
             await handler(stream)
         except GRPCError as exc:
             failure = exc
@@ -145,6 +207,9 @@ def _wrap(
             tracker.leave()
             seconds = time.perf_counter() - started
             code = _finish_code(failure, call)
+            extra = _rpc_fields.get()
+            if isinstance(failure, GRPCError):
+                extra = {**(extra or {}), "error": failure.message or ""}
             log.info(
                 "rpc",
                 method=call.method,
@@ -152,59 +217,39 @@ def _wrap(
                 grpc_code=code,
                 duration_ms=round(seconds * 1000, 3),
                 volume_id=call.volume_id,
-                **(_rpc_fields.get() or {}),
-                **({"error": failure.message} if isinstance(failure, GRPCError) else {}),
+                **(extra or _NO_FIELDS),
             )
             for observe in observers:
-                observe(path, code, seconds)
+                observe(method.path, code, seconds)
 
     return intercepted
 
 
 def install(server: Server, tracker: CallTracker, observers: Sequence[CallObserver] = ()) -> None:
-    """Attach the interceptor to `server`; call once before it starts."""
+    """Attach the interceptor to `server`; call once before it starts.
+
+    One grpclib event per call (`RecvRequest`, which alone can swap the handler); the
+    request message is inspected and the reply read through the stream itself, which
+    costs less than two more events per call.
+    """
     watching = tuple(observers)
+    # Only paths the server serves reach RecvRequest: the cache holds one entry per method.
+    methods: dict[str, _Method] = {}
 
     async def on_request(event: RecvRequest) -> None:
-        method = event.method_name.rsplit("/", 1)[-1]
+        path = event.method_name
+        method = methods.get(path)
+        if method is None:
+            method = methods[path] = _Method.of(path)
         call = CallContext(
             request_id=_request_id(event.metadata),
-            method=method,
+            method=method.name,
             deadline=deadline_at(event.deadline),
         )
-        set_call(call)  # in the handler's own task: its context ends with the call
+        # In the handler's own task: its context ends with the call. The log pipeline
+        # reads request_id, method and volume_id from it (logging.add_call_fields).
+        set_call(call)
         _rpc_fields.set(None)
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=call.request_id, method=method)
-        event.method_func = _wrap(event.method_func, call, event.method_name, tracker, watching)
-
-    async def on_message(event: RecvMessage) -> None:
-        call = current_call()
-        if call is None:
-            return
-        message = event.message
-        call.secret_values = _secret_values(message)
-        for name in _ID_FIELDS:
-            value = getattr(message, name, None)
-            if isinstance(value, str) and value:
-                # Not validated yet: a log line carries at most what a valid id can hold.
-                call.volume_id = value[:MAX_STRING_BYTES]
-                structlog.contextvars.bind_contextvars(volume_id=call.volume_id)
-                break
-        if call.method in _KUBE_METHODS and (found := kube_fields(message)):
-            _rpc_fields.set(found)
-        # Before the debug line: an oversized request is refused, not copied into the log.
-        request_limits(message)
-        if log.is_enabled_for(10):  # DEBUG: the whole request, secrets redacted by the pipeline
-            log.debug("rpc_request", request=message.to_dict())
-
-    async def on_reply(event: SendMessage) -> None:
-        # CreateVolume learns its volume id only from the reply.
-        call = current_call()
-        volume = getattr(event.message, "volume", None)
-        if call is not None and not call.volume_id and volume is not None:
-            call.volume_id = volume.volume_id
+        event.method_func = _wrap(event.method_func, call, method, tracker, watching)
 
     listen(server, RecvRequest, on_request)
-    listen(server, RecvMessage, on_message)
-    listen(server, SendMessage, on_reply)

@@ -169,10 +169,13 @@ def _limit_reads(
     return recv_data
 
 
-def guard_request(stream: Stream[Any, Any]) -> None:
+def guard_request(stream: Stream[Any, Any], inspect: Callable[[Any], None] | None = None) -> None:
     """Turn malformed request bytes into the caller's error before any handler code runs.
 
     grpclib offers no hook before decoding, so this swaps the stream's codec and its reads.
+    `inspect`, if given, sees each decoded request message before the handler does (and
+    may refuse it by raising): cheaper than a grpclib `RecvMessage` listener, whose event
+    object and dispatch cost every call.
     """
     protocol_stream = stream._stream  # noqa: SLF001 - grpclib has no public pre-decode hook
     protocol_stream.recv_data = _limit_reads(protocol_stream.recv_data)  # type: ignore[method-assign,assignment]
@@ -183,6 +186,8 @@ def guard_request(stream: Stream[Any, Any]) -> None:
         message = await receive()
         if message is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "the call carried no request message")
+        if inspect is not None:
+            inspect(message)
         return message
 
     stream.recv_message = recv_message  # type: ignore[method-assign]
