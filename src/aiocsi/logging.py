@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -80,6 +81,22 @@ def add_call_fields(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDi
         if call.volume_id:
             event_dict.setdefault("volume_id", call.volume_id)
     return event_dict
+
+
+class _OneEncoder:
+    """`json.dumps` without building a new JSONEncoder for every line: the same output.
+
+    The renderer passes the same options every time; the encoder holds no state between
+    lines, so the writer thread and the loop may share it.
+    """
+
+    def __init__(self) -> None:
+        self._encoder: json.JSONEncoder | None = None
+
+    def __call__(self, obj: object, **options: Any) -> str:  # noqa: ANN401 - json.dumps options
+        if self._encoder is None:
+            self._encoder = json.JSONEncoder(**options)
+        return self._encoder.encode(obj)
 
 
 class _StdlibBridge(logging.Handler):
@@ -225,7 +242,7 @@ def configure(
         # renderer's own (rich) tracebacks would show local variables after it, secrets too.
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     else:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_OneEncoder())
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, redact_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
