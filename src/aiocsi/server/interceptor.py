@@ -1,7 +1,7 @@
 """The one interceptor every call passes through.
 
-A `RecvRequest` listener binds the call's context and swaps the handler for a wrapper
-that maps errors (via the table in `aiocsi.errors`), writes one log line per call and
+Every method's handler is wrapped once, when the server is made: the wrapper binds the
+call's context, maps errors (via the table in `aiocsi.errors`), writes one log line per call and
 tells the observers (metrics) how the call ended. The wrapper also reads the request
 message as the handler receives it, for what only the message knows: the volume id, the
 Kubernetes objects behind the call and the secret values to scrub, and applies the spec's
@@ -16,14 +16,14 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from grpclib import const
 from grpclib.const import Status
-from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
-from grpclib.server import Server, Stream
+from grpclib.server import Stream
 
 from aiocsi.context import CallContext, scrub, set_call
 from aiocsi.errors import DomainError, grpc_code_name
@@ -168,14 +168,21 @@ def _learn_reply_volume(stream: Stream[Any, Any], call: CallContext) -> None:
 
 
 def _wrap(
-    handler: Handler,
-    call: CallContext,
-    method: _Method,
-    tracker: CallTracker,
-    observers: Sequence[CallObserver],
+    handler: Handler, method: _Method, tracker: CallTracker, observers: Sequence[CallObserver]
 ) -> Handler:
+    """`handler` inside the interceptor: built once per method, when the server is made."""
+
     async def intercepted(stream: Stream[Any, Any]) -> None:
         started = time.perf_counter()
+        call = CallContext(
+            request_id=_request_id(stream.metadata),
+            method=method.name,
+            deadline=deadline_at(stream.deadline),
+        )
+        # In the handler's own task: its context ends with the call. The log pipeline
+        # reads request_id, method and volume_id from it (logging.add_call_fields).
+        set_call(call)
+        _rpc_fields.set(None)
         failure: BaseException | None = None
         tracker.enter()
         try:
@@ -225,31 +232,41 @@ def _wrap(
     return intercepted
 
 
-def install(server: Server, tracker: CallTracker, observers: Sequence[CallObserver] = ()) -> None:
-    """Attach the interceptor to `server`; call once before it starts.
+class Servable(Protocol):
+    """What `grpclib.server.Server` takes: a service's handlers by method path."""
 
-    One grpclib event per call (`RecvRequest`, which alone can swap the handler); the
-    request message is inspected and the reply read through the stream itself, which
-    costs less than two more events per call.
+    def __mapping__(self) -> Mapping[str, const.Handler]: ...
+
+
+class _InterceptedService:
+    """A service whose every method goes through the interceptor."""
+
+    def __init__(self, mapping: dict[str, const.Handler]) -> None:
+        self._mapping = mapping
+
+    def __mapping__(self) -> dict[str, const.Handler]:
+        return self._mapping
+
+
+def intercept(
+    services: Iterable[Servable],
+    tracker: CallTracker,
+    observers: Sequence[CallObserver] = (),
+) -> list[_InterceptedService]:
+    """`services` with the interceptor around each method, for `grpclib.server.Server`.
+
+    The handlers are wrapped here, once per method, rather than at every call by a
+    grpclib `RecvRequest` listener: no event object, no dispatch, no wrapper made per call.
     """
     watching = tuple(observers)
-    # Only paths the server serves reach RecvRequest: the cache holds one entry per method.
-    methods: dict[str, _Method] = {}
-
-    async def on_request(event: RecvRequest) -> None:
-        path = event.method_name
-        method = methods.get(path)
-        if method is None:
-            method = methods[path] = _Method.of(path)
-        call = CallContext(
-            request_id=_request_id(event.metadata),
-            method=method.name,
-            deadline=deadline_at(event.deadline),
+    return [
+        _InterceptedService(
+            {
+                path: handler._replace(
+                    func=_wrap(handler.func, _Method.of(path), tracker, watching)
+                )
+                for path, handler in service.__mapping__().items()
+            }
         )
-        # In the handler's own task: its context ends with the call. The log pipeline
-        # reads request_id, method and volume_id from it (logging.add_call_fields).
-        set_call(call)
-        _rpc_fields.set(None)
-        event.method_func = _wrap(event.method_func, call, method, tracker, watching)
-
-    listen(server, RecvRequest, on_request)
+        for service in services
+    ]
