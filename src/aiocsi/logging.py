@@ -8,7 +8,6 @@ import os
 import queue
 import sys
 import threading
-import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -28,11 +27,6 @@ QUIET_LIBRARIES = ("hpack", "h2")
 MAX_BUFFERED_LINES = 1024
 # Lines the writer thread joins into one write(2).
 _WRITE_BATCH = 256
-# When lines are already waiting behind the one that woke it, the writer thread lets more
-# gather for this long: a busy driver then wakes it (and hands it the GIL) every few
-# milliseconds, not at every line. A lone line is written at once.
-_BUSY_LINES = 2
-_LINGER_S = 0.002
 # Field values with nothing to redact in them.
 _PLAIN: frozenset[type] = frozenset({int, float, bool, type(None)})
 
@@ -176,8 +170,6 @@ class LogStream:
 
     def _write_lines(self) -> None:
         while (item := self._lines.get()) is not None:
-            if isinstance(item, str) and self._lines.qsize() >= _BUSY_LINES:
-                time.sleep(_LINGER_S)  # busy: let the next lines join this write
             batch, stop = [item], False
             while len(batch) < _WRITE_BATCH:
                 try:
