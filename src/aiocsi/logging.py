@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -26,6 +27,8 @@ QUIET_LIBRARIES = ("hpack", "h2")
 MAX_BUFFERED_LINES = 1024
 # Lines the writer thread joins into one write(2).
 _WRITE_BATCH = 256
+# Field values with nothing to redact in them.
+_PLAIN: frozenset[type] = frozenset({int, float, bool, type(None)})
 
 
 def _redact(value: object, secrets: frozenset[str]) -> object:
@@ -49,9 +52,45 @@ def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
     """
     call = current_call()
     secrets = call.secret_values if call else frozenset()
-    for key in list(event_dict):
-        event_dict[key] = REDACTED if key in SECRET_KEYS else _redact(event_dict[key], secrets)
+    # Values are replaced, no key is added or removed: safe while iterating.
+    for key, value in event_dict.items():
+        if key in SECRET_KEYS:
+            event_dict[key] = REDACTED
+        elif type(value) in _PLAIN or (not secrets and type(value) is str):
+            continue  # nothing in it to redact: most fields of most lines
+        else:
+            event_dict[key] = _redact(value, secrets)
     return event_dict
+
+
+def add_call_fields(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """The current call's request_id, method and (once known) volume_id on every line.
+
+    Read from the call itself, so the interceptor binds nothing per call.
+    """
+    call = current_call()
+    if call is not None:
+        event_dict.setdefault("request_id", call.request_id)
+        event_dict.setdefault("method", call.method)
+        if call.volume_id:
+            event_dict.setdefault("volume_id", call.volume_id)
+    return event_dict
+
+
+class _OneEncoder:
+    """`json.dumps` without building a new JSONEncoder for every line: the same output.
+
+    The renderer passes the same options every time; the encoder holds no state between
+    lines, so the writer thread and the loop may share it.
+    """
+
+    def __init__(self) -> None:
+        self._encoder: json.JSONEncoder | None = None
+
+    def __call__(self, obj: object, **options: Any) -> str:  # noqa: ANN401 - json.dumps options
+        if self._encoder is None:
+            self._encoder = json.JSONEncoder(**options)
+        return self._encoder.encode(obj)
 
 
 class _StdlibBridge(logging.Handler):
@@ -185,6 +224,7 @@ def configure(
     level_no = logging.getLevelNamesMapping()[level.upper()]
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_call_fields,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -194,7 +234,7 @@ def configure(
         # renderer's own (rich) tracebacks would show local variables after it, secrets too.
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     else:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_OneEncoder())
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, redact_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),

@@ -202,6 +202,32 @@ def test_probe(cleanup: Path) -> None:
     assert_nothing_left(cleanup)
 
 
+def test_probe_compare_bare(cleanup: Path) -> None:
+    """Both servers answer every call, runs alternate, and the ratio is of the medians."""
+    result, report = run_bench(
+        cleanup, "probe", "--spawn", "--compare-bare", "--count", "200", "--repeat", "2"
+    )
+    assert_consistent(report)
+    assert_all_succeeded(result, report)
+    assert report["parameters"]["compare_bare"] is True
+    (point,) = report["points"]
+    assert point["concurrency"] == 16  # the default where the per-call cost is judged
+    main, bare = point["main"], point["raw"]
+    assert (main["kind"], bare["kind"]) == ("probe", "bare")
+    for series in (main, bare):
+        assert len(series["runs"]) == 2
+        for run in series["runs"]:
+            assert run["attempted"] == run["succeeded"] == 200
+            assert [(op["name"], op["ok"]) for op in run["operations"]] == [("Probe", 200)]
+        assert series["throughput_median"] > 0
+    ratio = main["throughput_median"] / bare["throughput_median"]
+    assert point["main_to_raw"] == pytest.approx(ratio, abs=0.01)
+    assert "vs bare" in result.stdout
+    assert "bare" in result.stdout
+    # The bare server stopped with the run: its socket is gone with the run directory.
+    assert_nothing_left(cleanup)
+
+
 def test_lifecycle_mount_with_raw_ceiling(cleanup: Path) -> None:
     result, report = run_bench(
         cleanup,
@@ -444,6 +470,7 @@ async def test_endpoint_of_a_running_driver(cleanup: Path) -> None:
         (["raw", "--spawn"], "raw runs without a driver"),
         (["lifecycle", "--spawn", "--write", "2Mi", "--size", "1Mi"], "exceeds --size"),
         (["probe", "--endpoint", "/tmp/x.sock", "--driver-arg=--max-operations=1"], "need --spawn"),
+        (["lifecycle", "--spawn", "--compare-bare"], "--compare-bare applies to probe"),
     ],
 )
 def test_bad_command_line_exits_2(args: list[str], reason: str) -> None:

@@ -89,6 +89,23 @@ def test_call_scope_restores_the_call_it_replaced() -> None:
     assert current_call() is None
 
 
+def test_lines_of_a_call_carry_its_request_id_method_and_volume_id(stream: io.StringIO) -> None:
+    call = CallContext("req-1", "NodeStageVolume")
+    with call_scope(call):
+        get_logger().info("before_the_request")
+        call.volume_id = "vol-1"
+        get_logger().info("after_the_request")
+        get_logger().info("explicit", method="Other", volume_id="")
+    get_logger().info("outside")
+    before, after, explicit, outside = _lines(stream)
+    assert (before["request_id"], before["method"]) == ("req-1", "NodeStageVolume")
+    assert "volume_id" not in before
+    assert after["volume_id"] == "vol-1"
+    # What a line says itself wins.
+    assert (explicit["method"], explicit["volume_id"]) == ("Other", "")
+    assert not {"request_id", "method", "volume_id"} & outside.keys()
+
+
 # The next two tests run in this order: the first leaves a call holding a secret and a
 # debug configuration writing to a buffer behind, on purpose; the second must not see them.
 

@@ -26,7 +26,7 @@ from aiocsi.bench.prober import ProbeCalls
 from aiocsi.bench.raw import RawLifecycles
 from aiocsi.bench.runner import LoopLag
 from aiocsi.bench.scenarios import DriverSide, RunState, run_scenario
-from aiocsi.bench.spawn import SetupError, spawned_driver
+from aiocsi.bench.spawn import SetupError, spawned_bare, spawned_driver
 from aiocsi.bench.stats import Report
 from aiocsi.bench.workspace import Workspace
 from aiocsi.client.codes import grpc_code
@@ -75,21 +75,35 @@ class Interrupts:
                 loop.remove_signal_handler(signum)
 
 
-async def _connect(
-    config: BenchConfig, socket_path: Path, workspace: Workspace, stack: AsyncExitStack
-) -> DriverSide:
+async def _stubs(
+    config: BenchConfig, socket_path: Path, stack: AsyncExitStack, what: str
+) -> CsiStubs:
     stubs = CsiStubs.connect(socket_path)
     stack.callback(stubs.close)
     try:
         await stubs.probe(min(config.rpc_timeout, _FIRST_PROBE_TIMEOUT_S))
     except Exception as exc:
         raise SetupError(
-            f"the driver at {socket_path} does not answer Probe: {grpc_code(exc)} {exc}"
+            f"the {what} at {socket_path} does not answer Probe: {grpc_code(exc)} {exc}"
         ) from exc
+    return stubs
+
+
+async def _bare(config: BenchConfig, workspace: Workspace, stack: AsyncExitStack) -> ProbeCalls:
+    socket_path = await stack.enter_async_context(spawned_bare(workspace))
+    stubs = await _stubs(config, socket_path, stack, "bare server")
+    return ProbeCalls(stubs, config.rpc_timeout, kind="bare")
+
+
+async def _connect(
+    config: BenchConfig, socket_path: Path, workspace: Workspace, stack: AsyncExitStack
+) -> DriverSide:
+    stubs = await _stubs(config, socket_path, stack, "driver")
+    bare = await _bare(config, workspace, stack) if config.compare_bare else None
     name_base = f"{config.name_prefix}-{secrets.token_hex(4)}"
     lifecycles = CsiLifecycles(stubs, config.volume, workspace, name_base, config.rpc_timeout)
     return DriverSide(
-        lifecycles, ProbeCalls(stubs, config.rpc_timeout), socket_path, config.rpc_timeout
+        lifecycles, ProbeCalls(stubs, config.rpc_timeout), socket_path, config.rpc_timeout, bare
     )
 
 

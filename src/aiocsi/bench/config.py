@@ -17,6 +17,8 @@ DEFAULT_CONCURRENCIES = (1, 2, 4, 8, 16, 32)
 DEFAULT_LIFECYCLES = 50
 DEFAULT_PROBE_CALLS = 5000
 CHURN_CONCURRENCY = 16
+# Where the per-call cost is judged (issue 16): as many callers as churn's lifecycles.
+BARE_CONCURRENCY = 16
 MAX_NAME_PREFIX = 64
 
 
@@ -69,6 +71,7 @@ class BenchConfig:
     cleanup_timeout: float
     volume: VolumeSpec
     compare_raw: bool
+    compare_bare: bool
     probe_rate: float
     idle_probes: int
     name_prefix: str
@@ -95,6 +98,7 @@ class BenchConfig:
             "exact_size": self.volume.exact_size,
             "write_bytes": self.volume.write_bytes,
             "compare_raw": self.compare_raw,
+            "compare_bare": self.compare_bare,
             "probe_rate_per_s": self.probe_rate if self.scenario is Scenario.CHURN else None,
             "idle_probes": self.idle_probes if self.scenario is Scenario.CHURN else None,
             "name_prefix": self.name_prefix,
@@ -185,6 +189,12 @@ def add_bench_flags(p: argparse.ArgumentParser) -> None:
         help="lifecycle/sweep: also run `raw` at each concurrency; report the ratio",
     )
     p.add_argument(
+        "--compare-bare",
+        action="store_true",
+        help="probe: also run a bare grpclib server on the same stubs, interleaved; "
+        f"report both and the ratio [concurrency {BARE_CONCURRENCY}]",
+    )
+    p.add_argument(
         "--probe-rate",
         type=float,
         default=100.0,
@@ -238,8 +248,10 @@ def _concurrencies(args: argparse.Namespace, scenario: Scenario) -> tuple[int, .
             raise ConfigError("--concurrencies names no concurrency")
     elif args.concurrency is not None:
         values = (args.concurrency,)
+    elif scenario is Scenario.CHURN:
+        values = (CHURN_CONCURRENCY,)
     else:
-        values = (CHURN_CONCURRENCY if scenario is Scenario.CHURN else 4,)
+        values = (BARE_CONCURRENCY if args.compare_bare else 4,)
     for value in values:
         _positive("concurrency", value)
     return values
@@ -284,6 +296,8 @@ def _check_target_flags(args: argparse.Namespace, scenario: Scenario) -> None:
         raise ConfigError("--driver-arg and --driver-log need --spawn")
     if args.compare_raw and scenario not in (Scenario.LIFECYCLE, Scenario.SWEEP):
         raise ConfigError("--compare-raw applies to lifecycle and sweep")
+    if args.compare_bare and scenario is not Scenario.PROBE:
+        raise ConfigError("--compare-bare applies to probe")
     if args.plot_path and scenario is not Scenario.SWEEP:
         raise ConfigError("--plot applies to sweep")
     if len(args.name_prefix.encode()) > MAX_NAME_PREFIX or not args.name_prefix:
@@ -314,6 +328,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         cleanup_timeout=args.cleanup_timeout,
         volume=_volume(args),
         compare_raw=args.compare_raw,
+        compare_bare=args.compare_bare,
         probe_rate=args.probe_rate,
         idle_probes=args.idle_probes,
         name_prefix=args.name_prefix,

@@ -34,9 +34,8 @@ if TYPE_CHECKING:
 
 
 class ProbeCalls:
-    kind = "probe"
-
-    def __init__(self, stubs: CsiStubs, rpc_timeout: float) -> None:
+    def __init__(self, stubs: CsiStubs, rpc_timeout: float, kind: str = "probe") -> None:
+        self.kind = kind
         self._stubs = stubs
         self._timeout = rpc_timeout
 

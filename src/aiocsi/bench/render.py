@@ -155,7 +155,11 @@ def throughput_table(points: list[Point]) -> Table:
             rows.append(_series_row(point.concurrency, point.main, _num(point.main_to_raw, 2)))
         if point.raw is not None:
             rows.append(_series_row(point.concurrency, point.raw, ""))
-    headers = ("conc", "kind", f"{unit}/s", "per run", *_LATENCY_HEADERS, "ok", "failed", "vs raw")
+    versus = next((p.raw.kind for p in points if p.raw), "raw")
+    headers = (
+        *("conc", "kind", f"{unit}/s", "per run", *_LATENCY_HEADERS),
+        *("ok", "failed", f"vs {versus}"),
+    )
     return Table(f"Throughput ({unit}/s: median of runs; latency of whole {unit})", headers, rows)
 
 

@@ -39,6 +39,8 @@ class DriverSide:
     # Churn's Probe stream runs in a process of its own, as a livenessprobe sidecar does.
     socket_path: Path
     rpc_timeout: float
+    # `probe --compare-bare`: the same calls against a bare grpclib server (bench/bare.py).
+    bare: ProbeCalls | None = None
 
 
 @dataclass
@@ -123,7 +125,9 @@ async def run_scenario(state: RunState) -> None:
     if side is None:
         raise RuntimeError(f"{scenario.value} needs a driver")
     if scenario is Scenario.PROBE:
-        await _points(state, side.probes, None)
+        # With --compare-bare, each run against the driver is followed by one against the
+        # bare server: the two alternate, so a noisy neighbour hits both alike.
+        await _points(state, side.probes, side.bare)
     elif scenario is Scenario.CHURN:
         await _churn(state, side)
     else:

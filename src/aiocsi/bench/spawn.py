@@ -109,15 +109,10 @@ async def _stop(process: Process) -> None:
 
 
 @contextlib.asynccontextmanager
-async def spawned_driver(
-    workspace: Workspace, spec: VolumeSpec, extra: Sequence[str], log_path: Path | None
-) -> AsyncIterator[Path]:
-    """Yield the socket of a fresh driver; afterwards stop it and sweep what it left."""
-    socket_path = workspace.driver_dir / "csi.sock"
+async def _spawned(argv: Sequence[str], socket_path: Path, log: Path) -> AsyncIterator[None]:
+    """Run `argv` in its own session, output to `log`, until it serves on `socket_path`."""
     if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH_BYTES:
         raise SetupError(f"socket path {socket_path} is too long; use a shorter --workdir")
-    log = log_path or workspace.driver_dir / "driver.log"
-    argv = driver_argv(workspace, socket_path, spec, extra)
     output = await anyio.to_thread.run_sync(lambda: log.open("ab"))
     try:
         process = await anyio.open_process(
@@ -131,9 +126,32 @@ async def spawned_driver(
         output.close()
     try:
         await _wait_until_serving(process, socket_path, log)
-        yield socket_path
+        yield
     finally:
         with anyio.CancelScope(shield=True):
             await _stop(process)
+
+
+@contextlib.asynccontextmanager
+async def spawned_driver(
+    workspace: Workspace, spec: VolumeSpec, extra: Sequence[str], log_path: Path | None
+) -> AsyncIterator[Path]:
+    """Yield the socket of a fresh driver; afterwards stop it and sweep what it left."""
+    socket_path = workspace.driver_dir / "csi.sock"
+    log = log_path or workspace.driver_dir / "driver.log"
+    try:
+        async with _spawned(driver_argv(workspace, socket_path, spec, extra), socket_path, log):
+            yield socket_path
+    finally:
+        with anyio.CancelScope(shield=True):
             # The driver is gone: whatever it still had mounted or attached is ours to undo.
             await workspace.sweep()
+
+
+@contextlib.asynccontextmanager
+async def spawned_bare(workspace: Workspace) -> AsyncIterator[Path]:
+    """Yield the socket of a bare grpclib Identity server (`aiocsi.bench.bare`)."""
+    socket_path = workspace.driver_dir / "bare.sock"
+    argv = [sys.executable, "-m", "aiocsi.bench.bare", str(socket_path)]
+    async with _spawned(argv, socket_path, workspace.driver_dir / "bare.log"):
+        yield socket_path

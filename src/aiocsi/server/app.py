@@ -20,7 +20,7 @@ from aiocsi.flexvolume.frontend import FlexvolumeFrontEnd
 from aiocsi.flexvolume.server import FlexvolumeServer
 from aiocsi.host.lock import PoolLocked
 from aiocsi.logging import LogStream, configure, get_logger
-from aiocsi.server.interceptor import install
+from aiocsi.server.interceptor import intercept
 from aiocsi.server.operator import OperatorSide
 from aiocsi.server.socket import BoundSocket, SocketError, bind_unix_socket
 from aiocsi.server.tracker import CallTracker
@@ -41,13 +41,15 @@ class DriverServer:
         self.config = config
         self.tracker = CallTracker()
         self.engine = Engine(config)
-        self._server = Server(build_services(config, self.engine))
         self.operator = (
             OperatorSide(config, self.engine, self.tracker, log_stream)
             if config.http_endpoint is not None
             else None
         )
-        install(self._server, self.tracker, self.operator.observers if self.operator else ())
+        observers = self.operator.observers if self.operator else ()
+        self._server = Server(
+            intercept(build_services(config, self.engine), self.tracker, observers)
+        )
         self._bound: BoundSocket | None = None
         self._started = False
         self.flexvolume: FlexvolumeServer | None = None

@@ -1,10 +1,11 @@
 """The one interceptor every call passes through.
 
-A `RecvRequest` listener binds the call's context and swaps the handler for a wrapper
-that maps errors (via the table in `aiocsi.errors`), writes one log line per call and
-tells the observers (metrics) how the call ended. A `RecvMessage` listener adds what only
-the request message knows: the volume id, the Kubernetes objects behind the call and the
-secret values to scrub, and applies the spec's size limits to the whole request.
+Every method's handler is wrapped once, when the server is made: the wrapper binds the
+call's context, maps errors (via the table in `aiocsi.errors`), writes one log line per call and
+tells the observers (metrics) how the call ended. The wrapper also reads the request
+message as the handler receives it, for what only the message knows: the volume id, the
+Kubernetes objects behind the call and the secret values to scrub, and applies the spec's
+size limits to the whole request. What depends only on the method is worked out once.
 """
 
 from __future__ import annotations
@@ -12,18 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import random
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-import structlog
+from grpclib import const
 from grpclib.const import Status
-from grpclib.events import RecvMessage, RecvRequest, SendMessage, listen
 from grpclib.exceptions import GRPCError
-from grpclib.server import Server, Stream
+from grpclib.server import Stream
 
-from aiocsi.context import CallContext, current_call, scrub, set_call
+from aiocsi.context import CallContext, scrub, set_call
 from aiocsi.errors import DomainError, grpc_code_name
 from aiocsi.logging import get_logger
 from aiocsi.server.tracker import CallTracker
@@ -56,17 +58,24 @@ _KUBE_KEYS: Mapping[str, Mapping[str, str]] = {
     },
 }
 _KUBE_METHODS = frozenset({"CreateVolume", "NodePublishVolume"})
-# The rpc line's extra fields for the call in this task (set by the message listener).
+# The rpc line's extra fields for the call in this task (set by the request inspector).
 _rpc_fields: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "aiocsi_rpc_fields", default=None
 )
 
 
+# Request ids need to be unique in a log, not unguessable: a generator seeded once from
+# the OS, rather than a getrandom(2) per call.
+_ids = random.Random(os.urandom(16))  # noqa: S311 - see above
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(16)))
+_NO_FIELDS: Mapping[str, str] = {}
+
+
 def _request_id(metadata: Mapping[str, object] | None) -> str:
-    supplied = metadata.get("x-request-id") if metadata is not None else None
+    supplied = metadata.get("x-request-id") if metadata else None
     if isinstance(supplied, str) and _REQUEST_ID.fullmatch(supplied):
         return supplied
-    return os.urandom(8).hex()
+    return f"{_ids.getrandbits(64):016x}"
 
 
 def _secret_values(message: object) -> frozenset[str]:
@@ -107,20 +116,80 @@ def _finish_code(exc: BaseException | None, call: CallContext) -> str:
     return "CANCELLED"
 
 
+@dataclass(frozen=True, slots=True)
+class _Method:
+    """What the interceptor needs to know of a method: worked out once per method path."""
+
+    path: str  # "/csi.v1.Identity/Probe": what the observers are told
+    name: str  # "Probe": the log lines' `method`
+    kube: bool  # its request may name Kubernetes objects (_KUBE_KEYS)
+    # CreateVolume learns its volume id only from the reply.
+    reply_volume: bool
+
+    @classmethod
+    def of(cls, path: str) -> _Method:
+        name = path.rsplit("/", 1)[-1]
+        return cls(path, name, name in _KUBE_METHODS, name == "CreateVolume")
+
+
+def _inspector(call: CallContext, method: _Method) -> Callable[[Any], None]:
+    """What only the request message knows: its volume id, Kubernetes objects, secrets."""
+
+    def inspect(message: Any) -> None:  # noqa: ANN401 - any request type
+        secrets = getattr(message, "secrets", None)
+        if secrets:
+            call.secret_values = _secret_values(message)
+        for name in _ID_FIELDS:
+            value = getattr(message, name, None)
+            if isinstance(value, str) and value:
+                # Not validated yet: a log line carries at most what a valid id can hold.
+                call.volume_id = value[:MAX_STRING_BYTES]
+                break
+        if method.kube and (found := kube_fields(message)):
+            _rpc_fields.set(found)
+        # Before the debug line: an oversized request is refused, not copied into the log.
+        request_limits(message)
+        if log.is_enabled_for(10):  # DEBUG: the whole request, secrets redacted by the pipeline
+            log.debug("rpc_request", request=message.to_dict())
+
+    return inspect
+
+
+def _learn_reply_volume(stream: Stream[Any, Any], call: CallContext) -> None:
+    send = stream.send_message
+
+    async def send_message(message: Any) -> None:  # noqa: ANN401 - the reply type
+        volume = getattr(message, "volume", None)
+        if not call.volume_id and volume is not None:
+            call.volume_id = volume.volume_id
+        await send(message)
+
+    stream.send_message = send_message  # type: ignore[method-assign]
+
+
 def _wrap(
-    handler: Handler,
-    call: CallContext,
-    path: str,
-    tracker: CallTracker,
-    observers: Sequence[CallObserver],
+    handler: Handler, method: _Method, tracker: CallTracker, observers: Sequence[CallObserver]
 ) -> Handler:
+    """`handler` inside the interceptor: built once per method, when the server is made."""
+
     async def intercepted(stream: Stream[Any, Any]) -> None:
         started = time.perf_counter()
+        call = CallContext(
+            request_id=_request_id(stream.metadata),
+            method=method.name,
+            deadline=deadline_at(stream.deadline),
+        )
+        # In the handler's own task: its context ends with the call. The log pipeline
+        # reads request_id, method and volume_id from it (logging.add_call_fields).
+        set_call(call)
+        _rpc_fields.set(None)
         failure: BaseException | None = None
         tracker.enter()
         try:
             _refuse_when_draining(tracker)
-            guard_request(stream)
+            guard_request(stream, _inspector(call, method))
+            if method.reply_volume:
+                _learn_reply_volume(stream, call)
             await handler(stream)
         except GRPCError as exc:
             failure = exc
@@ -145,6 +214,9 @@ def _wrap(
             tracker.leave()
             seconds = time.perf_counter() - started
             code = _finish_code(failure, call)
+            extra = _rpc_fields.get()
+            if isinstance(failure, GRPCError):
+                extra = {**(extra or {}), "error": failure.message or ""}
             log.info(
                 "rpc",
                 method=call.method,
@@ -152,59 +224,49 @@ def _wrap(
                 grpc_code=code,
                 duration_ms=round(seconds * 1000, 3),
                 volume_id=call.volume_id,
-                **(_rpc_fields.get() or {}),
-                **({"error": failure.message} if isinstance(failure, GRPCError) else {}),
+                **(extra or _NO_FIELDS),
             )
             for observe in observers:
-                observe(path, code, seconds)
+                observe(method.path, code, seconds)
 
     return intercepted
 
 
-def install(server: Server, tracker: CallTracker, observers: Sequence[CallObserver] = ()) -> None:
-    """Attach the interceptor to `server`; call once before it starts."""
+class Servable(Protocol):
+    """What `grpclib.server.Server` takes: a service's handlers by method path."""
+
+    def __mapping__(self) -> Mapping[str, const.Handler]: ...
+
+
+class _InterceptedService:
+    """A service whose every method goes through the interceptor."""
+
+    def __init__(self, mapping: dict[str, const.Handler]) -> None:
+        self._mapping = mapping
+
+    def __mapping__(self) -> dict[str, const.Handler]:
+        return self._mapping
+
+
+def intercept(
+    services: Iterable[Servable],
+    tracker: CallTracker,
+    observers: Sequence[CallObserver] = (),
+) -> list[_InterceptedService]:
+    """`services` with the interceptor around each method, for `grpclib.server.Server`.
+
+    The handlers are wrapped here, once per method, rather than at every call by a
+    grpclib `RecvRequest` listener: no event object, no dispatch, no wrapper made per call.
+    """
     watching = tuple(observers)
-
-    async def on_request(event: RecvRequest) -> None:
-        method = event.method_name.rsplit("/", 1)[-1]
-        call = CallContext(
-            request_id=_request_id(event.metadata),
-            method=method,
-            deadline=deadline_at(event.deadline),
+    return [
+        _InterceptedService(
+            {
+                path: handler._replace(
+                    func=_wrap(handler.func, _Method.of(path), tracker, watching)
+                )
+                for path, handler in service.__mapping__().items()
+            }
         )
-        set_call(call)  # in the handler's own task: its context ends with the call
-        _rpc_fields.set(None)
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=call.request_id, method=method)
-        event.method_func = _wrap(event.method_func, call, event.method_name, tracker, watching)
-
-    async def on_message(event: RecvMessage) -> None:
-        call = current_call()
-        if call is None:
-            return
-        message = event.message
-        call.secret_values = _secret_values(message)
-        for name in _ID_FIELDS:
-            value = getattr(message, name, None)
-            if isinstance(value, str) and value:
-                # Not validated yet: a log line carries at most what a valid id can hold.
-                call.volume_id = value[:MAX_STRING_BYTES]
-                structlog.contextvars.bind_contextvars(volume_id=call.volume_id)
-                break
-        if call.method in _KUBE_METHODS and (found := kube_fields(message)):
-            _rpc_fields.set(found)
-        # Before the debug line: an oversized request is refused, not copied into the log.
-        request_limits(message)
-        if log.is_enabled_for(10):  # DEBUG: the whole request, secrets redacted by the pipeline
-            log.debug("rpc_request", request=message.to_dict())
-
-    async def on_reply(event: SendMessage) -> None:
-        # CreateVolume learns its volume id only from the reply.
-        call = current_call()
-        volume = getattr(event.message, "volume", None)
-        if call is not None and not call.volume_id and volume is not None:
-            call.volume_id = volume.volume_id
-
-    listen(server, RecvRequest, on_request)
-    listen(server, RecvMessage, on_message)
-    listen(server, SendMessage, on_reply)
+        for service in services
+    ]

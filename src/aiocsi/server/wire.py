@@ -169,20 +169,39 @@ def _limit_reads(
     return recv_data
 
 
-def guard_request(stream: Stream[Any, Any]) -> None:
+# The server's codec is one object for all its calls: wrapped once, not at every call.
+_checked_codecs: dict[int, tuple[CodecBase, _CheckedCodec]] = {}
+
+
+def _checked(inner: CodecBase) -> _CheckedCodec:
+    if isinstance(inner, _CheckedCodec):
+        return inner
+    known = _checked_codecs.get(id(inner))
+    if known is None or known[0] is not inner:
+        # The pair keeps `inner` alive, so its id cannot be reused by another codec.
+        known = _checked_codecs[id(inner)] = (inner, _CheckedCodec(inner))
+    return known[1]
+
+
+def guard_request(stream: Stream[Any, Any], inspect: Callable[[Any], None] | None = None) -> None:
     """Turn malformed request bytes into the caller's error before any handler code runs.
 
     grpclib offers no hook before decoding, so this swaps the stream's codec and its reads.
+    `inspect`, if given, sees each decoded request message before the handler does (and
+    may refuse it by raising): cheaper than a grpclib `RecvMessage` listener, whose event
+    object and dispatch cost every call.
     """
     protocol_stream = stream._stream  # noqa: SLF001 - grpclib has no public pre-decode hook
     protocol_stream.recv_data = _limit_reads(protocol_stream.recv_data)  # type: ignore[method-assign,assignment]
-    stream._codec = _CheckedCodec(stream._codec)  # noqa: SLF001 - same
+    stream._codec = _checked(stream._codec)  # noqa: SLF001 - same
     receive = stream.recv_message
 
     async def recv_message() -> Any:  # noqa: ANN401 - the stream's request type
         message = await receive()
         if message is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "the call carried no request message")
+        if inspect is not None:
+            inspect(message)
         return message
 
     stream.recv_message = recv_message  # type: ignore[method-assign]
