@@ -31,6 +31,9 @@ def release_under(root: Path) -> None:
     mounts = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
     ours = [m for m in mounts if m.mount_point == str(root) or m.mount_point.startswith(f"{root}/")]
     for entry in sorted(ours, key=lambda m: m.mount_id, reverse=True):
+        # A filesystem unmounted while frozen (a group snapshot test that failed before its
+        # thaw) stays frozen and keeps its loop device open for good: thaw first, always.
+        subprocess.run(["fsfreeze", "-u", entry.mount_point], check=False, capture_output=True)
         subprocess.run(["umount", entry.mount_point], check=False, capture_output=True)
     backing = all_loop_backing_files()
     devices = [dev for dev, file in backing.items() if file.startswith(f"{root}/")]
