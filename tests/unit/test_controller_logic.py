@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.config import TOPOLOGY_KEY
 from aiocsi.engine import policy
+from aiocsi.engine.paging import MAX_PAGE_SIZE, PAGE_SIZE
 from aiocsi.engine.parameters import (
     MUTABLE_PARAMETERS,
     VOLUME_PARAMETERS,
@@ -232,10 +233,11 @@ def test_compatible_create_requests() -> None:
 @pytest.mark.parametrize(
     ("max_entries", "token", "expected"),
     [
-        (0, "", (0, -1)),
+        (0, "", (0, PAGE_SIZE)),
         (5, "", (0, 5)),
         (2, "17", (17, 2)),
-        (0, "123456789012345678", (123456789012345678, -1)),
+        (0, "123456789012345678", (123456789012345678, PAGE_SIZE)),
+        (MAX_PAGE_SIZE + 1, "", (0, MAX_PAGE_SIZE)),
     ],
 )
 def test_page_accepts_issued_tokens(

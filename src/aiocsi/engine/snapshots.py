@@ -7,7 +7,7 @@ import time
 
 from aiocsi.engine.budget import no_space_is_exhaustion
 from aiocsi.engine.operations import OperationKey
-from aiocsi.engine.paging import check_page_token
+from aiocsi.engine.paging import Page, read_page
 from aiocsi.engine.parameters import SNAPSHOT_PARAMETERS, normalise
 from aiocsi.engine.pool import is_snapshot_id, new_snapshot_id
 from aiocsi.engine.resources import EngineResources
@@ -138,8 +138,10 @@ class SnapshotService:
 
     async def list(
         self, after_seq: int, limit: int, *, source_volume_id: str = "", snapshot_id: str = ""
-    ) -> list[Snapshot]:
-        await check_page_token(self._store, "snapshots", after_seq)
-        return await self._store.list_snapshots(
-            after_seq, limit, source_volume_id=source_volume_id, snapshot_id=snapshot_id
-        )
+    ) -> Page[Snapshot]:
+        async def fetch(after: int, n: int) -> list[Snapshot]:
+            return await self._store.list_snapshots(
+                after, n, source_volume_id=source_volume_id, snapshot_id=snapshot_id
+            )
+
+        return await read_page(self._store, "snapshots", after_seq, limit, fetch)

@@ -25,6 +25,8 @@ from grpclib.exceptions import GRPCError
 from grpclib.metadata import Deadline
 from grpclib.server import Stream
 
+from aiocsi.services.pages import encoded_ahead
+
 # A handler as grpclib calls it: the stream in, nothing out.
 Handler = IServerMethodFunc
 # gRPC's default receive limit; a CSI request is a few KiB at most.
@@ -111,7 +113,8 @@ def wrong_wire_type(message: object, prefix: str = "") -> str | None:
 
 
 class _CheckedCodec(CodecBase):
-    """The server's codec, except that a body that does not decode is INVALID_ARGUMENT."""
+    """The server's codec, except that a body that does not decode is INVALID_ARGUMENT,
+    and a reply encoded ahead (services/pages.py) is sent as those bytes."""
 
     def __init__(self, inner: CodecBase) -> None:
         self._inner = inner
@@ -121,7 +124,8 @@ class _CheckedCodec(CodecBase):
         return self._inner.__content_subtype__
 
     def encode(self, message: Any, message_type: Any) -> bytes:  # noqa: ANN401 - CodecBase's signature
-        return self._inner.encode(message, message_type)
+        ahead = encoded_ahead(message)
+        return ahead if ahead is not None else self._inner.encode(message, message_type)
 
     def decode(self, data: bytes, message_type: Any) -> Any:  # noqa: ANN401 - CodecBase's signature
         name = getattr(message_type, "__name__", "request")

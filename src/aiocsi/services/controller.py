@@ -8,6 +8,7 @@ from aiocsi.engine.core import Engine
 from aiocsi.errors import InvalidArgument, Unimplemented
 from aiocsi.models import Volume
 from aiocsi.services import convert
+from aiocsi.services.pages import paged_reply
 from aiocsi.services.validation import common
 from aiocsi.services.validation import controller as check
 
@@ -96,22 +97,19 @@ class ControllerService(csi.ControllerBase):
 
     async def list_volumes(self, message: csi.ListVolumesRequest) -> csi.ListVolumesResponse:
         after, limit = check.page(message.max_entries, message.starting_token)
-        volumes = await self._volumes.list(after, limit + 1 if limit > 0 else limit)
-        more = limit > 0 and len(volumes) > limit
-        volumes = volumes[:limit] if limit > 0 else volumes
+        page = await self._volumes.list(after, limit)
+        conditions = await self._volumes.conditions(page.entries)
         entries = [
             csi.ListVolumesResponseEntry(
                 volume=convert.volume(v),
                 status=csi.ListVolumesResponseVolumeStatus(
                     published_node_ids=self._volumes.published_nodes(v.id),
-                    volume_condition=convert.condition(await self._volumes.condition(v)),
+                    volume_condition=convert.condition(c),
                 ),
             )
-            for v in volumes
+            for v, c in zip(page.entries, conditions, strict=True)
         ]
-        return csi.ListVolumesResponse(
-            entries=entries, next_token=str(volumes[-1].seq) if more else ""
-        )
+        return await paged_reply(csi.ListVolumesResponse, entries, page.next_token)
 
     async def get_capacity(self, message: csi.GetCapacityRequest) -> csi.GetCapacityResponse:
         caps = (
@@ -221,15 +219,10 @@ class ControllerService(csi.ControllerBase):
         after, limit = check.page(message.max_entries, message.starting_token)
         source = common.string(message.source_volume_id, "source_volume_id", required=False)
         snapshot_id = common.string(message.snapshot_id, "snapshot_id", required=False)
-        snaps = await self._snapshots.list(
-            after,
-            limit + 1 if limit > 0 else limit,
-            source_volume_id=source,
-            snapshot_id=snapshot_id,
+        page = await self._snapshots.list(
+            after, limit, source_volume_id=source, snapshot_id=snapshot_id
         )
-        more = limit > 0 and len(snaps) > limit
-        snaps = snaps[:limit] if limit > 0 else snaps
-        return csi.ListSnapshotsResponse(
-            entries=[csi.ListSnapshotsResponseEntry(snapshot=convert.snapshot(s)) for s in snaps],
-            next_token=str(snaps[-1].seq) if more else "",
-        )
+        entries = [
+            csi.ListSnapshotsResponseEntry(snapshot=convert.snapshot(s)) for s in page.entries
+        ]
+        return await paged_reply(csi.ListSnapshotsResponse, entries, page.next_token)

@@ -6,6 +6,7 @@ durable: it never holds what the database does not.
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from aiocsi.state import sql
@@ -25,6 +26,10 @@ class Mirror:
         # In insertion order, like rowid; and per volume, as most look-ups ask.
         self._publications: dict[PubKey, Publication] = {}
         self._by_volume: dict[str, dict[PubKey, Publication]] = {}
+        # By path, and by every directory above a path: the publications at, above or
+        # beneath one path, found without a scan (a stage or publish asks, each time).
+        self._at_path: dict[str, dict[PubKey, Publication]] = {}
+        self._beneath: dict[str, dict[PubKey, Publication]] = {}
 
     def load(self, db: sqlite3.Connection) -> None:
         """Fill from the database (in the store thread, before anything reads the mirror)."""
@@ -67,17 +72,41 @@ class Mirror:
         pubs = self._publications if volume_id is None else self._by_volume.get(volume_id, {})
         return [p for p in pubs.values() if kind is None or p.kind is kind]
 
+    def publications_near(self, path: str) -> list[Publication]:
+        """Publications at `path`, at a directory above it, or beneath it (paths compared
+        as normalised POSIX paths)."""
+        here = PurePosixPath(path)
+        found = list(self._at_path.get(str(here), {}).values())
+        for above in here.parents:
+            found += self._at_path.get(str(above), {}).values()
+        found += self._beneath.get(str(here), {}).values()
+        return found
+
     def add_publication(self, p: Publication) -> None:
         # INSERT OR REPLACE gives the row a new rowid: it moves to the end.
         self.forget_publication(p.volume_id, p.kind, p.path)
         key = (p.volume_id, p.kind, p.path)
         self._publications[key] = p
         self._by_volume.setdefault(p.volume_id, {})[key] = p
+        here = PurePosixPath(p.path)
+        self._at_path.setdefault(str(here), {})[key] = p
+        for above in here.parents:
+            self._beneath.setdefault(str(above), {})[key] = p
 
     def forget_publication(self, volume_id: str, kind: PublicationKind, path: str) -> None:
         key = (volume_id, kind, path)
-        self._publications.pop(key, None)
-        if (of_volume := self._by_volume.get(volume_id)) is not None:
-            of_volume.pop(key, None)
-            if not of_volume:
-                del self._by_volume[volume_id]
+        if self._publications.pop(key, None) is None:
+            return
+        _drop(self._by_volume, volume_id, key)
+        here = PurePosixPath(path)
+        _drop(self._at_path, str(here), key)
+        for above in here.parents:
+            _drop(self._beneath, str(above), key)
+
+
+def _drop(index: dict[str, dict[PubKey, Publication]], where: str, key: PubKey) -> None:
+    """Remove `key` from `index[where]`, and `where` once nothing is left there."""
+    if (entries := index.get(where)) is not None:
+        entries.pop(key, None)
+        if not entries:
+            del index[where]

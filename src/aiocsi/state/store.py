@@ -345,6 +345,11 @@ class Store:
         first; an unknown volume has none."""
         return self._mirror.publications(volume_id, kind)
 
+    def publications_near(self, path: str) -> list[Publication]:
+        """Publications (of any volume and kind) at `path`, at a directory above it, or
+        beneath it: what a new mount at `path` could collide with, without a scan."""
+        return self._mirror.publications_near(path)
+
 
 def _group(db: sqlite3.Connection, row: sqlite3.Row | None) -> GroupSnapshot | None:
     if row is None:

@@ -136,7 +136,7 @@ class NodeCommon:
         """One staging or target path serves one volume, and no volume's path lies inside
         another's: otherwise one's unstage or unpublish would meet the other's mount (a
         mount beneath a mount point makes it busy; a mount over one hides it)."""
-        for pub in self._store.publications():
+        for pub in self._store.publications_near(str(path)):
             if pub.kind is PublicationKind.CONTROLLER or pub.volume_id == volume.id:
                 continue
             other = Path(pub.path)

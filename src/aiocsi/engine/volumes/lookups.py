@@ -3,11 +3,12 @@ pages, capacity, what an existing volume can serve."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from aiocsi.config import TOPOLOGY_KEY
 from aiocsi.engine import policy
-from aiocsi.engine.paging import check_page_token
+from aiocsi.engine.paging import Page, read_page
 from aiocsi.engine.parameters import MUTABLE_PARAMETERS, VOLUME_PARAMETERS, normalise, preallocate
 from aiocsi.engine.pool import is_volume_id
 from aiocsi.engine.resources import EngineResources
@@ -50,10 +51,20 @@ class VolumeLookups:
         return sorted({p.node_id for p in pubs})
 
     async def condition(self, volume: Volume) -> VolumeCondition:
-        image = self._pool.volume_image(volume.id)
-        devices = self._space.writers(volume, image)
-        # One hand-off per volume: ListVolumes asks this for a whole page.
-        return await self._workers.run_sync(self._condition_sync, volume, image, devices)
+        (found,) = await self.conditions([volume])
+        return found
+
+    async def conditions(self, volumes: Sequence[Volume]) -> list[VolumeCondition]:
+        """The condition of each volume, in order: one worker hand-off for all of them
+        (a ListVolumes page asks for a hundred at once)."""
+        images = [(v, self._pool.volume_image(v.id)) for v in volumes]
+        asked = [(v, image, self._space.writers(v, image)) for v, image in images]
+        return await self._workers.run_sync(self._conditions_sync, asked)
+
+    def _conditions_sync(
+        self, asked: list[tuple[Volume, Path, list[str] | None]]
+    ) -> list[VolumeCondition]:
+        return [self._condition_sync(volume, image, devices) for volume, image, devices in asked]
 
     def _condition_sync(
         self, volume: Volume, image: Path, devices: list[str] | None
@@ -61,9 +72,8 @@ class VolumeLookups:
         found = image_condition(image, volume.capacity_bytes)
         return found if found.abnormal else self._space.condition_sync(volume, image, devices)
 
-    async def list(self, after_seq: int, limit: int) -> list[Volume]:
-        await check_page_token(self._store, "volumes", after_seq)
-        return await self._store.list_volumes(after_seq, limit)
+    async def list(self, after_seq: int, limit: int) -> Page[Volume]:
+        return await read_page(self._store, "volumes", after_seq, limit, self._store.list_volumes)
 
     def is_attached(self, volume_id: str) -> bool:
         return bool(self._loops.devices_for(self._pool.volume_image(volume_id)))

@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 
 from aiocsi._proto.csi import v1 as csi
+from aiocsi.engine.paging import page_limit
 from aiocsi.engine.requests import CreateVolume, Topology, TopologyRequirement
 from aiocsi.errors import InvalidArgument, InvalidToken
 from aiocsi.models import Capability, ContentSource, SourceKind
@@ -17,7 +18,8 @@ _PAGE_TOKEN = re.compile(r"[1-9][0-9]{0,17}")
 
 
 def page(max_entries: int, starting_token: str) -> tuple[int, int]:
-    """Return (after_seq, limit) for a List call; -1 means no limit.
+    """Return (after_seq, limit) for a List call: the most entries its reply holds
+    (engine/paging.py: a driver-chosen page when `max_entries` is 0).
 
     A token this driver cannot have issued is the spec's ABORTED; whether it is past every
     sequence number issued so far is for the engine to check.
@@ -31,7 +33,7 @@ def page(max_entries: int, starting_token: str) -> tuple[int, int]:
                 f"starting_token {starting_token[:32]!r} is not one this driver issued"
             )
         after = int(starting_token)
-    return after, (max_entries or -1)
+    return after, page_limit(max_entries)
 
 
 def volume_capabilities(
