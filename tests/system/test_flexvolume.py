@@ -77,6 +77,10 @@ async def test_mount_write_unmount_mount_read(cleanup: Path) -> None:
         assert (target / "hello").read_text() == "kept"
         kubelet.unmount(target)
         assert mounts_under(cleanup) == []
+        # A line is written after its reply: read them once the driver has flushed and
+        # stopped, not while the last one may still be on its way.
+        server.signal()
+        assert await server.wait() == 0
         lines = flexvolume_lines(server)
     assert [(line["op"], line["result"]) for line in lines] == [
         ("mount", "Success"),
