@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aiocsi._proto.csi import v1 as csi
-from aiocsi.services.pages import SLICE, encoded_ahead, paged_reply
+from aiocsi.services.pages import SLICE, encoded_ahead, encoded_once, paged_reply
 
 
 def _entries(n: int) -> list[csi.ListSnapshotsResponseEntry]:
@@ -48,3 +48,9 @@ async def test_each_slice_gives_the_loop_a_turn() -> None:
 def test_a_message_not_encoded_ahead_has_no_bytes() -> None:
     assert encoded_ahead(csi.ListSnapshotsResponse()) is None
     assert encoded_ahead(object()) is None
+
+
+def test_a_reply_encoded_once_carries_its_own_bytes() -> None:
+    for ready in (True, False):
+        reply = encoded_once(csi.ProbeResponse(ready=ready))
+        assert encoded_ahead(reply) == bytes(csi.ProbeResponse(ready=ready))

@@ -9,11 +9,12 @@ from aiocsi._proto.csi import v1 as csi
 from aiocsi.config import Config
 from aiocsi.engine.health import HealthChecker
 from aiocsi.logging import get_logger
+from aiocsi.services.pages import encoded_once
 
 log = get_logger("aiocsi.identity")
-# Probe's two possible answers, made once: building and encoding a fresh message was a
-# visible part of the cheapest call (issue 16). grpclib only reads them.
-_PROBE_ANSWERS = {True: csi.ProbeResponse(ready=True), False: csi.ProbeResponse(ready=False)}
+# Probe's two possible answers, made and encoded once: building and encoding a fresh
+# message was a visible part of the cheapest call (issue 16). grpclib only reads them.
+_PROBE_ANSWERS = {ready: encoded_once(csi.ProbeResponse(ready=ready)) for ready in (True, False)}
 Service = csi.PluginCapabilityServiceType
 
 

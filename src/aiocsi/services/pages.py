@@ -6,7 +6,8 @@ is the repeated `entries` encodes as the concatenation of its entries' encodings
 reply is encoded here as slices of `SLICE` entries with a yield to the loop between them,
 then the rest of the reply (field numbers above `entries`, in order). The reply object
 stays whole; the bytes ride along with it and the server's codec sends them instead of
-encoding it again (`encoded_ahead`).
+encoding it again (`encoded_ahead`). A reply built once and sent many times (Probe's) is
+encoded once the same way (`encoded_once`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ async def paged_reply(reply_type: Callable[..., R], entries: Sequence[Any], next
     reply = reply_type(entries=list(entries), next_token=next_token)
     reply.__dict__[_ENCODED] = b"".join(chunks)
     return reply
+
+
+def encoded_once(message: R) -> R:
+    """`message`, encoded now for every time it is sent: for a reply built once, at start."""
+    message.__dict__[_ENCODED] = bytes(message)
+    return message
 
 
 def encoded_ahead(message: object) -> bytes | None:
