@@ -12,6 +12,7 @@ import errno
 import filecmp
 import mmap
 import os
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -19,7 +20,7 @@ import anyio
 import pytest
 
 from aiocsi.errors import CommandFailed
-from aiocsi.host import files, fs, loop, mount, superblock, sysfs
+from aiocsi.host import files, fs, loop, mount, superblock, syscalls, sysfs
 from aiocsi.host.loop import LoopIndex
 from aiocsi.host.process import run
 from aiocsi.host.syscalls import SystemCallFailed
@@ -231,6 +232,27 @@ async def test_detach_twice(scratch: Scratch) -> None:
     await LOOPS.detach(device)
     await LOOPS.detach(device)
     assert LOOPS.devices_for(image) == []
+
+
+async def test_detach_is_done_when_another_image_takes_the_number_at_once(
+    scratch: Scratch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under churn the next stage's attach gets the freed number right after LOOP_CLR_FD
+    # and keeps it while it stays staged: that device is detached from *this* image.
+    image = await scratch.image("a.img", 16 * MIB)
+    other = await scratch.image("b.img", 16 * MIB)
+    device = await scratch.attach(image)
+    scratch.adopt(device, other)
+    detach_loop = syscalls.detach_loop
+
+    def detach_then_taken(detached: str) -> None:
+        detach_loop(detached)
+        subprocess.run(["losetup", detached, str(other)], check=True, capture_output=True)
+
+    monkeypatch.setattr(syscalls, "detach_loop", detach_then_taken)
+    await LOOPS.detach(device)
+    assert LOOPS.devices_for(image) == []
+    assert LOOPS.devices_for(other) == [device], "the other image keeps its device"
 
 
 async def test_detach_of_a_mounted_device_is_refused(scratch: Scratch) -> None:

@@ -31,6 +31,8 @@ from aiocsi.host.sysfs import (
 from aiocsi.host.sysfs import is_read_only as sysfs_is_read_only
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aiocsi.threads import WorkerPool
 
 # Re-exported: the test harness's leak guard reads it from here.
@@ -88,17 +90,18 @@ def _attach_sync(backing: str, *, read_only: bool) -> str:
     return syscalls.attach_loop(backing, read_only=read_only)
 
 
-async def _backing_settles(directory: Path, expected: str | None) -> bool:
-    """Wait briefly until sysfs shows `expected` as the backing file (None: detached)."""
+async def _backing_settles(directory: Path, settled: Callable[[str | None], bool]) -> bool:
+    """Wait briefly until the backing file sysfs shows in `directory` (None: detached) is
+    `settled`."""
     for _ in range(_SYSFS_SETTLE_TRIES):
-        if backing_file_of(directory) == expected:
+        if settled(backing_file_of(directory)):
             return True
         await anyio.sleep(_SYSFS_SETTLE_DELAY_S)
     return False
 
 
 async def _settled(device: str, backing: str) -> str:
-    if not await _backing_settles(sysfs_dir(device), backing):
+    if not await _backing_settles(sysfs_dir(device), lambda shown: shown == backing):
         _log.warning("loop_sysfs_not_settled", device=device, backing=backing)
     return device
 
@@ -185,10 +188,16 @@ class LoopIndex:
         LOOP_CLR_FD succeeds on a device that is still open (mounted) and the kernel only
         marks it to detach at its last close. That is reported as `LoopDeviceBusy`, so that
         the caller does not go on to delete an image that is still in use. Unmount first.
+
+        Detached means no longer backed by what it was, not unbacked: the kernel detaches
+        at the close that ends LOOP_CLR_FD, and hands the freed number to the very next
+        attacher (another volume's stage, under churn), which that one keeps for as long as
+        it stays staged.
         """
         directory = sysfs_dir(device)
         self._forget_device(device)
-        if backing_file_of(directory) is None:
+        backing = backing_file_of(directory)
+        if backing is None:
             return
         try:
             await self._workers.run_sync(syscalls.detach_loop, device)
@@ -196,7 +205,7 @@ class LoopIndex:
             # Someone may have detached it between the look and the act.
             if exc.errno not in _NOT_ATTACHED:
                 raise
-        if not await _backing_settles(directory, None):
+        if not await _backing_settles(directory, lambda shown: shown != backing):
             raise LoopDeviceBusy(f"{device} is still in use; it detaches when last closed")
 
     async def refresh_size(self, device: str) -> None:
