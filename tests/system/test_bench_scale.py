@@ -6,9 +6,7 @@ nothing of the run is left (no pool, no loop device, no mount, no process).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +14,10 @@ import pytest
 
 from .process import aiocsi_argv
 from .test_bench import (
-    RUN_TIMEOUT_S,
     assert_latency,
     assert_nothing_left,
     assert_op,
-    bench_argv,
+    interrupted_run,
     run_bench,
 )
 
@@ -121,25 +118,10 @@ def test_scale(cleanup: Path) -> None:
 
 def test_scale_interrupted_leaves_nothing(cleanup: Path) -> None:
     """SIGINT while the volumes are being made: the driver stops, the pool goes."""
-    proc = subprocess.Popen(
-        bench_argv(cleanup, "scale", "--spawn", "--volumes", "100000", "--concurrency", "4"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    returncode, out, err = interrupted_run(
+        cleanup, "scale", "--spawn", "--volumes", "100000", "--concurrency", "4", images=5
     )
-    try:
-        deadline = time.monotonic() + 30
-        while len(list(cleanup.glob("aiocsi-bench-*/drv/pool/volumes/*.img"))) < 5:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no volume appeared"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, out + err
+    assert returncode == 130, out + err
     assert "INTERRUPTED" in out
     assert_nothing_left(cleanup)
     assert _driver_pids(cleanup) == []

@@ -71,6 +71,12 @@ async def _create_all(
     return [made[i] for i in sorted(made)]
 
 
+def _made(call: str, name: str, made: str | None) -> str:
+    if not made:
+        raise BadResponse(f"{call} for {name} returned no id")
+    return made
+
+
 async def _create(state: RunState, side: DriverSide, rec: ScaleRecorder, base: str) -> None:
     config, stubs = state.config, side.stubs
     size = config.volume.size
@@ -86,9 +92,7 @@ async def _create(state: RunState, side: DriverSide, rec: ScaleRecorder, base: s
             lambda: stubs.controller.create_volume(request, timeout=side.rpc_timeout),
             grpc_code,
         )
-        if reply.volume is None or not reply.volume.volume_id:
-            raise BadResponse(f"CreateVolume for {request.name} returned no volume id")
-        return reply.volume.volume_id
+        return _made(CREATE_VOLUME, request.name, reply.volume.volume_id if reply.volume else None)
 
     async def snapshot(i: int) -> str:
         request = csi.CreateSnapshotRequest(
@@ -99,9 +103,9 @@ async def _create(state: RunState, side: DriverSide, rec: ScaleRecorder, base: s
             lambda: stubs.controller.create_snapshot(request, timeout=side.rpc_timeout),
             grpc_code,
         )
-        if reply.snapshot is None or not reply.snapshot.snapshot_id:
-            raise BadResponse(f"CreateSnapshot for {request.name} returned no snapshot id")
-        return reply.snapshot.snapshot_id
+        return _made(
+            CREATE_SNAPSHOT, request.name, reply.snapshot.snapshot_id if reply.snapshot else None
+        )
 
     started = time.perf_counter()
     volume_ids = await _create_all(state, config.volumes, "create volumes", volume)
@@ -183,22 +187,16 @@ async def _restart(child: Spawned, rec: ScaleRecorder) -> None:
     rec.to_ready_s.append(time.perf_counter() - stopped)
 
 
-async def run_scale(state: RunState, side: DriverSide, base: str) -> None:
-    config, rec = state.config, state.scale
-    child = side.spawned
-    if rec is None or child is None:
-        raise RuntimeError("scale needs a spawned driver")
-    await _create(state, side, rec, base)
-    _memory(rec, "after_create", child.pid)
-    state.progress.phase(f"idle Probe at {config.probe_rate:g}/s", config.idle_probes)
-    async with probe_process(
-        side.socket_path,
-        config.probe_rate,
-        side.rpc_timeout,
-        state.idle_probes,
-        count=config.idle_probes,
-    ):
-        pass
+async def create(state: RunState, side: DriverSide, rec: ScaleRecorder) -> None:
+    """Make the volumes, then the snapshots, and read the driver's memory."""
+    await _create(state, side, rec, side.name_base)
+    _memory(rec, "after_create", _child(side).pid)
+
+
+async def listings(state: RunState, side: DriverSide, rec: ScaleRecorder) -> None:
+    """--repeat rounds of listings back to back, as long as the idle Probe phase each,
+    with a Probe stream (in a process of its own) running through them."""
+    config = state.config
     seconds = config.idle_probes / config.probe_rate
     for n in range(1, config.repeat + 1):
         state.progress.phase(f"listings with Probe at {config.probe_rate:g}/s, run {n}", None)
@@ -206,8 +204,19 @@ async def run_scale(state: RunState, side: DriverSide, base: str) -> None:
             side.socket_path, config.probe_rate, side.rpc_timeout, state.loaded_probes
         ):
             await _listings(state, side, rec, seconds)
-    _memory(rec, "after_listings", child.pid, peak=True)
-    for n in range(1, config.repeat + 1):
-        state.progress.phase(f"restart {n}/{config.repeat}", None)
+    _memory(rec, "after_listings", _child(side).pid, peak=True)
+
+
+async def restarts(state: RunState, side: DriverSide, rec: ScaleRecorder) -> None:
+    """--repeat restarts on the same state, each until Probe says ready."""
+    child = _child(side)
+    for n in range(1, state.config.repeat + 1):
+        state.progress.phase(f"restart {n}/{state.config.repeat}", None)
         await _restart(child, rec)
     _memory(rec, "after_restart", child.pid)
+
+
+def _child(side: DriverSide) -> Spawned:
+    if side.spawned is None:
+        raise RuntimeError("scale needs a spawned driver")
+    return side.spawned

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from aiocsi.bench import scale
 from aiocsi.bench.config import BenchConfig, Scenario
 from aiocsi.bench.lifecycles import PROBE
 from aiocsi.bench.prober import ProbeCalls, probe_process
 from aiocsi.bench.runner import Budget, Progress, run_workers
-from aiocsi.bench.scale import run_scale
 from aiocsi.bench.stats import ChurnProbe, PointRecorder, RunRecorder, Samples, ScaleRecorder
 
 if TYPE_CHECKING:
@@ -101,7 +101,9 @@ async def _points(state: RunState, main: Units, raw: Units | None) -> None:
                 await _run(state, raw, concurrency, point.raw, f"{raw.kind} {label}")
 
 
-async def _churn(state: RunState, side: DriverSide) -> None:
+async def _idle(state: RunState, side: DriverSide) -> None:
+    """--idle-probes Probe calls at --probe-rate from a process of their own, before any
+    load."""
     config = state.config
     state.progress.phase(f"idle Probe at {config.probe_rate:g}/s", config.idle_probes)
     async with probe_process(
@@ -114,6 +116,21 @@ async def _churn(state: RunState, side: DriverSide) -> None:
         pass
     for _ in range(config.idle_probes):
         state.progress.advance(ok=True)
+
+
+async def _scale(state: RunState, side: DriverSide) -> None:
+    rec = state.scale
+    if rec is None:  # pragma: no cover - made with the state for every scale run
+        raise RuntimeError("scale has no recorder")
+    await scale.create(state, side, rec)
+    await _idle(state, side)
+    await scale.listings(state, side, rec)
+    await scale.restarts(state, side, rec)
+
+
+async def _churn(state: RunState, side: DriverSide) -> None:
+    config = state.config
+    await _idle(state, side)
     concurrency = config.concurrencies[0]
     point = PointRecorder(concurrency)
     state.points.append(point)
@@ -145,6 +162,6 @@ async def run_scenario(state: RunState) -> None:
     elif scenario is Scenario.CHURN:
         await _churn(state, side)
     elif scenario is Scenario.SCALE:
-        await run_scale(state, side, side.name_base)
+        await _scale(state, side)
     else:
         await _points(state, side.lifecycles, state.raw if state.config.compare_raw else None)
