@@ -29,7 +29,7 @@ from .test_reconcile import started
 pytestmark = pytest.mark.system
 
 MiB = 1024 * 1024
-VOLUMES, SNAPSHOTS, LOST_STAGES = 3000, 2000, 500
+VOLUMES, SNAPSHOTS, LOST_STAGES = 3000, 2000, 3000
 CREATING, UNREADY_SNAPSHOTS, ORPHANS = 40, 30, 60
 _INSERTS_AT_ONCE = 256
 
