@@ -44,8 +44,8 @@ _READY_CALL_S = 1.0
 _LIST_RETRY_S = 0.1
 
 
-def _memory(rec: ScaleRecorder, label: str, pid: int, *, peak: bool = False) -> None:
-    found = process_memory(pid)
+async def _memory(rec: ScaleRecorder, label: str, pid: int, *, peak: bool = False) -> None:
+    found = await anyio.to_thread.run_sync(process_memory, pid)
     rec.rss[label] = found["VmRSS"]
     if peak:
         rec.rss["peak_before_restart"] = found["VmHWM"]
@@ -190,7 +190,7 @@ async def _restart(child: Spawned, rec: ScaleRecorder) -> None:
 async def create(state: RunState, side: DriverSide, rec: ScaleRecorder) -> None:
     """Make the volumes, then the snapshots, and read the driver's memory."""
     await _create(state, side, rec, side.name_base)
-    _memory(rec, "after_create", _child(side).pid)
+    await _memory(rec, "after_create", _child(side).pid)
 
 
 async def listings(state: RunState, side: DriverSide, rec: ScaleRecorder) -> None:
@@ -204,7 +204,7 @@ async def listings(state: RunState, side: DriverSide, rec: ScaleRecorder) -> Non
             side.socket_path, config.probe_rate, side.rpc_timeout, state.loaded_probes
         ):
             await _listings(state, side, rec, seconds)
-    _memory(rec, "after_listings", _child(side).pid, peak=True)
+    await _memory(rec, "after_listings", _child(side).pid, peak=True)
 
 
 async def restarts(state: RunState, side: DriverSide, rec: ScaleRecorder) -> None:
@@ -213,7 +213,7 @@ async def restarts(state: RunState, side: DriverSide, rec: ScaleRecorder) -> Non
     for n in range(1, state.config.repeat + 1):
         state.progress.phase(f"restart {n}/{state.config.repeat}", None)
         await _restart(child, rec)
-    _memory(rec, "after_restart", child.pid)
+    await _memory(rec, "after_restart", child.pid)
 
 
 def _child(side: DriverSide) -> Spawned:
