@@ -380,20 +380,15 @@ def test_refusals_are_counted_by_code(cleanup: Path, args: list[str], code: str)
     assert_nothing_left(cleanup)
 
 
-def test_interrupt_deletes_every_volume(cleanup: Path) -> None:
-    """SIGINT mid-run: the bench deletes what it holds, reports a partial run, exits 130."""
+def interrupted_run(workdir: Path, *args: str, images: int = 1) -> tuple[int, str, str]:
+    """Run the bench until its spawned driver's pool holds `images` images, then SIGINT it;
+    its exit code, stdout and stderr."""
     proc = subprocess.Popen(
-        bench_argv(
-            cleanup, "lifecycle", "--spawn", "--duration", "30", "--concurrency", "4", *SMALL
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        bench_argv(workdir, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.monotonic() + 20
-        # Wait until volumes exist in the spawned driver's pool, then interrupt.
-        while not list(cleanup.glob("aiocsi-bench-*/drv/pool/**/*.img")):
+        deadline = time.monotonic() + 30
+        while len(list(workdir.glob("aiocsi-bench-*/drv/pool/**/*.img"))) < images:
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no volume appeared"
             time.sleep(0.05)
@@ -403,7 +398,15 @@ def test_interrupt_deletes_every_volume(cleanup: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, out + err
+    return proc.returncode, out, err
+
+
+def test_interrupt_deletes_every_volume(cleanup: Path) -> None:
+    """SIGINT mid-run: the bench deletes what it holds, reports a partial run, exits 130."""
+    returncode, out, err = interrupted_run(
+        cleanup, "lifecycle", "--spawn", "--duration", "30", "--concurrency", "4", *SMALL
+    )
+    assert returncode == 130, out + err
     report = json.loads((cleanup / "report.json").read_text())
     assert report["interrupted"] == "signal"
     assert report["leftovers"] == []

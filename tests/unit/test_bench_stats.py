@@ -14,6 +14,7 @@ from aiocsi.bench.stats import (
     Report,
     RunRecorder,
     Samples,
+    ScaleRecorder,
     Series,
     percentile,
 )
@@ -190,3 +191,34 @@ def test_a_report_without_errors_is_clean_unless_interrupted_or_leaky() -> None:
     assert _report(points=points).clean
     assert not _report(points=points, interrupted="timeout").clean
     assert not _report(points=points, leftovers=["volume x"]).clean
+
+
+def test_scale_takes_medians_and_counts_every_error() -> None:
+    rec = ScaleRecorder(volumes=3, snapshots=1)
+    rec.create_op("CreateVolume").ok(0.01)
+    rec.create_op("CreateVolume").failed("RESOURCE_EXHAUSTED")
+    for seconds in (0.3, 0.1, 0.2):
+        rec.listing_op("ListVolumes").ok(seconds)
+    rec.listing_op("ListVolumes").failed("ABORTED")
+    rec.listed("ListVolumes", entries=3, pages=2)
+    rec.stop_s.extend([0.02, 0.01])
+    rec.to_ready_s.extend([0.9, 0.5, 0.7])
+    rec.rss["after_create"] = 50 * 1024 * 1024
+    scale = rec.result()
+    (listing,) = scale.listings
+    assert (listing.entries, listing.pages, listing.median_ms) == (3, 2, 200.0)
+    assert listing.errors == {"ABORTED": 1}
+    assert scale.restart.to_ready_median_s == 0.7
+    assert scale.restart.stop_median_s == pytest.approx(0.015)
+    report = _report(scenario="scale", scale=scale)
+    assert report.errors == {"ABORTED": 1, "RESOURCE_EXHAUSTED": 1}
+    assert not report.clean
+    decoded = json.loads(report.to_json())
+    assert decoded["scale"]["rss_bytes"] == {"after_create": 50 * 1024 * 1024}
+    assert decoded["scale"]["listings"][0]["latency_ms"]["count"] == 3
+
+
+def test_a_scale_run_that_never_listed_reports_no_median() -> None:
+    scale = ScaleRecorder(volumes=1, snapshots=0).result()
+    assert scale.listings == []
+    assert scale.restart.to_ready_median_s is None

@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING
 import anyio
 
 from aiocsi import __version__
+from aiocsi.bench.config import Scenario
 from aiocsi.bench.lifecycles import CsiLifecycles
 from aiocsi.bench.machine import machine_info
 from aiocsi.bench.prober import ProbeCalls
 from aiocsi.bench.raw import RawLifecycles
 from aiocsi.bench.runner import LoopLag
+from aiocsi.bench.scale import DRIVER_ARGS as SCALE_DRIVER_ARGS
 from aiocsi.bench.scenarios import DriverSide, RunState, run_scenario
 from aiocsi.bench.spawn import SetupError, spawned_bare, spawned_driver
 from aiocsi.bench.stats import Report
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
     from aiocsi.bench.config import BenchConfig
     from aiocsi.bench.runner import Progress
+    from aiocsi.bench.spawn import Spawned
 
 _FIRST_PROBE_TIMEOUT_S = 10.0
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -96,14 +99,25 @@ async def _bare(config: BenchConfig, workspace: Workspace, stack: AsyncExitStack
 
 
 async def _connect(
-    config: BenchConfig, socket_path: Path, workspace: Workspace, stack: AsyncExitStack
+    config: BenchConfig,
+    socket_path: Path,
+    workspace: Workspace,
+    stack: AsyncExitStack,
+    spawned: Spawned | None,
 ) -> DriverSide:
     stubs = await _stubs(config, socket_path, stack, "driver")
     bare = await _bare(config, workspace, stack) if config.compare_bare else None
     name_base = f"{config.name_prefix}-{secrets.token_hex(4)}"
     lifecycles = CsiLifecycles(stubs, config.volume, workspace, name_base, config.rpc_timeout)
     return DriverSide(
-        lifecycles, ProbeCalls(stubs, config.rpc_timeout), socket_path, config.rpc_timeout, bare
+        lifecycles,
+        ProbeCalls(stubs, config.rpc_timeout),
+        socket_path,
+        config.rpc_timeout,
+        stubs,
+        name_base,
+        bare,
+        spawned,
     )
 
 
@@ -131,12 +145,20 @@ async def _run_in(workspace: Workspace, state: RunState, interrupts: Interrupts)
     config = state.config
     async with AsyncExitStack() as stack:
         if config.scenario.needs_driver:
-            socket_path = config.endpoint
+            socket_path, spawned = config.endpoint, None
             if socket_path is None:
-                socket_path = await stack.enter_async_context(
-                    spawned_driver(workspace, config.volume, config.driver_args, config.driver_log)
+                # Scale's flags first, so that a --driver-arg of the same name wins.
+                extra = SCALE_DRIVER_ARGS if config.scenario is Scenario.SCALE else ()
+                spawned = await stack.enter_async_context(
+                    spawned_driver(
+                        workspace,
+                        config.volume,
+                        (*extra, *config.driver_args),
+                        config.driver_log,
+                    )
                 )
-            state.driver = await _connect(config, socket_path, workspace, stack)
+                socket_path = spawned.socket_path
+            state.driver = await _connect(config, socket_path, workspace, stack, spawned)
         try:
             await _scenario_phase(state, interrupts)
         finally:
@@ -187,6 +209,7 @@ async def run_bench(config: BenchConfig, progress: Progress) -> Report:
         machine=machine,
         points=[p.result() for p in state.points],
         churn=state.churn(),
+        scale=state.scale.result() if state.scale is not None else None,
         loop_lag=lag.samples,
         interrupted=state.interrupted,
         leftovers=state.leftovers,

@@ -20,6 +20,10 @@ CHURN_CONCURRENCY = 16
 # Where the per-call cost is judged (issue 16): as many callers as churn's lifecycles.
 BARE_CONCURRENCY = 16
 MAX_NAME_PREFIX = 64
+DEFAULT_SIZE = "64Mi"
+# scale: many volumes that are only created, never staged: the smallest ext4 takes.
+SCALE_SIZE = "4Mi"
+DEFAULT_SCALE_VOLUMES = 1000
 
 
 class Scenario(enum.StrEnum):
@@ -28,10 +32,11 @@ class Scenario(enum.StrEnum):
     CHURN = "churn"
     SWEEP = "sweep"
     RAW = "raw"
+    SCALE = "scale"
 
     @property
     def runs_lifecycles(self) -> bool:
-        return self is not Scenario.PROBE
+        return self not in (Scenario.PROBE, Scenario.SCALE)
 
     @property
     def needs_driver(self) -> bool:
@@ -74,10 +79,17 @@ class BenchConfig:
     compare_bare: bool
     probe_rate: float
     idle_probes: int
+    volumes: int
+    snapshots: int
     name_prefix: str
     json_path: Path | None
     plot_path: Path | None
     progress: bool | None  # None: when stdout is a terminal
+
+    @property
+    def probes_at_rate(self) -> bool:
+        """Whether the run has a Probe stream at --probe-rate, idle and under load."""
+        return self.scenario in (Scenario.CHURN, Scenario.SCALE)
 
     def parameters(self) -> dict[str, object]:
         """The run's parameters as the JSON report records them."""
@@ -99,8 +111,10 @@ class BenchConfig:
             "write_bytes": self.volume.write_bytes,
             "compare_raw": self.compare_raw,
             "compare_bare": self.compare_bare,
-            "probe_rate_per_s": self.probe_rate if self.scenario is Scenario.CHURN else None,
-            "idle_probes": self.idle_probes if self.scenario is Scenario.CHURN else None,
+            "probe_rate_per_s": self.probe_rate if self.probes_at_rate else None,
+            "idle_probes": self.idle_probes if self.probes_at_rate else None,
+            "volumes": self.volumes if self.scenario is Scenario.SCALE else None,
+            "snapshots": self.snapshots if self.scenario is Scenario.SCALE else None,
             "name_prefix": self.name_prefix,
         }
 
@@ -109,7 +123,7 @@ def add_bench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "scenario",
         choices=[s.value for s in Scenario],
-        help="probe, lifecycle, churn, sweep or raw (docs/benchmarks.md)",
+        help="probe, lifecycle, churn, sweep, raw or scale (docs/benchmarks.md)",
     )
     target = p.add_mutually_exclusive_group()
     target.add_argument("--endpoint", help="socket of a running CSI driver: unix:///abs or /abs")
@@ -135,7 +149,8 @@ def add_bench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--concurrency",
         type=int,
-        help=f"lifecycles or calls in flight [default 4; churn {CHURN_CONCURRENCY}]",
+        help="lifecycles, calls or (scale) creates in flight "
+        f"[default 4; churn, scale {CHURN_CONCURRENCY}]",
     )
     p.add_argument(
         "--concurrencies",
@@ -171,7 +186,9 @@ def add_bench_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--access", choices=[a.value for a in Access], default="mount")
     p.add_argument("--fs-type", default="ext4", help="filesystem of mount volumes [%(default)s]")
-    p.add_argument("--size", default="64Mi", help="volume size, e.g. 64Mi [%(default)s]")
+    p.add_argument(
+        "--size", help=f"volume size, e.g. 64Mi [default {DEFAULT_SIZE}; scale {SCALE_SIZE}]"
+    )
     p.add_argument(
         "--exact-size",
         action="store_true",
@@ -198,13 +215,23 @@ def add_bench_flags(p: argparse.ArgumentParser) -> None:
         "--probe-rate",
         type=float,
         default=100.0,
-        help="churn: Probe calls per second, idle and under load [%(default)s]",
+        help="churn, scale: Probe calls per second, idle and under load [%(default)s]",
     )
     p.add_argument(
         "--idle-probes",
         type=int,
         default=500,
-        help="churn: Probe calls measured before the load starts [%(default)s]",
+        help="churn, scale: Probe calls measured before the load starts [%(default)s]",
+    )
+    p.add_argument(
+        "--volumes",
+        type=int,
+        help=f"scale: volumes created before measuring [{DEFAULT_SCALE_VOLUMES}]",
+    )
+    p.add_argument(
+        "--snapshots",
+        type=int,
+        help="scale: snapshots created, of those volumes in turn [0]",
     )
     p.add_argument("--name-prefix", default="bench", help="volume name prefix [%(default)s]")
     p.add_argument("--json", type=Path, dest="json_path", help="write the full report here")
@@ -248,7 +275,7 @@ def _concurrencies(args: argparse.Namespace, scenario: Scenario) -> tuple[int, .
             raise ConfigError("--concurrencies names no concurrency")
     elif args.concurrency is not None:
         values = (args.concurrency,)
-    elif scenario is Scenario.CHURN:
+    elif scenario in (Scenario.CHURN, Scenario.SCALE):
         values = (CHURN_CONCURRENCY,)
     else:
         values = (BARE_CONCURRENCY if args.compare_bare else 4,)
@@ -283,7 +310,8 @@ def _volume(args: argparse.Namespace) -> VolumeSpec:
     access = Access(args.access)
     if access is Access.MOUNT and not args.fs_type:
         raise ConfigError("--fs-type must not be empty for mount volumes")
-    size = _size("--size", args.size)
+    default = SCALE_SIZE if args.scenario == Scenario.SCALE else DEFAULT_SIZE
+    size = _size("--size", args.size or default)
     write = _size("--write", args.write)
     _positive("--size", size)
     if write > size:
@@ -300,6 +328,14 @@ def _check_target_flags(args: argparse.Namespace, scenario: Scenario) -> None:
         raise ConfigError("--compare-bare applies to probe")
     if args.plot_path and scenario is not Scenario.SWEEP:
         raise ConfigError("--plot applies to sweep")
+    if scenario is Scenario.SCALE:
+        if not args.spawn:
+            # It reads the driver's memory and restarts it: only a driver of its own.
+            raise ConfigError("scale needs --spawn")
+        if (args.volumes is not None and args.volumes < 1) or (args.snapshots or 0) < 0:
+            raise ConfigError("scale needs --volumes >= 1 and --snapshots >= 0")
+    elif args.volumes is not None or args.snapshots is not None:
+        raise ConfigError("--volumes and --snapshots apply to scale")
     if len(args.name_prefix.encode()) > MAX_NAME_PREFIX or not args.name_prefix:
         raise ConfigError(f"--name-prefix must be 1..{MAX_NAME_PREFIX} bytes")
 
@@ -331,6 +367,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         compare_bare=args.compare_bare,
         probe_rate=args.probe_rate,
         idle_probes=args.idle_probes,
+        volumes=args.volumes or DEFAULT_SCALE_VOLUMES,
+        snapshots=args.snapshots or 0,
         name_prefix=args.name_prefix,
         json_path=args.json_path,
         plot_path=args.plot_path,

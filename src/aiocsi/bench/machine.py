@@ -26,6 +26,15 @@ def _memory_bytes() -> int | None:
     return int(value.split()[0]) * _KIB if value else None
 
 
+def process_memory(pid: int) -> dict[str, int | None]:
+    """A process's resident memory now (VmRSS) and at its peak (VmHWM), in bytes."""
+    found: dict[str, int | None] = {}
+    for name in ("VmRSS", "VmHWM"):
+        value = _proc_field(f"/proc/{pid}/status", name)  # "61234 kB"
+        found[name] = int(value.split()[0]) * _KIB if value else None
+    return found
+
+
 def machine_info() -> dict[str, object]:
     uname = os.uname()
     return {

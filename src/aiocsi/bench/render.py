@@ -225,11 +225,61 @@ def churn_table(report: Report) -> Table | None:
         for label, op in (("idle", churn.idle), ("under load", churn.under_load))
     ]
     title = f"Probe at {churn.rate_per_s:g}/s: p99 under load / idle = {_num(churn.p99_ratio, 2)}"
+    if report.scale is not None:
+        title += " (load: the listings above, back to back)"
     return Table(title, ("Probe", "calls", "errors", *_LATENCY_HEADERS), rows)
 
 
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1024**2:.1f}"
+
+
+def scale_tables(report: Report) -> list[Table]:
+    scale = report.scale
+    if scale is None:
+        return []
+    creates = steps_table(
+        f"{scale.volumes} volumes, {scale.snapshots} snapshots created in {scale.create_s:.1f} s",
+        scale.creates,
+    )
+    listings = Table(
+        "Full listings (next_token followed to the end; latency of whole listings)",
+        ("listing", "entries", "pages", "listings", "errors", *_LATENCY_HEADERS),
+        [
+            (
+                listing.name,
+                str(listing.entries),
+                str(listing.pages),
+                str(listing.latency_ms.count if listing.latency_ms else 0),
+                _codes(listing.errors),
+                *_latency(listing.latency_ms),
+            )
+            for listing in scale.listings
+        ],
+    )
+    memory = Table(
+        "Driver memory (MiB)",
+        ("when", "MiB"),
+        [(when.replace("_", " "), _mib(value)) for when, value in scale.rss_bytes.items()],
+    )
+    restart = scale.restart
+    restarts = Table(
+        "Restart on the same state (seconds; median of runs)",
+        ("phase", "median s", "per run"),
+        [
+            (label, _num(median, 3), " ".join(f"{v:.3f}" for v in runs))
+            for label, median, runs in (
+                ("SIGTERM to exit", restart.stop_median_s, restart.stop_s),
+                ("start to Probe ready", restart.to_ready_median_s, restart.to_ready_s),
+            )
+        ],
+    )
+    return [creates, listings, memory, restarts]
+
+
 def tables(report: Report) -> list[Table]:
-    found = [throughput_table(report.points), *_step_tables(report.points)]
+    found = [throughput_table(report.points), *_step_tables(report.points)] if report.points else []
+    found += scale_tables(report)
     found += [t for t in (churn_table(report), _cleanup_table(report.points)) if t is not None]
     if report.errors:
         found.append(

@@ -9,17 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from aiocsi.bench import scale
 from aiocsi.bench.config import BenchConfig, Scenario
 from aiocsi.bench.lifecycles import PROBE
 from aiocsi.bench.prober import ProbeCalls, probe_process
 from aiocsi.bench.runner import Budget, Progress, run_workers
-from aiocsi.bench.stats import ChurnProbe, PointRecorder, RunRecorder, Samples
+from aiocsi.bench.stats import ChurnProbe, PointRecorder, RunRecorder, Samples, ScaleRecorder
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from aiocsi.bench.lifecycles import CsiLifecycles
     from aiocsi.bench.raw import RawLifecycles
+    from aiocsi.bench.spawn import Spawned
+    from aiocsi.client.stubs import CsiStubs
 
 
 class Units(Protocol):
@@ -39,8 +42,13 @@ class DriverSide:
     # Churn's Probe stream runs in a process of its own, as a livenessprobe sidecar does.
     socket_path: Path
     rpc_timeout: float
+    stubs: CsiStubs
+    # Lifecycles' volume names start with it; scale's too.
+    name_base: str
     # `probe --compare-bare`: the same calls against a bare grpclib server (bench/bare.py).
     bare: ProbeCalls | None = None
+    # --spawn: the driver process (scale reads its memory and restarts it).
+    spawned: Spawned | None = None
 
 
 @dataclass
@@ -54,9 +62,15 @@ class RunState:
     loaded_probes: Samples = field(default_factory=lambda: Samples(PROBE))
     interrupted: str | None = None
     leftovers: list[str] = field(default_factory=list)
+    scale: ScaleRecorder | None = None
+
+    def __post_init__(self) -> None:
+        if self.config.scenario is Scenario.SCALE:
+            self.scale = ScaleRecorder(self.config.volumes, self.config.snapshots)
 
     def churn(self) -> ChurnProbe | None:
-        if self.config.scenario is not Scenario.CHURN:
+        """Probe at a rate, idle and under load (churn: lifecycles; scale: listings)."""
+        if not self.config.probes_at_rate:
             return None
         return ChurnProbe.of(self.config.probe_rate, self.idle_probes, self.loaded_probes)
 
@@ -87,7 +101,9 @@ async def _points(state: RunState, main: Units, raw: Units | None) -> None:
                 await _run(state, raw, concurrency, point.raw, f"{raw.kind} {label}")
 
 
-async def _churn(state: RunState, side: DriverSide) -> None:
+async def _idle(state: RunState, side: DriverSide) -> None:
+    """--idle-probes Probe calls at --probe-rate from a process of their own, before any
+    load."""
     config = state.config
     state.progress.phase(f"idle Probe at {config.probe_rate:g}/s", config.idle_probes)
     async with probe_process(
@@ -100,6 +116,21 @@ async def _churn(state: RunState, side: DriverSide) -> None:
         pass
     for _ in range(config.idle_probes):
         state.progress.advance(ok=True)
+
+
+async def _scale(state: RunState, side: DriverSide) -> None:
+    rec = state.scale
+    if rec is None:  # pragma: no cover - made with the state for every scale run
+        raise RuntimeError("scale has no recorder")
+    await scale.create(state, side, rec)
+    await _idle(state, side)
+    await scale.listings(state, side, rec)
+    await scale.restarts(state, side, rec)
+
+
+async def _churn(state: RunState, side: DriverSide) -> None:
+    config = state.config
+    await _idle(state, side)
     concurrency = config.concurrencies[0]
     point = PointRecorder(concurrency)
     state.points.append(point)
@@ -130,5 +161,7 @@ async def run_scenario(state: RunState) -> None:
         await _points(state, side.probes, side.bare)
     elif scenario is Scenario.CHURN:
         await _churn(state, side)
+    elif scenario is Scenario.SCALE:
+        await _scale(state, side)
     else:
         await _points(state, side.lifecycles, state.raw if state.config.compare_raw else None)

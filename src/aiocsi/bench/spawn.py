@@ -108,40 +108,69 @@ async def _stop(process: Process) -> None:
     await process.aclose()
 
 
+class Spawned:
+    """A child process run from `argv` in its own session, output to `log`, serving on
+    `socket_path`; `restart` stops it and starts it again on the same files."""
+
+    def __init__(self, argv: Sequence[str], socket_path: Path, log: Path) -> None:
+        if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH_BYTES:
+            raise SetupError(f"socket path {socket_path} is too long; use a shorter --workdir")
+        self.argv = list(argv)
+        self.socket_path = socket_path
+        self.log = log
+        self._process: Process | None = None
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("not running")
+        return self._process.pid
+
+    async def start(self) -> None:
+        """Start the process and wait until it accepts connections on the socket."""
+        output = await anyio.to_thread.run_sync(lambda: self.log.open("ab"))
+        try:
+            self._process = await anyio.open_process(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            output.close()
+        await _wait_until_serving(self._process, self.socket_path, self.log)
+
+    async def stop(self) -> None:
+        if self._process is not None:
+            with anyio.CancelScope(shield=True):
+                await _stop(self._process)
+            self._process = None
+
+
 @contextlib.asynccontextmanager
-async def _spawned(argv: Sequence[str], socket_path: Path, log: Path) -> AsyncIterator[None]:
-    """Run `argv` in its own session, output to `log`, until it serves on `socket_path`."""
-    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH_BYTES:
-        raise SetupError(f"socket path {socket_path} is too long; use a shorter --workdir")
-    output = await anyio.to_thread.run_sync(lambda: log.open("ab"))
+async def _spawned(argv: Sequence[str], socket_path: Path, log: Path) -> AsyncIterator[Spawned]:
+    """Run `argv` until the body ends (stopping it also when the start fails)."""
+    child = Spawned(argv, socket_path, log)
     try:
-        process = await anyio.open_process(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        await child.start()
+        yield child
     finally:
-        output.close()
-    try:
-        await _wait_until_serving(process, socket_path, log)
-        yield
-    finally:
-        with anyio.CancelScope(shield=True):
-            await _stop(process)
+        await child.stop()
 
 
 @contextlib.asynccontextmanager
 async def spawned_driver(
     workspace: Workspace, spec: VolumeSpec, extra: Sequence[str], log_path: Path | None
-) -> AsyncIterator[Path]:
-    """Yield the socket of a fresh driver; afterwards stop it and sweep what it left."""
+) -> AsyncIterator[Spawned]:
+    """Yield a fresh driver serving on its socket; afterwards stop it and sweep what it left."""
     socket_path = workspace.driver_dir / "csi.sock"
     log = log_path or workspace.driver_dir / "driver.log"
     try:
-        async with _spawned(driver_argv(workspace, socket_path, spec, extra), socket_path, log):
-            yield socket_path
+        async with _spawned(
+            driver_argv(workspace, socket_path, spec, extra), socket_path, log
+        ) as child:
+            yield child
     finally:
         with anyio.CancelScope(shield=True):
             # The driver is gone: whatever it still had mounted or attached is ours to undo.

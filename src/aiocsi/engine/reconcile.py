@@ -6,14 +6,14 @@ read-only views stacked on those devices, and mounts of those devices recorded a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import anyio
+from typing import TypeVar
 
 from aiocsi.engine.groups import mounted_filesystems, thaw_all
 from aiocsi.engine.pool import Pool, is_snapshot_id, is_volume_id
@@ -24,6 +24,10 @@ from aiocsi.logging import get_logger
 from aiocsi.models import AccessType, Publication, PublicationKind, VolumeState
 
 log = get_logger("aiocsi.engine")
+T = TypeVar("T")
+# Entries walked on the loop between two yields to it.
+_BATCH = 500
+_IMAGE = ".img"
 
 
 def _our_devices(pool: Pool, backing_files: Mapping[str, str]) -> dict[str, str]:
@@ -56,23 +60,31 @@ def _mount_points(pubs: list[Publication]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class _HostView:
-    """What the host shows at start: mounts by point, and block publications' devices.
+    """What the host shows at start: our loop devices and views, mounts by point, block
+    publications' devices, and where each publication's path resolves to.
 
-    `bound` maps a bound node to our volume device, through the view when it is one.
+    `devices` maps a volume id to its loop device, `views` a read-only view to the device
+    below it; `bound` maps a bound node to our volume device, through the view when it is
+    one.
     """
 
+    devices: dict[str, str]
+    views: dict[str, str]
     mounts: list[mount.MountEntry]
     by_point: dict[str, list[mount.MountEntry]]
     bound: dict[str, str]
     views_in_use: frozenset[str]
+    points: dict[str, str]
 
     @property
     def devices_in_use(self) -> set[str]:
         return {m.source for m in self.mounts} | set(self.bound.values())
 
-    def still_mounted(self, pub: Publication, point: str, device: str | None) -> bool:
+    def still_mounted(self, pub: Publication) -> bool:
+        device = self.devices.get(pub.volume_id)
         if device is None:
             return False  # no loop device means nothing of this volume is mounted anywhere
+        point = self.points[pub.path]
         is_block = pub.capability is not None and pub.capability.access_type is AccessType.BLOCK
         if is_block and pub.kind is PublicationKind.STAGE:
             return True  # a block stage is the attached device itself
@@ -81,32 +93,54 @@ class _HostView:
         return any(m.source == device for m in self.by_point.get(point, []))
 
 
-async def _host_view(
-    ctx: EngineResources, devices: Mapping[str, str], views: Mapping[str, str]
-) -> _HostView:
+def _scan_host(pool: Pool, pubs: list[Publication]) -> _HostView:
+    """Sysfs, mountinfo and the publications' paths, read once for every volume
+    (blocking: one worker-thread call, however many volumes and mounts there are)."""
+    backing_files = sysfs.all_loop_backing_files()
+    devices = _our_devices(pool, backing_files)
+    views = _our_views(backing_files, devices)
     mounts = mount.read_mounts()
     by_point: dict[str, list[mount.MountEntry]] = {}
     for entry in mounts:
         by_point.setdefault(entry.mount_point, []).append(entry)
-    nodes = await ctx.workers.run_sync(sysfs.bound_loop_devices, mounts)
+    nodes = sysfs.bound_loop_devices(mounts)
     ours = set(devices.values())
     bound = {point: views.get(node, node) for point, node in nodes.items()}
     bound = {point: device for point, device in bound.items() if device in ours}
     in_use = {m.source for m in mounts} | set(nodes.values())
-    return _HostView(mounts, by_point, bound, frozenset(in_use & views.keys()))
+    return _HostView(
+        devices=devices,
+        views=views,
+        mounts=mounts,
+        by_point=by_point,
+        bound=bound,
+        views_in_use=frozenset(in_use & views.keys()),
+        points=_mount_points(pubs),
+    )
+
+
+async def _each(items: Iterable[T]) -> AsyncIterator[T]:
+    """`items`, handing the loop back every `_BATCH` of them: a walk over 10,000 entries
+    must not hold the calls the loop already serves."""
+    for n, item in enumerate(items, 1):
+        yield item
+        if n % _BATCH == 0:
+            await asyncio.sleep(0)
+
+
+def _node_publications(ctx: EngineResources) -> list[Publication]:
+    return [p for p in ctx.store.publications() if p.kind is not PublicationKind.CONTROLLER]
 
 
 async def reconcile(ctx: EngineResources) -> Counter[str]:
     repaired: Counter[str] = Counter()
-    backing_files = sysfs.all_loop_backing_files()
-    devices = _our_devices(ctx.pool, backing_files)
-    views = _our_views(backing_files, devices)
-    host = await _host_view(ctx, devices, views)
-    await _forget_lost_publications(ctx, host, devices, repaired)
+    pubs = _node_publications(ctx)
+    host = await ctx.workers.run_sync(_scan_host, ctx.pool, pubs)
+    await _forget_lost_publications(ctx, host, pubs, repaired)
     await _roll_back_groups(ctx, repaired)
     known_volumes, known_snapshots = await _roll_back_unfinished(ctx, repaired)
-    held = await _detach_unused_views(ctx, host, views, repaired)
-    await _detach_unused(ctx, host, devices, held, repaired)
+    held = await _detach_unused_views(ctx, host, repaired)
+    await _detach_unused(ctx, host, held, repaired)
     await _remove_orphans(ctx, known_volumes, known_snapshots, repaired)
     log.info(
         "reconciled",
@@ -118,17 +152,19 @@ async def reconcile(ctx: EngineResources) -> Counter[str]:
 
 
 async def _forget_lost_publications(
-    ctx: EngineResources, host: _HostView, devices: dict[str, str], repaired: Counter[str]
+    ctx: EngineResources, host: _HostView, pubs: list[Publication], repaired: Counter[str]
 ) -> None:
     """Publications whose mount or device vanished (reboot, crash, a hand unmount) are
     forgotten: the CO stages and publishes again."""
-    pubs = [p for p in ctx.store.publications() if p.kind is not PublicationKind.CONTROLLER]
-    points = await ctx.workers.run_sync(_mount_points, pubs)
-    for pub in pubs:
-        if host.still_mounted(pub, points[pub.path], devices.get(pub.volume_id)):
-            continue
-        await ctx.store.remove_publication(pub.volume_id, pub.kind, pub.path)
-        repaired[f"{pub.kind.value}_forgotten"] += 1
+    lost = [pub async for pub in _each(pubs) if not host.still_mounted(pub)]
+    # Asked for together, so that the store commits each batch in one transaction: after
+    # a reboot every publication is lost, one fsync each would take many seconds.
+    for start in range(0, len(lost), _BATCH):
+        batch = lost[start : start + _BATCH]
+        await asyncio.gather(
+            *(ctx.store.remove_publication(pub.volume_id, pub.kind, pub.path) for pub in batch)
+        )
+        repaired.update(f"{pub.kind.value}_forgotten" for pub in batch)
 
 
 async def _roll_back_groups(ctx: EngineResources, repaired: Counter[str]) -> None:
@@ -153,7 +189,7 @@ async def _roll_back_unfinished(
     """Half-made or half-deleted volumes and snapshots are rolled back; returns the rest."""
     store, pool = ctx.store, ctx.pool
     known_volumes: set[str] = set()
-    for volume in store.all_volumes():
+    async for volume in _each(store.all_volumes()):
         if volume.state is VolumeState.READY:
             known_volumes.add(volume.id)
             continue
@@ -161,7 +197,7 @@ async def _roll_back_unfinished(
         await store.delete_volume(volume.id)
         repaired[f"volume_{volume.state.value}_rolled_back"] += 1
     known_snapshots: set[str] = set()
-    for snap in await store.all_snapshots():
+    async for snap in _each(await store.all_snapshots()):
         if snap.ready:
             known_snapshots.add(snap.id)
             continue
@@ -172,14 +208,14 @@ async def _roll_back_unfinished(
 
 
 async def _detach_unused_views(
-    ctx: EngineResources, host: _HostView, views: dict[str, str], repaired: Counter[str]
+    ctx: EngineResources, host: _HostView, repaired: Counter[str]
 ) -> set[str]:
     """Views that nothing shows any more (their publication is gone) are detached.
 
     Returns the volume devices that still have a view stacked on them.
     """
     held: set[str] = set()
-    for view, device in views.items():
+    for view, device in host.views.items():
         if view in host.views_in_use:
             held.add(device)
             continue
@@ -194,16 +230,12 @@ async def _detach_unused_views(
 
 
 async def _detach_unused(
-    ctx: EngineResources,
-    host: _HostView,
-    devices: dict[str, str],
-    held: set[str],
-    repaired: Counter[str],
+    ctx: EngineResources, host: _HostView, held: set[str], repaired: Counter[str]
 ) -> None:
     """Loop devices backed by our images that nothing uses any more are detached."""
     staged = {p.volume_id for p in ctx.store.publications(kind=PublicationKind.STAGE)}
     in_use = host.devices_in_use | held
-    for volume_id, device in devices.items():
+    for volume_id, device in host.devices.items():
         if volume_id in staged or device in in_use:
             continue
         # Busy after all (held open by a process): the kernel detaches it at its last close.
@@ -219,16 +251,33 @@ async def _remove_orphans(
     repaired: Counter[str],
 ) -> None:
     """Image files with no record (a crash between file and record) are removed."""
-    for image in await _images(ctx.pool.volumes_dir):
-        if is_volume_id(image.stem) and image.stem not in known_volumes:
-            await _remove_orphan(ctx, image, repaired)
-    for image in await _images(ctx.pool.snapshots_dir):
-        if is_snapshot_id(image.stem) and image.stem not in known_snapshots:
-            await _remove_orphan(ctx, image, repaired)
+    volumes, snapshots = await ctx.workers.run_sync(_image_stems, ctx.pool)
+    orphans = [
+        ctx.pool.volumes_dir / f"{stem}{_IMAGE}"
+        for stem in volumes
+        if is_volume_id(stem) and stem not in known_volumes
+    ] + [
+        ctx.pool.snapshots_dir / f"{stem}{_IMAGE}"
+        for stem in snapshots
+        if is_snapshot_id(stem) and stem not in known_snapshots
+    ]
+    for image in orphans:
+        await _remove_orphan(ctx, image, repaired)
 
 
-async def _images(directory: Path) -> list[Path]:
-    return [Path(p) async for p in anyio.Path(directory).glob("*.img")]
+def _image_stems(pool: Pool) -> tuple[list[str], list[str]]:
+    """The names (without `.img`) of the images in the volume and the snapshot directory:
+    one listing each, no stat (blocking: call from a worker thread)."""
+
+    def stems(directory: Path) -> list[str]:
+        try:
+            # Names only: a Path per entry would cost more than the listing.
+            names = os.listdir(directory)  # noqa: PTH208
+        except FileNotFoundError:
+            return []
+        return [name.removesuffix(_IMAGE) for name in names if name.endswith(_IMAGE)]
+
+    return stems(pool.volumes_dir), stems(pool.snapshots_dir)
 
 
 async def _remove_orphan(ctx: EngineResources, image: Path, repaired: Counter[str]) -> None:

@@ -78,6 +78,10 @@ class SpaceWatch:
             held = None
         self._set(str(image), held)
 
+    def held(self) -> tuple[int, dict[str, int]]:
+        """The allocated bytes and their part per image (a copy, for a worker thread)."""
+        return self.allocated, dict(self._images)
+
     def budget(self) -> PoolBudget:
         """A budget to be measured where it is checked (the store thread)."""
         return PoolBudget(self.pool.root, self.overcommit, self.allocated)
