@@ -10,39 +10,24 @@ fails the test if reconcile held the loop for more than 50 ms.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.engine.pool import Pool, new_snapshot_id, new_volume_id
-from aiocsi.host.files import create_sparse_sync
-from aiocsi.models import Publication, PublicationKind, Snapshot, Volume, VolumeState
+from aiocsi.models import Publication, PublicationKind, VolumeState
 from aiocsi.state.store import DB_NAME, Store
 
 from .conftest import driver_config, unwatched_driver
+from .seed import images, in_batches, snapshot_record, volume_record
 from .test_reconcile import started
 
 pytestmark = pytest.mark.system
 
-MiB = 1024 * 1024
 VOLUMES, SNAPSHOTS, LOST_STAGES = 3000, 2000, 3000
 CREATING, UNREADY_SNAPSHOTS, ORPHANS = 40, 30, 60
-_INSERTS_AT_ONCE = 256
-
-
-def _images(paths: list[Path]) -> None:
-    for path in paths:
-        create_sparse_sync(path, 4 * MiB)
-
-
-async def _gather(calls: Sequence[Coroutine[Any, Any, object]]) -> None:
-    """Await the calls a batch at a time (the store commits each batch together)."""
-    for start in range(0, len(calls), _INSERTS_AT_ONCE):
-        await asyncio.gather(*calls[start : start + _INSERTS_AT_ONCE])
 
 
 async def seed(root: Path) -> dict[str, set[str]]:
@@ -51,49 +36,30 @@ async def seed(root: Path) -> dict[str, set[str]]:
     await asyncio.to_thread(pool.prepare)
     store = Store(pool.root / DB_NAME)
     await store.open()
-    now = time.time()
-    ready = [new_volume_id() for _ in range(VOLUMES)]
-    creating = [new_volume_id() for _ in range(CREATING)]
-    snaps = [new_snapshot_id() for _ in range(SNAPSHOTS)]
-    unready = [new_snapshot_id() for _ in range(UNREADY_SNAPSHOTS)]
+    ready = [volume_record(n, "test-node") for n in range(VOLUMES)]
+    creating = [
+        volume_record(VOLUMES + n, "test-node", VolumeState.CREATING) for n in range(CREATING)
+    ]
+    snaps = [snapshot_record(n, ready[n % VOLUMES].id) for n in range(SNAPSHOTS)]
+    unready = [
+        snapshot_record(SNAPSHOTS + n, ready[n].id, ready=False) for n in range(UNREADY_SNAPSHOTS)
+    ]
     try:
-        volumes = [
-            store.insert_volume(
-                Volume(
-                    id=volume_id,
-                    name=f"v-{n}",
-                    capacity_bytes=4 * MiB,
-                    state=VolumeState.READY if n < VOLUMES else VolumeState.CREATING,
-                    node_id="test-node",
-                    created_at=now,
+        await in_batches([store.insert_volume(v) for v in ready + creating])
+        await in_batches([store.insert_snapshot(s) for s in snaps + unready])
+        await in_batches(
+            [
+                store.add_publication(
+                    Publication(
+                        ready[n].id,
+                        PublicationKind.STAGE,
+                        str(root / "staging" / str(n)),
+                        "test-node",
+                    )
                 )
-            )
-            for n, volume_id in enumerate(ready + creating)
-        ]
-        await _gather(volumes)
-        snapshots = [
-            store.insert_snapshot(
-                Snapshot(
-                    id=snapshot_id,
-                    name=f"s-{n}",
-                    source_volume_id=ready[n % VOLUMES],
-                    size_bytes=4 * MiB,
-                    ready=n < SNAPSHOTS,
-                    created_at=now,
-                )
-            )
-            for n, snapshot_id in enumerate(snaps + unready)
-        ]
-        await _gather(snapshots)
-        stages = [
-            store.add_publication(
-                Publication(
-                    ready[n], PublicationKind.STAGE, str(root / "staging" / str(n)), "test-node"
-                )
-            )
-            for n in range(LOST_STAGES)
-        ]
-        await _gather(stages)
+                for n in range(LOST_STAGES)
+            ]
+        )
     finally:
         await store.close()
     orphan_volumes = [new_volume_id() for _ in range(ORPHANS)]
@@ -101,15 +67,17 @@ async def seed(root: Path) -> dict[str, set[str]]:
     # Not an image of the kind its directory holds: not ours to judge, left alone.
     misplaced = pool.volumes_dir / f"{new_snapshot_id()}.img"
     await asyncio.to_thread(
-        _images,
-        [pool.volumes_dir / f"{v}.img" for v in ready + creating + orphan_volumes]
-        + [pool.snapshots_dir / f"{s}.img" for s in snaps + unready + orphan_snapshots]
+        images,
+        [pool.volumes_dir / f"{v.id}.img" for v in ready + creating]
+        + [pool.volumes_dir / f"{v}.img" for v in orphan_volumes]
+        + [pool.snapshots_dir / f"{s.id}.img" for s in snaps + unready]
+        + [pool.snapshots_dir / f"{s}.img" for s in orphan_snapshots]
         + [misplaced],
     )
     return {
-        "volumes": set(ready),
-        "snapshots": set(snaps),
-        "volume_files": {*ready, misplaced.stem},
+        "volumes": {v.id for v in ready},
+        "snapshots": {s.id for s in snaps},
+        "volume_files": {*(v.id for v in ready), misplaced.stem},
     }
 
 

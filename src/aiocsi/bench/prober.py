@@ -13,6 +13,7 @@ until its stdin closes, then prints one JSON object:
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import json
 import subprocess
@@ -85,6 +86,10 @@ async def _stream(socket_path: Path, rate: float, deadline_s: float, count: int 
         # The first call opens the connection: not part of what is measured.
         with contextlib.suppress(Exception):
             await stubs.probe(deadline_s)
+        # Nor is this process's own garbage collector: a full pass over its start-up heap
+        # (imports) took 15-20 ms and showed as the driver's slowest Probe.
+        gc.collect()
+        gc.freeze()
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             if count is None:

@@ -29,7 +29,7 @@ from aiocsi.context import CallContext, scrub, set_call
 from aiocsi.errors import DomainError, grpc_code_name
 from aiocsi.logging import get_logger
 from aiocsi.server.tracker import CallTracker
-from aiocsi.server.wire import Handler, deadline_at, guard_request
+from aiocsi.server.wire import Handler, deadline_at, guard_request, release_stream
 from aiocsi.services.validation.common import MAX_STRING_BYTES, request_limits
 
 log = get_logger("aiocsi.rpc")
@@ -211,6 +211,7 @@ def _wrap(
             )
             raise failure from None
         finally:
+            release_stream(stream)
             tracker.leave()
             seconds = time.perf_counter() - started
             code = _finish_code(failure, call)
@@ -228,6 +229,9 @@ def _wrap(
             )
             for observe in observers:
                 observe(method.path, code, seconds)
+            # The error's traceback holds this frame, which holds the error: a cycle
+            # that would keep the call's streams for the garbage collector.
+            failure = None
 
     return intercepted
 

@@ -209,3 +209,25 @@ def guard_request(stream: Stream[Any, Any], inspect: Callable[[Any], None] | Non
         return message
 
     stream.recv_message = recv_message  # type: ignore[method-assign]
+
+
+# The instance attributes the interceptor sets on a call's streams, each a closure over a
+# bound method of its own stream: a reference cycle until they go.
+_SET_ON_STREAM = ("recv_message", "send_message")
+_SET_ON_PROTOCOL_STREAM = ("recv_data",)
+
+
+def release_stream(stream: Stream[Any, Any]) -> None:
+    """Undo what `guard_request` (and any wrapped send) set on a finished call's streams.
+
+    Without this each call left ~40 objects (its streams, buffers, queues, events,
+    metadata) in reference cycles, freed only by the garbage collector: the collections
+    that found them ran several times a second under load and held the loop for up to
+    ~20 ms each. Removed, the streams are freed by reference counting when the call ends.
+    """
+    for target, names in (
+        (stream, _SET_ON_STREAM),
+        (stream._stream, _SET_ON_PROTOCOL_STREAM),  # noqa: SLF001 - see guard_request
+    ):
+        for name in names:
+            target.__dict__.pop(name, None)
