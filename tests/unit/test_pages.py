@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
 
 from aiocsi._proto.csi import v1 as csi
+from aiocsi.models import ContentSource, Snapshot, SourceKind, Volume, VolumeCondition, VolumeState
+from aiocsi.services import convert
 from aiocsi.services.pages import SLICE, encoded_ahead, encoded_once, paged_reply
 
 
@@ -54,3 +58,52 @@ def test_a_reply_encoded_once_carries_its_own_bytes() -> None:
     for ready in (True, False):
         reply = encoded_once(csi.ProbeResponse(ready=ready))
         assert encoded_ahead(reply) == bytes(csi.ProbeResponse(ready=ready))
+
+
+async def test_an_entry_is_encoded_once_per_key() -> None:
+    first = _entries(3)
+    keys = [("same", i) for i in range(3)]
+    await paged_reply(csi.ListSnapshotsResponse, first, "", keys)
+    # Built alike means the same key: the kept bytes are sent, whatever the entry holds.
+    changed = _entries(3)
+    changed[0].snapshot.size_bytes = 999  # type: ignore[union-attr]
+    again = await paged_reply(csi.ListSnapshotsResponse, changed, "", keys)
+    assert encoded_ahead(again) == bytes(csi.ListSnapshotsResponse(entries=first))
+    other = await paged_reply(
+        csi.ListSnapshotsResponse, changed, "", [("other", i) for i in range(3)]
+    )
+    assert encoded_ahead(other) == bytes(csi.ListSnapshotsResponse(entries=changed))
+
+
+def _volume(**changes: object) -> Volume:
+    base = Volume(
+        id="vol-1", name="pvc-1", capacity_bytes=1 << 20, state=VolumeState.READY, node_id="n"
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_entry_keys_change_with_what_the_entry_shows_and_stay_untracked() -> None:
+    healthy, broken = VolumeCondition.healthy(), VolumeCondition(abnormal=True, message="x")
+    key = convert.volume_entry_key(_volume(), ["n"], healthy)
+    others = [
+        convert.volume_entry_key(_volume(id="vol-2"), ["n"], healthy),
+        convert.volume_entry_key(_volume(capacity_bytes=2 << 20), ["n"], healthy),
+        convert.volume_entry_key(_volume(node_id="m"), ["n"], healthy),
+        convert.volume_entry_key(
+            _volume(source=ContentSource(SourceKind.SNAPSHOT, "snap-1")), ["n"], healthy
+        ),
+        convert.volume_entry_key(
+            _volume(source=ContentSource(SourceKind.VOLUME, "snap-1")), ["n"], healthy
+        ),
+        convert.volume_entry_key(_volume(), [], healthy),
+        convert.volume_entry_key(_volume(), ["n"], broken),
+    ]
+    assert key not in others
+    assert len(set(others)) == len(others)
+    assert key == convert.volume_entry_key(_volume(name="renamed"), ["n"], healthy)
+    snapshot = Snapshot("snap-1", "s", "vol-1", 1 << 20, ready=True, created_at=1.5)
+    keys = [key, convert.snapshot_key(snapshot)]
+    assert convert.snapshot_key(dataclasses.replace(snapshot, ready=False)) != keys[1]
+    gc.collect()
+    gc.collect()  # the outer tuple is untracked once its inner one is: a second pass
+    assert not any(gc.is_tracked(k) for k in keys)

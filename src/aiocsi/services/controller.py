@@ -99,17 +99,21 @@ class ControllerService(csi.ControllerBase):
         after, limit = check.page(message.max_entries, message.starting_token)
         page = await self._volumes.list(after, limit)
         conditions = await self._volumes.conditions(page.entries)
+        nodes = [self._volumes.published_nodes(v.id) for v in page.entries]
         entries = [
             csi.ListVolumesResponseEntry(
                 volume=convert.volume(v),
                 status=csi.ListVolumesResponseVolumeStatus(
-                    published_node_ids=self._volumes.published_nodes(v.id),
-                    volume_condition=convert.condition(c),
+                    published_node_ids=n, volume_condition=convert.condition(c)
                 ),
             )
-            for v, c in zip(page.entries, conditions, strict=True)
+            for v, n, c in zip(page.entries, nodes, conditions, strict=True)
         ]
-        return await paged_reply(csi.ListVolumesResponse, entries, page.next_token)
+        keys = [
+            convert.volume_entry_key(v, n, c)
+            for v, n, c in zip(page.entries, nodes, conditions, strict=True)
+        ]
+        return await paged_reply(csi.ListVolumesResponse, entries, page.next_token, keys)
 
     async def get_capacity(self, message: csi.GetCapacityRequest) -> csi.GetCapacityResponse:
         caps = (
@@ -225,4 +229,5 @@ class ControllerService(csi.ControllerBase):
         entries = [
             csi.ListSnapshotsResponseEntry(snapshot=convert.snapshot(s)) for s in page.entries
         ]
-        return await paged_reply(csi.ListSnapshotsResponse, entries, page.next_token)
+        keys = [convert.snapshot_key(s) for s in page.entries]
+        return await paged_reply(csi.ListSnapshotsResponse, entries, page.next_token, keys)

@@ -13,6 +13,18 @@ def topology(node_id: str) -> csi.Topology:
     return csi.Topology(segments={TOPOLOGY_KEY: node_id})
 
 
+def volume_entry_key(v: Volume, nodes: list[str], c: VolumeCondition) -> tuple[object, ...]:
+    """Everything a ListVolumes entry is built from (`volume`, its nodes, `condition`), as
+    plain values: the key its encoding is kept under (services/pages.py)."""
+    source = (v.source.kind.value, v.source.id) if v.source is not None else ("", "")
+    return (v.id, v.capacity_bytes, v.node_id, *source, tuple(nodes), c.abnormal, c.message)
+
+
+def snapshot_key(s: Snapshot) -> tuple[object, ...]:
+    """Everything `snapshot` builds from, as plain values (services/pages.py)."""
+    return (s.id, s.size_bytes, s.source_volume_id, s.created_at, s.ready, s.group_snapshot_id)
+
+
 def volume(v: Volume) -> csi.Volume:
     source = None
     if v.source is not None:
