@@ -191,10 +191,8 @@ async def test_volumes_survive_repeated_sigkill(cleanup: Path) -> None:
             for task in lifecycles:
                 await task
             await _verify_kept_volumes_work(side, cleanup, ids)
-            listed = await side.call(lambda c: c.controller.list_volumes(csi.ListVolumesRequest()))
-            assert sorted(e.volume.volume_id for e in listed.entries if e.volume) == sorted(
-                ids.values()
-            )
+            listed = await _listed_volume_ids(side)
+            assert sorted(listed) == sorted(ids.values())
             for volume_id in ids.values():
                 await _delete(side, volume_id)
     finally:
@@ -209,6 +207,24 @@ async def test_volumes_survive_repeated_sigkill(cleanup: Path) -> None:
 async def _delete(side: Sidecar, volume_id: str) -> None:
     request = csi.DeleteVolumeRequest(volume_id=volume_id)
     await side.call(lambda c: c.controller.delete_volume(request))
+
+
+async def _listed_volume_ids(side: Sidecar) -> list[str]:
+    """Every volume ListVolumes lists, its pages followed: more are kept than one holds."""
+    listed: list[str] = []
+    token = ""
+    while True:
+        request = csi.ListVolumesRequest(starting_token=token)
+
+        async def page(
+            c: Csi, request: csi.ListVolumesRequest = request
+        ) -> csi.ListVolumesResponse:
+            return await c.controller.list_volumes(request)
+
+        reply = await side.call(page)
+        listed += [e.volume.volume_id for e in reply.entries if e.volume]
+        if not (token := reply.next_token):
+            return listed
 
 
 async def _verify_kept_volumes_work(side: Sidecar, root: Path, ids: dict[str, str]) -> None:

@@ -366,12 +366,23 @@ def _mounts_under(root: Path) -> list[tuple[str, str]]:
     ]
 
 
+def _all_entries(fuzz: Fuzzed, rpc_name: str, request_type: type) -> list[Any]:
+    """Every entry a listing returns, its pages followed (a page holds 100)."""
+    entries: list[Any] = []
+    token = ""
+    while True:
+        reply = fuzz.ok(rpc_name, request_type(starting_token=token))
+        entries += reply.entries
+        if not (token := reply.next_token):
+            return entries
+
+
 def _listed(fuzz: Fuzzed) -> tuple[set[str], set[str]]:
-    volumes = fuzz.ok("ListVolumes", csi.ListVolumesRequest())
-    snapshots = fuzz.ok("ListSnapshots", csi.ListSnapshotsRequest())
+    volumes = _all_entries(fuzz, "ListVolumes", csi.ListVolumesRequest)
+    snapshots = _all_entries(fuzz, "ListSnapshots", csi.ListSnapshotsRequest)
     return (
-        {e.volume.volume_id for e in volumes.entries},
-        {e.snapshot.snapshot_id for e in snapshots.entries},
+        {e.volume.volume_id for e in volumes},
+        {e.snapshot.snapshot_id for e in snapshots},
     )
 
 
