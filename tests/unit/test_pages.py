@@ -9,7 +9,7 @@ import gc
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.models import ContentSource, Snapshot, SourceKind, Volume, VolumeCondition, VolumeState
 from aiocsi.services import convert
-from aiocsi.services.pages import SLICE, encoded_ahead, encoded_once, paged_reply
+from aiocsi.services.pages import SLICE, KeptEntries, encoded_ahead, encoded_once, paged_reply
 
 
 def _entries(n: int) -> list[csi.ListSnapshotsResponseEntry]:
@@ -63,15 +63,16 @@ def test_a_reply_encoded_once_carries_its_own_bytes() -> None:
 async def test_an_entry_is_encoded_once_per_key() -> None:
     first = _entries(3)
     keys = [("same", i) for i in range(3)]
-    await paged_reply(csi.ListSnapshotsResponse, first, "", keys)
+    kept = KeptEntries()
+    await paged_reply(csi.ListSnapshotsResponse, first, "", (kept, keys))
+    assert len(kept) == 3
     # Built alike means the same key: the kept bytes are sent, whatever the entry holds.
     changed = _entries(3)
     changed[0].snapshot.size_bytes = 999  # type: ignore[union-attr]
-    again = await paged_reply(csi.ListSnapshotsResponse, changed, "", keys)
+    again = await paged_reply(csi.ListSnapshotsResponse, changed, "", (kept, keys))
     assert encoded_ahead(again) == bytes(csi.ListSnapshotsResponse(entries=first))
-    other = await paged_reply(
-        csi.ListSnapshotsResponse, changed, "", [("other", i) for i in range(3)]
-    )
+    other_keys = [("other", i) for i in range(3)]
+    other = await paged_reply(csi.ListSnapshotsResponse, changed, "", (kept, other_keys))
     assert encoded_ahead(other) == bytes(csi.ListSnapshotsResponse(entries=changed))
 
 
@@ -107,3 +108,13 @@ def test_entry_keys_change_with_what_the_entry_shows_and_stay_untracked() -> Non
     gc.collect()
     gc.collect()  # the outer tuple is untracked once its inner one is: a second pass
     assert not any(gc.is_tracked(k) for k in keys)
+
+
+def test_kept_entries_empty_when_full() -> None:
+    kept = KeptEntries(size=2)
+    kept.keep(("E", 1), b"1")
+    kept.keep(("E", 2), b"2")
+    kept.keep(("E", 3), b"3")
+    assert len(kept) == 1
+    assert kept.get(("E", 3)) == b"3"
+    assert kept.get(("E", 1)) is None

@@ -8,7 +8,7 @@ from aiocsi.engine.core import Engine
 from aiocsi.errors import InvalidArgument, Unimplemented
 from aiocsi.models import Volume
 from aiocsi.services import convert
-from aiocsi.services.pages import paged_reply
+from aiocsi.services.pages import KeptEntries, paged_reply
 from aiocsi.services.validation import common
 from aiocsi.services.validation import controller as check
 
@@ -42,6 +42,7 @@ class ControllerService(csi.ControllerBase):
         self._config = config
         self._volumes = engine.volumes
         self._snapshots = engine.snapshots
+        self._kept = KeptEntries()
 
     async def controller_get_capabilities(
         self, message: csi.ControllerGetCapabilitiesRequest
@@ -113,7 +114,9 @@ class ControllerService(csi.ControllerBase):
             convert.volume_entry_key(v, n, c)
             for v, n, c in zip(page.entries, nodes, conditions, strict=True)
         ]
-        return await paged_reply(csi.ListVolumesResponse, entries, page.next_token, keys)
+        return await paged_reply(
+            csi.ListVolumesResponse, entries, page.next_token, (self._kept, keys)
+        )
 
     async def get_capacity(self, message: csi.GetCapacityRequest) -> csi.GetCapacityResponse:
         caps = (
@@ -230,4 +233,6 @@ class ControllerService(csi.ControllerBase):
             csi.ListSnapshotsResponseEntry(snapshot=convert.snapshot(s)) for s in page.entries
         ]
         keys = [convert.snapshot_key(s) for s in page.entries]
-        return await paged_reply(csi.ListSnapshotsResponse, entries, page.next_token, keys)
+        return await paged_reply(
+            csi.ListSnapshotsResponse, entries, page.next_token, (self._kept, keys)
+        )

@@ -25,44 +25,64 @@ SLICE = 20
 # Where the bytes ride: a key of the message's __dict__, not one of its fields.
 _ENCODED = "_aiocsi_encoded"
 
+# Entry encodings a server keeps (`KeptEntries`): the 10,000 volumes and 10,000
+# snapshots a node holds at the scale the project is measured at, and room to spare.
+KEPT_ENTRIES = 50_000
+
 R = TypeVar("R", bound=betterproto2.Message)
 
 
-# Entries kept encoded, by the key of what each was built from: a health monitor's poll
-# walks thousands of entries that have not changed since its last one. ~150 bytes an
-# entry; emptied when full (a walk of more entries than this encodes them all again).
-ENTRY_CACHE_SIZE = 50_000
-# Keys are tuples of plain values (strings, numbers): such tuples the garbage collector
-# stops tracking, so the cache adds nothing to its passes.
-_encoded_entries: dict[tuple[str, Hashable], bytes] = {}
+class KeptEntries:
+    """Entries kept encoded, by the key of what each was built from: a health monitor's
+    poll walks thousands of entries that have not changed since its last one.
+
+    ~150 bytes an entry; emptied when full (a walk of more entries than it holds encodes
+    them all again). Keys are tuples of plain values (strings, numbers), which the garbage
+    collector stops tracking, so what is kept adds nothing to its passes.
+    """
+
+    def __init__(self, size: int = KEPT_ENTRIES) -> None:
+        self._size = size
+        self._encoded: dict[tuple[str, Hashable], bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._encoded)
+
+    def get(self, key: tuple[str, Hashable]) -> bytes | None:
+        return self._encoded.get(key)
+
+    def keep(self, key: tuple[str, Hashable], encoded: bytes) -> None:
+        if len(self._encoded) >= self._size:
+            self._encoded.clear()
+        self._encoded[key] = encoded
 
 
 async def paged_reply(
     reply_type: Callable[..., R],
     entries: Sequence[Any],
     next_token: str,
-    keys: Sequence[Hashable] | None = None,
+    kept: tuple[KeptEntries, Sequence[Hashable]] | None = None,
 ) -> R:
     """`reply_type(entries=entries, next_token=next_token)`, encoded ahead in slices.
 
-    With `keys` (one per entry: a tuple of plain values, equal only for entries built
-    alike), an entry's encoding is kept under its key and reused by later replies.
+    With `kept` (where to keep encodings, and one key per entry: a tuple of plain values,
+    equal only for entries built alike), an entry's encoding is kept under its key and
+    reused by later replies.
     """
+    store, keys = kept if kept is not None else (None, ())
     chunks: list[bytes] = []
     fresh = 0
     for n, entry in enumerate(entries):
-        key = (type(entry).__name__, keys[n]) if keys is not None else None
-        if key is not None and (known := _encoded_entries.get(key)) is not None:
+        key = (type(entry).__name__, keys[n]) if store is not None else None
+        if store is not None and key is not None and (known := store.get(key)) is not None:
             chunks.append(known)
             continue
         if fresh and fresh % SLICE == 0:
             await anyio.lowlevel.checkpoint()
         fresh += 1
         encoded = bytes(reply_type(entries=[entry]))
-        if key is not None:
-            if len(_encoded_entries) >= ENTRY_CACHE_SIZE:
-                _encoded_entries.clear()
-            _encoded_entries[key] = encoded
+        if store is not None and key is not None:
+            store.keep(key, encoded)
         chunks.append(encoded)
     chunks.append(bytes(reply_type(next_token=next_token)))
     reply = reply_type(entries=list(entries), next_token=next_token)
