@@ -10,7 +10,8 @@ import pytest
 from aiocsi.bench import render
 from aiocsi.bench.cli import exit_code
 from aiocsi.bench.config import Access, BenchConfig, Scenario, config_from_args
-from aiocsi.bench.stats import ChurnProbe, PointRecorder, Report, RunRecorder, Samples
+from aiocsi.bench.report import Report
+from aiocsi.bench.stats import ChurnProbe, PointRecorder, RunRecorder, Samples
 from aiocsi.cli import build_parser
 from aiocsi.config import ConfigError
 

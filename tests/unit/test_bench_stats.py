@@ -7,14 +7,13 @@ import time
 
 import pytest
 
+from aiocsi.bench.report import Report, ScaleRecorder
 from aiocsi.bench.stats import (
     ChurnProbe,
     Latency,
     PointRecorder,
-    Report,
     RunRecorder,
     Samples,
-    ScaleRecorder,
     Series,
     percentile,
 )

@@ -25,11 +25,11 @@ from aiocsi.bench.lifecycles import CsiLifecycles
 from aiocsi.bench.machine import machine_info
 from aiocsi.bench.prober import ProbeCalls
 from aiocsi.bench.raw import RawLifecycles
+from aiocsi.bench.report import Report
 from aiocsi.bench.runner import LoopLag
 from aiocsi.bench.scale import DRIVER_ARGS as SCALE_DRIVER_ARGS
 from aiocsi.bench.scenarios import DriverSide, RunState, run_scenario
 from aiocsi.bench.spawn import SetupError, spawned_bare, spawned_driver
-from aiocsi.bench.stats import Report
 from aiocsi.bench.workspace import Workspace
 from aiocsi.client.codes import grpc_code
 from aiocsi.client.stubs import CsiStubs

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from aiocsi.bench import render
 from aiocsi.bench.app import run_bench
 from aiocsi.bench.config import BenchConfig, Scenario, config_from_args
+from aiocsi.bench.progress import progress as progress_display
 from aiocsi.bench.spawn import SetupError
 from aiocsi.config import ConfigError
 from aiocsi.logging import configure
@@ -23,7 +24,7 @@ from aiocsi.logging import configure
 if TYPE_CHECKING:
     import argparse
 
-    from aiocsi.bench.stats import Report
+    from aiocsi.bench.report import Report
 
 EXIT_OK = 0
 EXIT_ERRORS = 1
@@ -71,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     # The host layer logs through structlog: only warnings, and never on stdout (the report).
     configure("console", "warning", stream=sys.stderr)
-    with render.progress(config.progress) as progress:
+    with progress_display(config.progress) as progress:
         try:
             report = asyncio.run(run_bench(config, progress))
         except SetupError as exc:

@@ -1,4 +1,4 @@
-"""What a person sees: progress while running, tables at the end, an optional plot.
+"""What a person sees at the end: tables, an optional plot (progress: bench/progress.py).
 
 rich is optional (`pip install aiocsi[bench]`): without it the same tables are printed as
 plain text. matplotlib is optional too (`aiocsi[plot]`), for `sweep --plot` only.
@@ -6,33 +6,22 @@ plain text. matplotlib is optional too (`aiocsi[plot]`), for `sweep --plot` only
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import importlib.util
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
     from typing import TextIO
 
-    from aiocsi.bench.runner import Progress
-    from aiocsi.bench.stats import Latency, OpStats, Point, Report, Series
+    from aiocsi.bench.report import Report
+    from aiocsi.bench.stats import Latency, OpStats, Point, Series
 
 try:
     from rich import box
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-    from rich.progress import Progress as RichBar
     from rich.table import Table as RichTable
 except ImportError:  # the `bench` extra is not installed: plain text
     HAVE_RICH = False
@@ -42,69 +31,6 @@ else:
 _GIB = 1024**3
 _PLAIN_WIDTH = 160
 _LATENCY_HEADERS = ("p50 ms", "p90 ms", "p99 ms", "max ms")
-
-
-# -- progress -------------------------------------------------------------------------------
-
-
-class _Quiet:
-    def phase(self, label: str, total: int | None) -> None:
-        pass
-
-    def advance(self, *, ok: bool) -> None:
-        pass
-
-
-class _Lines:
-    """One line per phase on stderr: for logs and terminals without rich."""
-
-    def phase(self, label: str, total: int | None) -> None:
-        sys.stderr.write(f"bench: {label}" + (f" ({total})" if total else "") + "\n")
-
-    def advance(self, *, ok: bool) -> None:
-        pass
-
-
-class _Bar:
-    def __init__(self, bar: RichBar) -> None:
-        self._bar = bar
-        self._task: Any = None
-        self._failed = 0
-
-    def phase(self, label: str, total: int | None) -> None:
-        if self._task is not None:
-            self._bar.stop_task(self._task)
-        self._failed = 0
-        self._task = self._bar.add_task(label, total=total, failed="")
-
-    def advance(self, *, ok: bool) -> None:
-        if self._task is None:
-            return
-        self._failed += not ok
-        failed = f"[red]{self._failed} failed" if self._failed else ""
-        self._bar.update(self._task, advance=1, failed=failed)
-
-
-@contextlib.contextmanager
-def progress(enabled: bool | None) -> Iterator[Progress]:
-    """A rich bar when asked for (or, by default, when stdout is a terminal), else lines."""
-    wanted = sys.stdout.isatty() if enabled is None else enabled
-    if not wanted:
-        yield _Quiet() if enabled is False else _Lines()
-        return
-    if not HAVE_RICH:
-        yield _Lines()
-        return
-    bar = RichBar(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[failed]}"),
-    )
-    with bar:
-        yield _Bar(bar)
 
 
 # -- tables ---------------------------------------------------------------------------------

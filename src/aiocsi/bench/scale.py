@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from pathlib import Path
 
+    from aiocsi.bench.report import ScaleRecorder
     from aiocsi.bench.scenarios import DriverSide, RunState
     from aiocsi.bench.spawn import Spawned
-    from aiocsi.bench.stats import ScaleRecorder
 
 _Page = csi.ListVolumesResponse | csi.ListSnapshotsResponse
 CREATE_VOLUME, CREATE_SNAPSHOT = "CreateVolume", "CreateSnapshot"

@@ -13,8 +13,9 @@ from aiocsi.bench import scale
 from aiocsi.bench.config import BenchConfig, Scenario
 from aiocsi.bench.lifecycles import PROBE
 from aiocsi.bench.prober import ProbeCalls, probe_process
+from aiocsi.bench.report import ScaleRecorder
 from aiocsi.bench.runner import Budget, Progress, run_workers
-from aiocsi.bench.stats import ChurnProbe, PointRecorder, RunRecorder, Samples, ScaleRecorder
+from aiocsi.bench.stats import ChurnProbe, PointRecorder, RunRecorder, Samples
 
 if TYPE_CHECKING:
     from pathlib import Path
