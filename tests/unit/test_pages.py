@@ -9,7 +9,7 @@ import gc
 from aiocsi._proto.csi import v1 as csi
 from aiocsi.models import ContentSource, Snapshot, SourceKind, Volume, VolumeCondition, VolumeState
 from aiocsi.services import convert
-from aiocsi.services.pages import SLICE, KeptEntries, encoded_ahead, encoded_once, paged_reply
+from aiocsi.services.pages import SLICE, KeptEntries, encoded_ahead, encoded_once
 
 
 def _entries(n: int) -> list[csi.ListSnapshotsResponseEntry]:
@@ -25,7 +25,7 @@ def _entries(n: int) -> list[csi.ListSnapshotsResponseEntry]:
 
 async def test_encoded_ahead_is_the_reply_s_own_encoding() -> None:
     for n, token in [(0, ""), (1, ""), (SLICE, "7"), (SLICE * 5 + 3, "123")]:
-        reply = await paged_reply(csi.ListSnapshotsResponse, _entries(n), token)
+        reply = await KeptEntries().reply(csi.ListSnapshotsResponse, _entries(n), range(n), token)
         assert reply == csi.ListSnapshotsResponse(entries=_entries(n), next_token=token)
         assert encoded_ahead(reply) == bytes(reply)
         assert csi.ListSnapshotsResponse.parse(encoded_ahead(reply) or b"") == reply
@@ -43,7 +43,7 @@ async def test_each_slice_gives_the_loop_a_turn() -> None:
     task = asyncio.create_task(other())
     await asyncio.sleep(0)
     before = turns
-    await paged_reply(csi.ListSnapshotsResponse, _entries(SLICE * 5), "")
+    await KeptEntries().reply(csi.ListSnapshotsResponse, _entries(SLICE * 5), range(SLICE * 5), "")
     during = turns - before
     task.cancel()
     assert during >= 4
@@ -64,15 +64,15 @@ async def test_an_entry_is_encoded_once_per_key() -> None:
     first = _entries(3)
     keys = [("same", i) for i in range(3)]
     kept = KeptEntries()
-    await paged_reply(csi.ListSnapshotsResponse, first, "", (kept, keys))
+    await kept.reply(csi.ListSnapshotsResponse, first, keys, "")
     assert len(kept) == 3
     # Built alike means the same key: the kept bytes are sent, whatever the entry holds.
     changed = _entries(3)
     changed[0].snapshot.size_bytes = 999  # type: ignore[union-attr]
-    again = await paged_reply(csi.ListSnapshotsResponse, changed, "", (kept, keys))
+    again = await kept.reply(csi.ListSnapshotsResponse, changed, keys, "")
     assert encoded_ahead(again) == bytes(csi.ListSnapshotsResponse(entries=first))
     other_keys = [("other", i) for i in range(3)]
-    other = await paged_reply(csi.ListSnapshotsResponse, changed, "", (kept, other_keys))
+    other = await kept.reply(csi.ListSnapshotsResponse, changed, other_keys, "")
     assert encoded_ahead(other) == bytes(csi.ListSnapshotsResponse(entries=changed))
 
 
@@ -110,11 +110,9 @@ def test_entry_keys_change_with_what_the_entry_shows_and_stay_untracked() -> Non
     assert not any(gc.is_tracked(k) for k in keys)
 
 
-def test_kept_entries_empty_when_full() -> None:
+async def test_kept_entries_empty_when_full() -> None:
     kept = KeptEntries(size=2)
-    kept.keep(("E", 1), b"1")
-    kept.keep(("E", 2), b"2")
-    kept.keep(("E", 3), b"3")
-    assert len(kept) == 1
-    assert kept.get(("E", 3)) == b"3"
-    assert kept.get(("E", 1)) is None
+    entries = _entries(3)
+    reply = await kept.reply(csi.ListSnapshotsResponse, entries, range(3), "")
+    assert len(kept) == 1  # two kept, then emptied for the third
+    assert encoded_ahead(reply) == bytes(csi.ListSnapshotsResponse(entries=entries))

@@ -8,7 +8,7 @@ from aiocsi.engine.core import Engine
 from aiocsi.errors import InvalidArgument, Unimplemented
 from aiocsi.models import Volume
 from aiocsi.services import convert
-from aiocsi.services.pages import KeptEntries, paged_reply
+from aiocsi.services.pages import KeptEntries
 from aiocsi.services.validation import common
 from aiocsi.services.validation import controller as check
 
@@ -101,22 +101,10 @@ class ControllerService(csi.ControllerBase):
         page = await self._volumes.list(after, limit)
         conditions = await self._volumes.conditions(page.entries)
         nodes = [self._volumes.published_nodes(v.id) for v in page.entries]
-        entries = [
-            csi.ListVolumesResponseEntry(
-                volume=convert.volume(v),
-                status=csi.ListVolumesResponseVolumeStatus(
-                    published_node_ids=n, volume_condition=convert.condition(c)
-                ),
-            )
-            for v, n, c in zip(page.entries, nodes, conditions, strict=True)
-        ]
-        keys = [
-            convert.volume_entry_key(v, n, c)
-            for v, n, c in zip(page.entries, nodes, conditions, strict=True)
-        ]
-        return await paged_reply(
-            csi.ListVolumesResponse, entries, page.next_token, (self._kept, keys)
-        )
+        shown = list(zip(page.entries, nodes, conditions, strict=True))
+        entries = [convert.volume_entry(*row) for row in shown]
+        keys = [convert.volume_entry_key(*row) for row in shown]
+        return await self._kept.reply(csi.ListVolumesResponse, entries, keys, page.next_token)
 
     async def get_capacity(self, message: csi.GetCapacityRequest) -> csi.GetCapacityResponse:
         caps = (
@@ -233,6 +221,4 @@ class ControllerService(csi.ControllerBase):
             csi.ListSnapshotsResponseEntry(snapshot=convert.snapshot(s)) for s in page.entries
         ]
         keys = [convert.snapshot_key(s) for s in page.entries]
-        return await paged_reply(
-            csi.ListSnapshotsResponse, entries, page.next_token, (self._kept, keys)
-        )
+        return await self._kept.reply(csi.ListSnapshotsResponse, entries, keys, page.next_token)

@@ -13,9 +13,18 @@ def topology(node_id: str) -> csi.Topology:
     return csi.Topology(segments={TOPOLOGY_KEY: node_id})
 
 
+def volume_entry(v: Volume, nodes: list[str], c: VolumeCondition) -> csi.ListVolumesResponseEntry:
+    return csi.ListVolumesResponseEntry(
+        volume=volume(v),
+        status=csi.ListVolumesResponseVolumeStatus(
+            published_node_ids=nodes, volume_condition=condition(c)
+        ),
+    )
+
+
 def volume_entry_key(v: Volume, nodes: list[str], c: VolumeCondition) -> tuple[object, ...]:
-    """Everything a ListVolumes entry is built from (`volume`, its nodes, `condition`), as
-    plain values: the key its encoding is kept under (services/pages.py)."""
+    """Everything `volume_entry` builds from, as plain values: the key its encoding is
+    kept under (services/pages.py)."""
     source = (v.source.kind.value, v.source.id) if v.source is not None else ("", "")
     return (v.id, v.capacity_bytes, v.node_id, *source, tuple(nodes), c.abnormal, c.message)
 

@@ -33,8 +33,9 @@ R = TypeVar("R", bound=betterproto2.Message)
 
 
 class KeptEntries:
-    """Entries kept encoded, by the key of what each was built from: a health monitor's
-    poll walks thousands of entries that have not changed since its last one.
+    """List replies, and their entries kept encoded by the key of what each was built
+    from: a health monitor's poll walks thousands of entries that have not changed since
+    its last one.
 
     ~150 bytes an entry; emptied when full (a walk of more entries than it holds encodes
     them all again). Keys are tuples of plain values (strings, numbers), which the garbage
@@ -48,46 +49,34 @@ class KeptEntries:
     def __len__(self) -> int:
         return len(self._encoded)
 
-    def get(self, key: tuple[str, Hashable]) -> bytes | None:
-        return self._encoded.get(key)
-
-    def keep(self, key: tuple[str, Hashable], encoded: bytes) -> None:
-        if len(self._encoded) >= self._size:
-            self._encoded.clear()
-        self._encoded[key] = encoded
-
-
-async def paged_reply(
-    reply_type: Callable[..., R],
-    entries: Sequence[Any],
-    next_token: str,
-    kept: tuple[KeptEntries, Sequence[Hashable]] | None = None,
-) -> R:
-    """`reply_type(entries=entries, next_token=next_token)`, encoded ahead in slices.
-
-    With `kept` (where to keep encodings, and one key per entry: a tuple of plain values,
-    equal only for entries built alike), an entry's encoding is kept under its key and
-    reused by later replies.
-    """
-    store, keys = kept if kept is not None else (None, ())
-    chunks: list[bytes] = []
-    fresh = 0
-    for n, entry in enumerate(entries):
-        key = (type(entry).__name__, keys[n]) if store is not None else None
-        if store is not None and key is not None and (known := store.get(key)) is not None:
-            chunks.append(known)
-            continue
-        if fresh and fresh % SLICE == 0:
-            await anyio.lowlevel.checkpoint()
-        fresh += 1
-        encoded = bytes(reply_type(entries=[entry]))
-        if store is not None and key is not None:
-            store.keep(key, encoded)
-        chunks.append(encoded)
-    chunks.append(bytes(reply_type(next_token=next_token)))
-    reply = reply_type(entries=list(entries), next_token=next_token)
-    reply.__dict__[_ENCODED] = b"".join(chunks)
-    return reply
+    async def reply(
+        self,
+        reply_type: Callable[..., R],
+        entries: Sequence[Any],
+        keys: Sequence[Hashable],
+        next_token: str,
+    ) -> R:
+        """`reply_type(entries=entries, next_token=next_token)`, encoded ahead in slices;
+        `keys` has one key per entry, equal only for entries built alike."""
+        chunks: list[bytes] = []
+        fresh = 0
+        for entry, entry_key in zip(entries, keys, strict=True):
+            key = (type(entry).__name__, entry_key)
+            if (known := self._encoded.get(key)) is not None:
+                chunks.append(known)
+                continue
+            if fresh and fresh % SLICE == 0:
+                await anyio.lowlevel.checkpoint()
+            fresh += 1
+            encoded = bytes(reply_type(entries=[entry]))
+            if len(self._encoded) >= self._size:
+                self._encoded.clear()
+            self._encoded[key] = encoded
+            chunks.append(encoded)
+        chunks.append(bytes(reply_type(next_token=next_token)))
+        reply = reply_type(entries=list(entries), next_token=next_token)
+        reply.__dict__[_ENCODED] = b"".join(chunks)
+        return reply
 
 
 def encoded_once(message: R) -> R:
@@ -97,6 +86,6 @@ def encoded_once(message: R) -> R:
 
 
 def encoded_ahead(message: object) -> bytes | None:
-    """The bytes `paged_reply` made for `message`; None for any other message."""
+    """The bytes `KeptEntries.reply` made for `message`; None for any other message."""
     found = getattr(message, "__dict__", {}).get(_ENCODED)
     return found if isinstance(found, bytes) else None
