@@ -26,7 +26,7 @@ from aiocsi.models import AccessType, Publication, PublicationKind, VolumeState
 log = get_logger("aiocsi.engine")
 T = TypeVar("T")
 # Entries walked on the loop between two yields to it.
-_BATCH = 500
+_BATCH = 100
 _IMAGE = ".img"
 
 
